@@ -1,0 +1,40 @@
+//! Wiring: topics → publisher → pipeline → consumer; owns the shutdown protocol.
+//!
+//! Shutdown: `shutdown` fires → the consumer stops intake, drains started runs for up to
+//! `dispatch.shutdown_grace`, commits synchronously and leaves the group → pending
+//! publishes are given up (their events stay uncommitted) → the producer is flushed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::backends::Registry;
+use crate::config::Config;
+use crate::kafka::{consumer, publisher::Publisher, topics};
+use crate::pipeline::Pipeline;
+
+/// Run the dispatcher until `shutdown` fires, then stop cleanly.
+pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let k = &cfg.kafka;
+    topics::ensure_topics(k, &[&k.triggers_topic, &k.status_topic, &k.dlq_topic]).await?;
+    let secrets = cfg.resolve_secrets()?;
+    let hard_stop = CancellationToken::new();
+    let publisher =
+        Arc::new(Publisher::new(k, hard_stop.clone()).context("creating the status producer")?);
+    let registry = Registry::from_config(&cfg)?;
+    let pipeline = Pipeline::new(registry, publisher.clone(), secrets, cfg.dispatch.ordering);
+    let consumer = consumer::start(&cfg, Arc::new(pipeline), shutdown.clone())
+        .context("starting the triggers consumer")?;
+    tracing::info!(brokers = %k.brokers, group = %k.group_id, triggers = %k.triggers_topic,
+        status = %k.status_topic, dlq = %k.dlq_topic, "switchyard running");
+    consumer.join().await;
+    hard_stop.cancel();
+    let p = publisher.clone();
+    tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10)))
+        .await?
+        .context("flushing the producer")?;
+    tracing::info!("switchyard stopped");
+    Ok(())
+}

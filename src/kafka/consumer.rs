@@ -1,0 +1,485 @@
+//! The triggers-topic consumer: one group member on a dedicated thread, one tokio task per
+//! assigned partition.
+//!
+//! The thread polls librdkafka, tracks every offset it hands out in the partition's
+//! [`PartitionTracker`], and applies completions that come back from the pipeline:
+//! - an offset is stored (`store_offsets`, exact value, no `+1`) only when a completion
+//!   moves the partition's contiguous watermark, and auto-commit only commits stored
+//!   offsets (`enable.auto.offset.store=false`);
+//! - a partition with `partition_window` events in flight is paused and resumed once half
+//!   of them are done; the thread keeps polling so the member stays in the group;
+//! - on revoke and on shutdown, intake stops, started work drains up to the grace period,
+//!   the watermarks are committed synchronously and the partition state is dropped, so
+//!   completions that arrive later (an older generation) are ignored.
+//!
+//! Polling runs on its own OS thread because the rebalance callback blocks while it drains;
+//! on a tokio worker that would stall the very tasks it waits for.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc as tmpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::offsets::{PartitionTracker, Tracked};
+use super::TriggerRecord;
+use crate::config::Config;
+
+/// How long one `poll` may block; bounds how late completions are applied when idle.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Receives the records of one partition, in offset order, from that partition's task.
+pub trait Sink: Send + Sync + 'static {
+    /// Take one record. The [`Ticket`] must be completed once the run update for the event
+    /// is acknowledged; dropping it leaves the offset uncommitted (it will be redelivered).
+    fn accept(&self, record: TriggerRecord, ticket: Ticket) -> impl Future<Output = ()> + Send;
+}
+
+type Tp = (String, i32);
+
+/// A completed (or abandoned) offset, sent back to the consumer thread.
+struct Completion {
+    tp: Tp,
+    generation: u64,
+    offset: i64,
+    done: bool,
+}
+
+/// The right and duty to complete one offset. Holding it is holding a slot of the
+/// partition's window.
+pub struct Ticket {
+    tp: Tp,
+    generation: u64,
+    offset: i64,
+    tx: Sender<Completion>,
+    intake: CancellationToken,
+    hard: CancellationToken,
+    done: bool,
+}
+
+impl Ticket {
+    /// The event's run update has been acknowledged: its offset may be committed.
+    pub fn complete(mut self) {
+        self.done = true;
+        self.send(true);
+    }
+
+    /// True once the partition is being revoked or switchyard is stopping: an event that
+    /// has not started yet must not start (it will be redelivered to the next owner).
+    pub fn intake_stopped(&self) -> bool {
+        self.intake.is_cancelled()
+    }
+
+    /// Fires when the grace period for this partition ran out: abandon the work.
+    pub fn abandoned(&self) -> &CancellationToken {
+        &self.hard
+    }
+
+    fn send(&self, done: bool) {
+        // The consumer thread may already be gone at shutdown; nothing to report then.
+        let _ = self.tx.send(Completion {
+            tp: self.tp.clone(),
+            generation: self.generation,
+            offset: self.offset,
+            done,
+        });
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if !self.done {
+            self.send(false);
+        }
+    }
+}
+
+/// Consumer-thread state of one assigned partition.
+struct PartState {
+    generation: u64,
+    tracker: PartitionTracker,
+    /// Tickets handed out and not yet returned.
+    live: usize,
+    paused: bool,
+    tx: Option<tmpsc::Sender<(TriggerRecord, Ticket)>>,
+    intake: CancellationToken,
+    hard: CancellationToken,
+}
+
+struct State {
+    parts: HashMap<Tp, PartState>,
+    next_generation: u64,
+}
+
+/// librdkafka context: owns the partition state so rebalance callbacks can drain it.
+pub struct Ctx<S: Sink> {
+    state: Mutex<State>,
+    sink: Arc<S>,
+    handle: tokio::runtime::Handle,
+    tx: Sender<Completion>,
+    rx: Mutex<Receiver<Completion>>,
+    window: usize,
+    grace: Duration,
+}
+
+impl<S: Sink> ClientContext for Ctx<S> {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl<S: Sink> ConsumerContext for Ctx<S> {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let tps: Vec<Tp> = tpl
+                .elements()
+                .iter()
+                .map(|e| (e.topic().to_owned(), e.partition()))
+                .collect();
+            tracing::info!(partitions = ?tps, "partitions revoked; draining");
+            self.drain(consumer, &tps);
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let tps: Vec<Tp> = tpl
+                    .elements()
+                    .iter()
+                    .map(|e| (e.topic().to_owned(), e.partition()))
+                    .collect();
+                tracing::info!(partitions = ?tps, "partitions assigned");
+                // A partition paused in an earlier generation must not stay paused.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "resuming newly assigned partitions failed");
+                }
+                self.assign(&tps);
+            }
+            Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+impl<S: Sink> Ctx<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // Only the consumer thread takes this lock; a poisoned lock means that thread
+        // panicked, and its state is still the best record of what is in flight.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn assign(&self, tps: &[Tp]) {
+        let mut st = self.lock();
+        for tp in tps {
+            if st.parts.contains_key(tp) {
+                continue;
+            }
+            st.next_generation += 1;
+            let (tx, mut rx) = tmpsc::channel::<(TriggerRecord, Ticket)>(self.window.max(1));
+            let sink = self.sink.clone();
+            // One task per partition: hands records to the sink in offset order.
+            self.handle.spawn(async move {
+                while let Some((record, ticket)) = rx.recv().await {
+                    sink.accept(record, ticket).await;
+                }
+            });
+            let generation = st.next_generation;
+            st.parts.insert(
+                tp.clone(),
+                PartState {
+                    generation,
+                    tracker: PartitionTracker::new(),
+                    live: 0,
+                    paused: false,
+                    tx: Some(tx),
+                    intake: CancellationToken::new(),
+                    hard: CancellationToken::new(),
+                },
+            );
+        }
+    }
+
+    /// Hand one polled record to its partition task.
+    fn on_message(&self, consumer: &BaseConsumer<Self>, record: TriggerRecord) {
+        let tp = (record.topic.clone(), record.partition);
+        let mut st = self.lock();
+        let Some(part) = st.parts.get_mut(&tp) else {
+            tracing::warn!(topic = %tp.0, partition = tp.1, offset = record.offset,
+                "record for a partition that is not assigned; ignored (it stays uncommitted)");
+            return;
+        };
+        if part.tracker.track(record.offset) == Tracked::Duplicate {
+            tracing::debug!(topic = %tp.0, partition = tp.1, offset = record.offset, "re-fetched record skipped");
+            return;
+        }
+        part.live += 1;
+        if part.tracker.in_flight() >= self.window && !part.paused {
+            match consumer.pause(&single(&tp, None)) {
+                Ok(()) => {
+                    part.paused = true;
+                    tracing::debug!(topic = %tp.0, partition = tp.1, "partition window full; paused");
+                }
+                Err(e) => tracing::warn!(error = %e, "pausing a full partition failed"),
+            }
+        }
+        let ticket = Ticket {
+            tp: tp.clone(),
+            generation: part.generation,
+            offset: record.offset,
+            tx: self.tx.clone(),
+            intake: part.intake.clone(),
+            hard: part.hard.clone(),
+            done: false,
+        };
+        let Some(tx) = part.tx.clone() else { return };
+        drop(st);
+        match tx.try_send((record, ticket)) {
+            Ok(()) => {}
+            // Only reachable when librdkafka delivers records it prefetched before the
+            // pause took effect; the partition task frees a slot as soon as it runs.
+            Err(tmpsc::error::TrySendError::Full(item)) => {
+                if tx.blocking_send(item).is_err() {
+                    tracing::error!(topic = %tp.0, partition = tp.1, "partition task is gone");
+                }
+            }
+            Err(tmpsc::error::TrySendError::Closed(_)) => {
+                tracing::error!(topic = %tp.0, partition = tp.1, "partition task is gone");
+            }
+        }
+    }
+
+    /// Apply one completion; returns the offset to store when the watermark advanced.
+    fn apply(&self, st: &mut State, c: Completion, resume: &mut Vec<Tp>) -> Option<(Tp, i64)> {
+        let part = st.parts.get_mut(&c.tp)?;
+        if part.generation != c.generation {
+            return None; // completion of a revoked generation: dropped
+        }
+        part.live -= 1;
+        let wm = if c.done {
+            part.tracker.complete(c.offset)
+        } else {
+            None
+        };
+        if part.paused && part.tracker.in_flight() <= self.window / 2 {
+            part.paused = false;
+            resume.push(c.tp.clone());
+        }
+        wm.map(|wm| (c.tp, wm))
+    }
+
+    /// Apply all waiting completions: store advanced watermarks, resume drained partitions.
+    fn apply_pending(&self, consumer: &BaseConsumer<Self>, first: Option<Completion>) {
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let mut st = self.lock();
+        let mut stores: HashMap<Tp, i64> = HashMap::new();
+        let mut resume = Vec::new();
+        for c in first.into_iter().chain(rx.try_iter()) {
+            if let Some((tp, wm)) = self.apply(&mut st, c, &mut resume) {
+                stores.insert(tp, wm);
+            }
+        }
+        drop(st);
+        drop(rx);
+        if !stores.is_empty() {
+            let mut tpl = TopicPartitionList::with_capacity(stores.len());
+            for ((topic, partition), wm) in &stores {
+                let _ = tpl.add_partition_offset(topic, *partition, Offset::Offset(*wm));
+            }
+            if let Err(e) = consumer.store_offsets(&tpl) {
+                // Happens when a partition was revoked between completion and store.
+                tracing::warn!(error = %e, "storing offsets failed");
+            }
+        }
+        for tp in resume {
+            if let Err(e) = consumer.resume(&single(&tp, None)) {
+                tracing::warn!(error = %e, "resuming a partition failed");
+            } else {
+                tracing::debug!(topic = %tp.0, partition = tp.1, "partition drained; resumed");
+            }
+        }
+    }
+
+    /// Stop intake on `tps`, wait for started work up to the grace period, commit the
+    /// watermarks synchronously, and forget the partitions.
+    fn drain(&self, consumer: &BaseConsumer<Self>, tps: &[Tp]) {
+        {
+            let mut st = self.lock();
+            for tp in tps {
+                if let Some(p) = st.parts.get_mut(tp) {
+                    p.intake.cancel();
+                    p.tx = None; // the partition task ends once its queue is empty
+                }
+            }
+        }
+        let deadline = Instant::now() + self.grace;
+        loop {
+            let live: usize = {
+                let st = self.lock();
+                tps.iter()
+                    .filter_map(|tp| st.parts.get(tp))
+                    .map(|p| p.live)
+                    .sum()
+            };
+            if live == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                tracing::warn!(in_flight = live, grace = ?self.grace,
+                    "grace period over; abandoning in-flight runs (they will be redelivered)");
+                break;
+            }
+            let next = {
+                let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+                rx.recv_timeout(left.min(Duration::from_millis(50)))
+            };
+            match next {
+                Ok(c) => self.apply_pending(consumer, Some(c)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut st = self.lock();
+            for tp in tps {
+                if let Some(p) = st.parts.remove(tp) {
+                    p.hard.cancel();
+                    if let Some(wm) = p.tracker.published() {
+                        let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(wm));
+                    }
+                }
+            }
+        }
+        if tpl.count() > 0 {
+            match consumer.commit(&tpl, CommitMode::Sync) {
+                Ok(()) => tracing::info!(offsets = ?tpl_offsets(&tpl), "committed"),
+                Err(e) => tracing::warn!(error = %e, "synchronous commit failed"),
+            }
+        }
+    }
+
+    fn assigned(&self) -> Vec<Tp> {
+        self.lock().parts.keys().cloned().collect()
+    }
+}
+
+fn single(tp: &Tp, offset: Option<i64>) -> TopicPartitionList {
+    let mut tpl = TopicPartitionList::with_capacity(1);
+    match offset {
+        Some(o) => {
+            let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(o));
+        }
+        None => {
+            tpl.add_partition(&tp.0, tp.1);
+        }
+    }
+    tpl
+}
+
+fn tpl_offsets(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+        .collect()
+}
+
+fn detach<M: Message>(m: &M) -> TriggerRecord {
+    let headers = m
+        .headers()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                .collect()
+        })
+        .unwrap_or_default();
+    TriggerRecord {
+        topic: m.topic().to_owned(),
+        partition: m.partition(),
+        offset: m.offset(),
+        key: m.key().map(<[u8]>::to_vec),
+        payload: m.payload().map(<[u8]>::to_vec),
+        headers,
+        timestamp_ms: m.timestamp().to_millis(),
+    }
+}
+
+/// Handle on the running consumer thread.
+pub struct ConsumerHandle {
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ConsumerHandle {
+    /// Wait for the thread to finish its shutdown drain and commit.
+    pub async fn join(self) {
+        let _ = tokio::task::spawn_blocking(move || self.thread.join()).await;
+    }
+}
+
+/// Create the group member, subscribe, and start the polling thread. The thread runs
+/// until `shutdown` fires, then drains, commits and closes.
+pub fn start<S: Sink>(
+    cfg: &Config,
+    sink: Arc<S>,
+    shutdown: CancellationToken,
+) -> Result<ConsumerHandle, rdkafka::error::KafkaError> {
+    let k = &cfg.kafka;
+    let mut c = super::client_config(k);
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    for (key, v) in &k.consumer {
+        c.set(key, v);
+    }
+    let (tx, rx) = mpsc::channel();
+    let ctx = Ctx {
+        state: Mutex::new(State {
+            parts: HashMap::new(),
+            next_generation: 0,
+        }),
+        sink,
+        handle: tokio::runtime::Handle::current(),
+        tx,
+        rx: Mutex::new(rx),
+        window: cfg.dispatch.partition_window,
+        grace: cfg.dispatch.shutdown_grace,
+    };
+    let consumer: BaseConsumer<Ctx<S>> = c.create_with_context(ctx)?;
+    consumer.subscribe(&[k.triggers_topic.as_str()])?;
+    let thread = std::thread::Builder::new()
+        .name("switchyard-consumer".into())
+        .spawn(move || poll_loop(consumer, shutdown))
+        .expect("spawning a thread only fails when the OS is out of resources");
+    Ok(ConsumerHandle { thread })
+}
+
+fn poll_loop<S: Sink>(consumer: BaseConsumer<Ctx<S>>, shutdown: CancellationToken) {
+    while !shutdown.is_cancelled() {
+        match consumer.poll(POLL_INTERVAL) {
+            Some(Ok(m)) => {
+                let record = detach(&m);
+                drop(m);
+                consumer.context().on_message(&consumer, record);
+            }
+            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            None => {}
+        }
+        consumer.context().apply_pending(&consumer, None);
+    }
+    let ctx = consumer.context();
+    let all = ctx.assigned();
+    tracing::info!(partitions = all.len(), "stopping: draining in-flight runs");
+    ctx.drain(&consumer, &all);
+    consumer.unsubscribe();
+    drop(consumer);
+    tracing::info!("consumer closed");
+}

@@ -1,0 +1,118 @@
+//! Start-up check that switchyard's topics exist, creating them when configured to.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+
+use crate::config::KafkaConfig;
+
+/// How long metadata requests and topic creation may take before start-up fails.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum TopicError {
+    #[error("cannot read cluster metadata from {brokers}: {source}")]
+    Metadata {
+        brokers: String,
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("missing topics: {}; create them or set kafka.create_topics = true", .0.join(", "))]
+    Missing(Vec<String>),
+    #[error("creating topic {topic} failed: {reason}")]
+    Create { topic: String, reason: String },
+    #[error("topics {} were created but did not appear in metadata within {:?}", .0.join(", "), ADMIN_TIMEOUT)]
+    NotVisible(Vec<String>),
+}
+
+/// Check that `topics` exist; create the missing ones when `cfg.create_topics` is set.
+pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), TopicError> {
+    let admin: AdminClient<DefaultClientContext> =
+        super::client_config(cfg)
+            .create()
+            .map_err(|source| TopicError::Metadata {
+                brokers: cfg.brokers.clone(),
+                source,
+            })?;
+    let missing = missing_topics(&admin, cfg, topics).await?;
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !cfg.create_topics {
+        return Err(TopicError::Missing(missing));
+    }
+    let new: Vec<NewTopic<'_>> = missing
+        .iter()
+        .map(|t| {
+            NewTopic::new(
+                t,
+                cfg.topic_partitions,
+                TopicReplication::Fixed(cfg.topic_replication),
+            )
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
+    let results = tokio::time::timeout(ADMIN_TIMEOUT, admin.create_topics(&new, &opts))
+        .await
+        .map_err(|_| TopicError::Create {
+            topic: missing.join(", "),
+            reason: format!("no reply within {ADMIN_TIMEOUT:?}"),
+        })?
+        .map_err(|e| TopicError::Create {
+            topic: missing.join(", "),
+            reason: e.to_string(),
+        })?;
+    for r in results {
+        if let Err((topic, code)) = r {
+            if code != rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists {
+                return Err(TopicError::Create {
+                    topic,
+                    reason: code.to_string(),
+                });
+            }
+        }
+    }
+    tracing::info!(topics = %missing.join(","), partitions = cfg.topic_partitions, "created missing topics");
+    // Creation is asynchronous on some brokers: wait until metadata shows the topics.
+    let deadline = Instant::now() + ADMIN_TIMEOUT;
+    loop {
+        let still = missing_topics(&admin, cfg, topics).await?;
+        if still.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(TopicError::NotVisible(still));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn missing_topics(
+    admin: &AdminClient<DefaultClientContext>,
+    cfg: &KafkaConfig,
+    topics: &[&str],
+) -> Result<Vec<String>, TopicError> {
+    // Metadata for *all* topics: asking for one topic by name would auto-create it on
+    // brokers that allow that, which would hide a misconfigured name.
+    let client = admin.inner();
+    let md = tokio::task::block_in_place(|| client.fetch_metadata(None, ADMIN_TIMEOUT)).map_err(
+        |source| TopicError::Metadata {
+            brokers: cfg.brokers.clone(),
+            source,
+        },
+    )?;
+    let existing: BTreeSet<&str> = md
+        .topics()
+        .iter()
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.name())
+        .collect();
+    let mut missing: Vec<String> = topics
+        .iter()
+        .filter(|t| !existing.contains(**t))
+        .map(|t| t.to_string())
+        .collect();
+    missing.dedup();
+    Ok(missing)
+}

@@ -1,0 +1,21 @@
+//! switchyard: a Kafka-native dispatcher for self-service actions and automations.
+//!
+//! Trigger events flow from the triggers topic through [`pipeline`] (decode → render →
+//! route → backend pool) to run updates on the status topic. See `README.md` and
+//! `DESIGN.md` for the contracts and delivery rules.
+
+pub mod app;
+pub mod backends;
+pub mod config;
+pub mod decode;
+pub mod demo;
+pub mod display;
+pub mod dlq;
+pub mod kafka;
+pub mod model;
+pub mod pipeline;
+pub mod pool;
+pub mod router;
+pub mod telemetry;
+pub mod template;
+pub mod trigger;

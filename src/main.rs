@@ -1,0 +1,138 @@
+//! The `switchyard` command: parse, load config, init telemetry, run until signal.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use switchyard::config::{Config, ConfigErrors, EXIT_CONFIG};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Kafka-native dispatcher for self-service actions and automations"
+)]
+struct Cli {
+    /// Configuration file (TOML). Default: ./switchyard.toml when it exists.
+    #[arg(long, short, global = true, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume trigger events and dispatch them until SIGTERM or Ctrl-C.
+    Run,
+    /// Show the whole flow with no setup: in-process Kafka, a sample receiver, four runs.
+    Demo,
+    /// Check a configuration file and list every problem (exit 78 when invalid).
+    Validate,
+    /// Publish a trigger event and print its run id.
+    Trigger {
+        /// File holding the event JSON; `-` or absent reads standard input.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// Publish even if switchyard would reject the event (to exercise the DLQ).
+        #[arg(long)]
+        no_validate: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("building the tokio runtime only fails when the OS is out of resources");
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    if let Command::Demo = cli.command {
+        let cfg = Config::default();
+        let mut log = cfg.log.clone();
+        log.format = switchyard::config::LogFormat::Text;
+        // The demo prints run updates itself; only errors go to the log.
+        log.level = "error".into();
+        switchyard::telemetry::init(&log);
+        return report(switchyard::demo::run(std::io::stdout().is_terminal()).await);
+    }
+    let cfg = match load_config(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG as u8);
+        }
+    };
+    match cli.command {
+        Command::Validate => {
+            println!("configuration is valid");
+            ExitCode::SUCCESS
+        }
+        Command::Run => {
+            switchyard::telemetry::init(&cfg.log);
+            let shutdown = CancellationToken::new();
+            tokio::spawn(watch_signals(shutdown.clone()));
+            report(switchyard::app::run(cfg, shutdown).await)
+        }
+        Command::Trigger { file, no_validate } => {
+            let bytes = match read_input(file.as_deref()) {
+                Ok(b) => b,
+                Err(e) => return report(Err(e)),
+            };
+            match switchyard::trigger::publish(&cfg.kafka, &bytes, !no_validate).await {
+                Ok(run_id) => {
+                    println!("{run_id}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => report(Err(e)),
+            }
+        }
+        Command::Demo => unreachable!("handled above"),
+    }
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config, ConfigErrors> {
+    let default = Path::new("switchyard.toml");
+    let path = path.or_else(|| default.exists().then_some(default));
+    Config::load(path, std::env::vars())
+}
+
+fn read_input(file: Option<&Path>) -> anyhow::Result<Vec<u8>> {
+    match file {
+        Some(p) if p != Path::new("-") => {
+            std::fs::read(p).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", p.display()))
+        }
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf)?;
+            Ok(buf)
+        }
+    }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// First SIGTERM/Ctrl-C: graceful stop. Second: exit at once.
+async fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("installing a SIGINT handler");
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::info!("stop requested; draining (send the signal again to exit at once)");
+    shutdown.cancel();
+    tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+    tracing::warn!("second stop signal; exiting without draining");
+    std::process::exit(130);
+}

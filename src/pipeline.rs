@@ -1,0 +1,269 @@
+//! From a consumed record to acknowledged run updates: decode → render → route → pool →
+//! publish. Implements the consumer's [`Sink`].
+//!
+//! Every path ends in one of two ways: the run's updates (and, for failures, its DLQ
+//! record) are acknowledged and the ticket is completed; or switchyard is stopping, the
+//! ticket is dropped and the event will be redelivered. Nothing is skipped silently.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::backends::{Outcome, Registry, Report, Request};
+use crate::config::Ordering;
+use crate::decode::{decode_json, BadInput};
+use crate::dlq;
+use crate::kafka::consumer::{Sink, Ticket};
+use crate::kafka::publisher::{Publisher, Stopped};
+use crate::kafka::TriggerRecord;
+use crate::model::{now_rfc3339, LogLevel, RunStatus, RunUpdate, SourceRef, TriggerEvent};
+use crate::router::{lane_key, Lanes};
+use crate::template::{Context, Renderer};
+
+/// One decoded event on its way through a lane.
+pub struct Job {
+    record: TriggerRecord,
+    ticket: Ticket,
+    event: Arc<TriggerEvent>,
+}
+
+struct Inner {
+    renderer: Renderer,
+    secrets: Map<String, Value>,
+    publisher: Arc<Publisher>,
+    registry: Registry,
+    ordering: Ordering,
+}
+
+/// The dispatcher between the two topics. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+    lanes: Arc<Lanes<Job>>,
+}
+
+impl Pipeline {
+    pub fn new(
+        registry: Registry,
+        publisher: Arc<Publisher>,
+        secrets: Map<String, Value>,
+        ordering: Ordering,
+    ) -> Self {
+        let inner = Arc::new(Inner {
+            renderer: Renderer::new(),
+            secrets,
+            publisher,
+            registry,
+            ordering,
+        });
+        let for_lanes = inner.clone();
+        let lanes = Lanes::new(move |job: Job| {
+            let inner = for_lanes.clone();
+            async move { inner.run(job).await }
+        });
+        Pipeline { inner, lanes }
+    }
+}
+
+impl Sink for Pipeline {
+    async fn accept(&self, record: TriggerRecord, ticket: Ticket) {
+        if ticket.intake_stopped() {
+            return; // not started: the next owner gets it
+        }
+        let payload = record.payload.as_deref().unwrap_or_default();
+        match decode_json(payload) {
+            Err((bad, run_id)) => {
+                let inner = self.inner.clone();
+                // Bounded: the ticket holds a slot of the partition window.
+                tokio::spawn(async move { inner.reject(record, ticket, run_id, bad).await });
+            }
+            Ok(event) => {
+                let event = Arc::new(event);
+                let job = Job {
+                    record,
+                    ticket,
+                    event,
+                };
+                match lane_key(self.inner.ordering, &job.event, &job.record) {
+                    Some(key) => self.lanes.submit(key, job),
+                    None => {
+                        let inner = self.inner.clone();
+                        tokio::spawn(async move { inner.run(job).await });
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Writes the updates of one run, numbering them.
+struct RunWriter<'a> {
+    publisher: &'a Publisher,
+    run_id: String,
+    seq: u64,
+    backend: Option<&'static str>,
+    source: SourceRef,
+}
+
+impl RunWriter<'_> {
+    async fn emit(&mut self, mut u: RunUpdate) -> Result<(), Stopped> {
+        self.seq += 1;
+        u.seq = self.seq;
+        u.at = now_rfc3339();
+        u.backend = self.backend.map(str::to_owned);
+        u.source = Some(self.source.clone());
+        self.publisher.send_update(&u).await
+    }
+}
+
+impl Inner {
+    /// Dispatch one decoded event.
+    async fn run(&self, job: Job) {
+        let Job {
+            record,
+            ticket,
+            event,
+        } = job;
+        if ticket.intake_stopped() {
+            return;
+        }
+        let run_id = event.run.id.clone();
+        let kind = event.backend_type().unwrap_or_default().to_owned();
+        let Some(reg) = self.registry.get(&kind) else {
+            let shown = if kind.is_empty() {
+                "(missing)".to_owned()
+            } else {
+                format!("{kind:?}")
+            };
+            let bad = BadInput::UnknownBackend(shown, self.registry.known());
+            return self.reject(record, ticket, Some(run_id), bad).await;
+        };
+        let ctx = Context::new(
+            serde_json::to_value(&*event).expect("a TriggerEvent always serialises"),
+            &self.secrets,
+        );
+        let rendered =
+            self.renderer
+                .render_object(&event.action.invocation_method, &ctx, "invocationMethod");
+        let invocation = match rendered {
+            Ok(inv) => inv,
+            Err(e) => {
+                let bad = BadInput::Template(e.to_string());
+                return self.reject(record, ticket, Some(run_id), bad).await;
+            }
+        };
+        let mut w = RunWriter {
+            publisher: &self.publisher,
+            run_id: run_id.clone(),
+            seq: 0,
+            backend: Some(reg.backend.kind()),
+            source: record.source(),
+        };
+        let started = RunUpdate::status(&run_id, RunStatus::InProgress)
+            .with_summary(format!("dispatching to {}", reg.backend.kind()));
+        if w.emit(started).await.is_err() {
+            return;
+        }
+        let req = Request {
+            run_id: run_id.clone(),
+            invocation,
+            event: event.clone(),
+        };
+        let Some(done) = reg
+            .pool
+            .run(reg.backend.as_ref(), &req, ticket.abandoned())
+            .await
+        else {
+            tracing::warn!(run_id = %run_id, "run abandoned at shutdown; it will be redelivered");
+            return;
+        };
+        let report = done.report;
+        tracing::info!(run_id = %run_id, backend = reg.backend.kind(), outcome = report.outcome.as_str(),
+            duration_ms = done.duration.as_millis() as u64, summary = %report.summary, "attempt finished");
+        if self
+            .publish_report(&mut w, &report, done.attempt, done.duration)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if report.outcome.is_failure() {
+            let class = report.error_class.unwrap_or(report.outcome.as_str());
+            let rec = dlq::record(&record, &report.summary, class, done.attempt);
+            if self.publisher.send_dlq(&rec).await.is_err() {
+                return;
+            }
+        }
+        ticket.complete();
+    }
+
+    /// The run updates for one finished attempt.
+    async fn publish_report(
+        &self,
+        w: &mut RunWriter<'_>,
+        report: &Report,
+        attempt: u32,
+        duration: std::time::Duration,
+    ) -> Result<(), Stopped> {
+        if let Some(resp) = &report.response {
+            if !report.outcome.is_failure() {
+                w.emit(RunUpdate::response(&w.run_id, resp.clone())).await?;
+            }
+        }
+        if let Some(line) = &report.log {
+            w.emit(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
+                .await?;
+        }
+        let status = match report.outcome {
+            Outcome::Succeeded => Some(RunStatus::Success),
+            Outcome::Accepted => None,
+            _ => Some(RunStatus::Failure),
+        };
+        let needs_status =
+            status.is_some() || !report.link.is_empty() || report.external_run_id.is_some();
+        if needs_status {
+            let mut u = RunUpdate::status(&w.run_id, status.unwrap_or(RunStatus::InProgress))
+                .with_summary(report.summary.clone());
+            u.attempt = Some(attempt);
+            u.duration_ms = Some(duration.as_millis() as u64);
+            if !report.link.is_empty() {
+                u.link = Some(report.link.clone());
+            }
+            u.external_run_id = report.external_run_id.clone();
+            w.emit(u).await?;
+        }
+        Ok(())
+    }
+
+    /// Bad input: a FAILURE update when the run id is known, a DLQ record, then the
+    /// offset completes.
+    async fn reject(
+        &self,
+        record: TriggerRecord,
+        ticket: Ticket,
+        run_id: Option<String>,
+        bad: BadInput,
+    ) {
+        let message = bad.to_string();
+        tracing::warn!(run_id = run_id.as_deref().unwrap_or(""), class = bad.class(),
+            source = %record.source(), error = %message, "rejected trigger event");
+        if let Some(id) = &run_id {
+            let mut w = RunWriter {
+                publisher: &self.publisher,
+                run_id: id.clone(),
+                seq: 0,
+                backend: None,
+                source: record.source(),
+            };
+            let u = RunUpdate::status(id, RunStatus::Failure).with_summary(message.clone());
+            if w.emit(u).await.is_err() {
+                return;
+            }
+        }
+        let rec = dlq::record(&record, &message, bad.class(), 0);
+        if self.publisher.send_dlq(&rec).await.is_err() {
+            return;
+        }
+        ticket.complete();
+    }
+}

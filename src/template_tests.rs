@@ -1,0 +1,152 @@
+use serde_json::json;
+
+use super::*;
+
+fn ctx() -> Context {
+    let event = json!({
+        "run": {"id": "r_1"},
+        "inputs": {"version": "1.4.2", "replicas": 3, "ref": "dev", "tags": ["a", "b"],
+                   "extra": {"x": 1, "y": "z"}},
+        "entity": {"identifier": "checkout"},
+        "trigger": {"by": {"user": {"email": "dev@acme.io"}}},
+    });
+    let mut secrets = Map::new();
+    secrets.insert("token".into(), json!("s3cret"));
+    secrets.insert("my-name".into(), json!("dashed"));
+    Context::new(event, &secrets)
+}
+
+fn render(v: Value) -> Result<Value, TemplateError> {
+    Renderer::new().render(&v, &ctx(), "invocationMethod")
+}
+
+#[test]
+fn whole_value_template_keeps_json_type() {
+    let out = render(
+        json!({"n": "{{ .inputs.replicas }}", "tags": "{{.inputs.tags}}",
+                            "obj": "{{ .inputs.extra }}", "s": "{{ .run.id }}"}),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        json!({"n": 3, "tags": ["a", "b"], "obj": {"x": 1, "y": "z"}, "s": "r_1"})
+    );
+}
+
+#[test]
+fn mixed_text_interpolates_strings_raw_and_values_as_compact_json() {
+    let out = render(json!({
+        "auth": "Bearer {{ .secrets.token }}",
+        "desc": "v{{ .inputs.version }} x{{ .inputs.replicas }} {{ .inputs.tags }}",
+        "dash": "{{ .secrets[\"my-name\"] }}!"
+    }))
+    .unwrap();
+    assert_eq!(out["auth"], "Bearer s3cret");
+    assert_eq!(out["desc"], "v1.4.2 x3 [\"a\",\"b\"]");
+    assert_eq!(out["dash"], "dashed!");
+}
+
+#[test]
+fn null_key_drops_the_pair_and_string_keys_render() {
+    let out = render(json!({
+        "{{ if (.inputs|has(\"ref\")) then \"ref\" else null end }}": "{{ .inputs.ref }}",
+        "{{ if (.inputs|has(\"nope\")) then \"nope\" else null end }}": "{{ .inputs.nope }}",
+        "svc-{{ .entity.identifier }}": true
+    }))
+    .unwrap();
+    assert_eq!(out, json!({"ref": "dev", "svc-checkout": true}));
+}
+
+#[test]
+fn spread_value_merges_object_into_parent() {
+    let out = render(json!({
+        "{{ spreadValue() }}": "{{ .inputs.extra }}",
+        "port_context": {"runId": "{{ .run.id }}"}
+    }))
+    .unwrap();
+    assert_eq!(
+        out,
+        json!({"x": 1, "y": "z", "port_context": {"runId": "r_1"}})
+    );
+    let err = render(json!({"{{spreadValue()}}": "{{ .inputs.tags }}"})).unwrap_err();
+    assert!(err.message.contains("needs an object"), "{err}");
+}
+
+#[test]
+fn templates_in_arrays_and_nested_braces() {
+    let out = render(json!({"list": ["{{ .run.id }}", 5, "{{ {a: {b: 1}} }}"]})).unwrap();
+    assert_eq!(out, json!({"list": ["r_1", 5, {"a": {"b": 1}}]}));
+}
+
+#[test]
+fn std_functions_are_available() {
+    let out = render(json!({"t": "{{ .entity.identifier | ascii_upcase }}",
+                            "m": "{{ .inputs.tags | map(. + \"!\") }}"}))
+    .unwrap();
+    assert_eq!(out, json!({"t": "CHECKOUT", "m": ["a!", "b!"]}));
+}
+
+#[test]
+fn missing_value_renders_null() {
+    assert_eq!(
+        render(json!({"v": "{{ .inputs.missing }}"})).unwrap(),
+        json!({"v": null})
+    );
+    assert_eq!(
+        render(json!({"v": "{{ empty }}"})).unwrap(),
+        json!({"v": null})
+    );
+}
+
+#[test]
+fn errors_name_the_field_and_the_jq_problem() {
+    let err = render(json!({"body": {"version": "{{ .inputs.version + 1 }}"}})).unwrap_err();
+    assert_eq!(err.field, "invocationMethod.body.version");
+    assert!(err.message.contains("jq error"), "{err}");
+
+    let err = render(json!({"url": "{{ .inputs. | }}"})).unwrap_err();
+    assert_eq!(err.field, "invocationMethod.url");
+    assert!(err.message.contains("syntax error"), "{err}");
+
+    let err = render(json!({"url": "{{ nosuchfn(1) }}"})).unwrap_err();
+    assert!(err.message.contains("undefined"), "{err}");
+
+    let err = render(json!({"url": "http://x/{{ .run.id"})).unwrap_err();
+    assert!(err.message.contains("unclosed"), "{err}");
+}
+
+#[test]
+fn secrets_come_only_from_the_resolved_store() {
+    let event = json!({"run": {"id": "r"}, "secrets": {"token": "from-event"}});
+    let mut secrets = Map::new();
+    secrets.insert("token".into(), json!("from-config"));
+    let ctx = Context::new(event, &secrets);
+    let out = Renderer::new()
+        .render(&json!("{{ .secrets.token }}"), &ctx, "x")
+        .unwrap();
+    assert_eq!(out, "from-config");
+}
+
+#[test]
+fn each_distinct_program_is_compiled_once() {
+    let r = Renderer::new();
+    let c = ctx();
+    for _ in 0..10 {
+        r.render(
+            &json!({"a": "{{ .run.id }}", "b": "x{{ .run.id }}y"}),
+            &c,
+            "m",
+        )
+        .unwrap();
+    }
+    assert_eq!(r.cached(), 1);
+}
+
+#[test]
+fn plain_strings_pass_through() {
+    assert_eq!(
+        render(json!("no templates { here }")).unwrap(),
+        json!("no templates { here }")
+    );
+    assert_eq!(render(json!("")).unwrap(), json!(""));
+}
