@@ -2,7 +2,8 @@
 //! validated at start. Every problem is reported at once; `main` exits with 78 (EX_CONFIG).
 //!
 //! Environment overrides use `__` between path segments:
-//! `SWITCHYARD_KAFKA__BROKERS=127.0.0.1:9092` sets `kafka.brokers`. Values are read as TOML
+//! `SWITCHYARD_KAFKA__BROKERS=127.0.0.1:9092` sets `kafka.brokers`. A `SWITCHYARD_` name
+//! without `__` (such as `SWITCHYARD_CONFIG`) is not an override. Values are read as TOML
 //! scalars when they parse as one (`true`, `42`), else as strings.
 
 use std::collections::BTreeMap;
@@ -203,7 +204,9 @@ impl Config {
             .parse()
             .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("TOML syntax: {e}")]))?;
         for (name, value) in env {
-            if let Some(path) = name.strip_prefix(ENV_PREFIX) {
+            // Only `SECTION__FIELD` names are overrides, so that variables such as
+            // SWITCHYARD_CONFIG or a secret's SWITCHYARD_TOKEN are not mistaken for one.
+            if let Some(path) = name.strip_prefix(ENV_PREFIX).filter(|p| p.contains("__")) {
                 if let Err(p) = apply_override(&mut root, path, &value) {
                     problems.push(format!("environment {name}: {p}"));
                 }
@@ -425,6 +428,7 @@ mod tests {
             ("SWITCHYARD_KAFKA__CREATE_TOPICS".into(), "true".into()),
             ("SWITCHYARD_BACKENDS__WEBHOOK__TIMEOUT".into(), "5s".into()),
             ("OTHER".into(), "ignored".into()),
+            ("SWITCHYARD_CONFIG".into(), "not an override".into()),
         ];
         let cfg = Config::from_toml("[kafka]\nbrokers = \"a:1\"\n", env).unwrap();
         assert_eq!(cfg.kafka.brokers, "10.0.0.1:9092");

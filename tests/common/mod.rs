@@ -1,0 +1,483 @@
+//! Test harness: a Kafka endpoint (librdkafka's in-process mock cluster, or the real broker
+//! named by `SWITCHYARD_TEST_BROKERS`), fresh topics per test, the switchyard binary as a
+//! child process, readers for the status and DLQ topics, and a scriptable HTTP receiver.
+
+#![allow(dead_code)]
+
+pub mod receiver;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use switchyard::model::RunUpdate;
+
+/// The value of `.secrets.token` in test dispatchers.
+pub const TEST_TOKEN: &str = "t0ken-from-env";
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test (or earlier run against the same broker) uses.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        % 100_000_000;
+    format!("{prefix}-{}-{ms}-{n}", std::process::id())
+}
+
+/// The Kafka endpoint of one test.
+pub struct Kafka {
+    pub brokers: String,
+    mock: Option<MockCluster<'static, DefaultProducerContext>>,
+}
+
+impl Kafka {
+    pub fn start() -> Kafka {
+        match std::env::var("SWITCHYARD_TEST_BROKERS") {
+            Ok(b) if !b.is_empty() => Kafka {
+                brokers: b,
+                mock: None,
+            },
+            _ => {
+                let mock = MockCluster::new(1).expect("starting the mock cluster");
+                Kafka {
+                    brokers: mock.bootstrap_servers(),
+                    mock: Some(mock),
+                }
+            }
+        }
+    }
+
+    pub fn is_real(&self) -> bool {
+        self.mock.is_none()
+    }
+
+    /// Create the triggers, status and DLQ topics of one test.
+    pub async fn topics(&self, triggers_partitions: i32) -> Topics {
+        let t = Topics {
+            triggers: unique("trig"),
+            status: unique("status"),
+            dlq: unique("dlq"),
+            group: unique("group"),
+            triggers_partitions,
+            status_partitions: 3,
+        };
+        self.create_topic(&t.triggers, triggers_partitions).await;
+        self.create_topic(&t.status, t.status_partitions).await;
+        self.create_topic(&t.dlq, 1).await;
+        t
+    }
+
+    pub async fn create_topic(&self, name: &str, partitions: i32) {
+        if let Some(m) = &self.mock {
+            // AdminClient::create_topics gets no reply from the mock cluster.
+            m.create_topic(name, partitions, 1)
+                .expect("mock create_topic");
+            return;
+        }
+        let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let res = admin
+            .create_topics([&topic], &AdminOptions::new())
+            .await
+            .expect("create_topics");
+        for r in res {
+            r.expect("topic created");
+        }
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let md = admin
+                .inner()
+                .fetch_metadata(Some(name), Duration::from_secs(5))
+                .unwrap();
+            if md
+                .topics()
+                .iter()
+                .any(|t| t.name() == name && t.partitions().len() == partitions as usize)
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "topic {name} never appeared");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        self.config()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "1")
+            .create()
+            .unwrap()
+    }
+
+    /// Produce records and wait for every acknowledgement.
+    pub async fn produce(&self, topic: &str, records: &[(Option<String>, Vec<u8>)]) {
+        let p = self.producer();
+        let mut pending = Vec::new();
+        for (key, value) in records {
+            let mut r = FutureRecord::<str, [u8]>::to(topic).payload(value);
+            if let Some(k) = key {
+                r = r.key(k);
+            }
+            pending.push(p.send_result(r).map_err(|(e, _)| e).expect("enqueue"));
+        }
+        for f in pending {
+            f.await.expect("delivery future").expect("delivered");
+        }
+    }
+
+    /// Produce records one at a time, each acknowledged before the next is sent, so that
+    /// every record is its own batch.
+    pub async fn produce_each(&self, topic: &str, records: &[(Option<String>, Vec<u8>)]) {
+        let p = self.producer();
+        for (key, value) in records {
+            let mut r = FutureRecord::<str, [u8]>::to(topic).payload(value);
+            if let Some(k) = key {
+                r = r.key(k);
+            }
+            p.send(r, Timeout::After(Duration::from_secs(10)))
+                .await
+                .map_err(|(e, _)| e)
+                .expect("delivered");
+        }
+    }
+
+    /// Committed offsets of `group` on `topic`, by partition.
+    pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+        let c: BaseConsumer = self.config().set("group.id", group).create().unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = c
+            .committed_offsets(tpl, Timeout::After(Duration::from_secs(10)))
+            .unwrap();
+        got.elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Sum of committed offsets across partitions (= records committed past, when each
+    /// partition starts at 0).
+    pub fn committed_total(&self, group: &str, topic: &str, partitions: i32) -> i64 {
+        self.committed(group, topic, partitions).values().sum()
+    }
+
+    /// Poll until the committed total reaches `want` or the timeout passes.
+    pub async fn wait_committed(&self, t: &Topics, want: i64, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let got = self.committed_total(&t.group, &t.triggers, t.triggers_partitions);
+            if got >= want || Instant::now() > deadline {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A reader of every partition of `topic`, from the beginning.
+    pub fn reader(&self, topic: &str, partitions: i32) -> StreamConsumer {
+        let c: StreamConsumer = self
+            .config()
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition_offset(topic, p, Offset::Beginning)
+                .unwrap();
+        }
+        c.assign(&tpl).unwrap();
+        c
+    }
+}
+
+/// The topics and group of one test.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub triggers: String,
+    pub status: String,
+    pub dlq: String,
+    pub group: String,
+    pub triggers_partitions: i32,
+    pub status_partitions: i32,
+}
+
+/// Follows the status topic and keeps every run update seen.
+pub struct StatusLog {
+    consumer: StreamConsumer,
+    pub updates: Vec<RunUpdate>,
+}
+
+impl StatusLog {
+    pub fn new(kafka: &Kafka, t: &Topics) -> StatusLog {
+        StatusLog {
+            consumer: kafka.reader(&t.status, t.status_partitions),
+            updates: Vec::new(),
+        }
+    }
+
+    /// Read until `done(updates)` holds; panics with what was seen after `timeout`.
+    pub async fn wait_until(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[RunUpdate]) -> bool,
+    ) -> &[RunUpdate] {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !done(&self.updates) {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    let u: RunUpdate = serde_json::from_slice(m.payload().unwrap())
+                        .expect("status records are run updates");
+                    assert_eq!(
+                        m.key(),
+                        Some(u.run_id.as_bytes()),
+                        "status key is the run id"
+                    );
+                    self.updates.push(u);
+                }
+                Ok(Err(e)) => panic!("status reader: {e}"),
+                Err(_) => panic!(
+                    "timed out after {timeout:?} waiting for {what}; saw {} updates: {:#?}",
+                    self.updates.len(),
+                    self.updates.iter().rev().take(10).collect::<Vec<_>>()
+                ),
+            }
+        }
+        &self.updates
+    }
+
+    /// Keep reading for `quiet` to collect stragglers (e.g. to check nothing else comes).
+    pub async fn settle(&mut self, quiet: Duration) {
+        while let Ok(Ok(m)) = tokio::time::timeout(quiet, self.consumer.recv()).await {
+            self.updates
+                .push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        }
+    }
+
+    pub fn of(&self, run: &str) -> Vec<&RunUpdate> {
+        self.updates.iter().filter(|u| u.run_id == run).collect()
+    }
+
+    pub fn terminal(&self, run: &str) -> Vec<&RunUpdate> {
+        self.of(run)
+            .into_iter()
+            .filter(|u| u.is_terminal())
+            .collect()
+    }
+}
+
+/// A DLQ record as read back.
+#[derive(Debug, Clone)]
+pub struct DlqEntry {
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+/// Read `n` DLQ records (panics after `timeout`).
+pub async fn read_dlq(kafka: &Kafka, t: &Topics, n: usize, timeout: Duration) -> Vec<DlqEntry> {
+    let c = kafka.reader(&t.dlq, 1);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n {
+        let m = match tokio::time::timeout_at(deadline, c.recv()).await {
+            Ok(m) => m.unwrap(),
+            Err(_) => panic!("timed out waiting for {n} DLQ records; got {out:#?}"),
+        };
+        let headers = m
+            .headers()
+            .map(|hs| {
+                hs.iter()
+                    .map(|h| {
+                        (
+                            h.key.to_owned(),
+                            String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push(DlqEntry {
+            key: m.key().map(<[u8]>::to_vec),
+            payload: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+    }
+    out
+}
+
+/// A switchyard process under test.
+pub struct Dispatcher {
+    child: Option<Child>,
+    pub log: PathBuf,
+}
+
+/// Directory for one test's files.
+pub fn scratch_dir() -> PathBuf {
+    let d = std::env::temp_dir()
+        .join("switchyard-tests")
+        .join(unique("t"));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The configuration a test dispatcher runs with; `extra` is appended TOML.
+pub fn config_toml(kafka: &Kafka, t: &Topics, extra: &str) -> String {
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+group_id = "{group}"
+triggers_topic = "{triggers}"
+status_topic = "{status}"
+dlq_topic = "{dlq}"
+create_topics = false
+
+[kafka.consumer]
+"session.timeout.ms" = 6000
+"heartbeat.interval.ms" = 500
+
+[log]
+format = "text"
+level = "info,librdkafka=warn"
+
+[secrets]
+token = {{ env = "SWITCHYARD_TEST_TOKEN" }}
+{extra}
+"#,
+        brokers = kafka.brokers,
+        group = t.group,
+        triggers = t.triggers,
+        status = t.status,
+        dlq = t.dlq,
+    )
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_switchyard")
+}
+
+impl Dispatcher {
+    /// Start `switchyard run` with the test configuration plus `extra` TOML.
+    pub fn start(kafka: &Kafka, t: &Topics, extra: &str) -> Dispatcher {
+        Self::start_with_config(&config_toml(kafka, t, extra), &[])
+    }
+
+    /// Start with a full configuration text and extra environment variables.
+    pub fn start_with_config(toml: &str, env: &[(&str, &str)]) -> Dispatcher {
+        let dir = scratch_dir();
+        let cfg = dir.join("switchyard.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let log = dir.join("switchyard.log");
+        let child = Command::new(bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env_remove("SWITCHYARD_CONFIG")
+            .env("SWITCHYARD_TEST_TOKEN", TEST_TOKEN)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning switchyard");
+        Dispatcher {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// SIGKILL: no drain, no commit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then wait up to `timeout` for the exit.
+    pub fn terminate(&mut self, timeout: Duration) -> ExitStatus {
+        let mut c = self.child.take().expect("dispatcher still running");
+        let _ = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!(
+                    "switchyard did not exit within {timeout:?} of SIGTERM:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Dispatcher {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- switchyard log ({}) ---\n{}",
+                self.log.display(),
+                self.logs()
+            );
+        }
+    }
+}
+
+/// A WEBHOOK trigger event for `run`, posting to `url`.
+pub fn webhook_event(run: &str, url: &str, synchronized: bool) -> serde_json::Value {
+    serde_json::json!({
+        "run": {"id": run},
+        "action": {"identifier": "deploy_service", "blueprint": "service",
+            "invocationMethod": {"type": "WEBHOOK", "url": url, "method": "POST",
+                "synchronized": synchronized,
+                "headers": {"RUN_ID": "{{ .run.id }}", "X-Token": "{{ .secrets.token }}"},
+                "body": {"version": "{{ .inputs.version }}", "n": "{{ .inputs.n }}",
+                         "run": "{{ .run.id }}"}}},
+        "trigger": {"by": {"user": {"email": "dev@acme.io"}}, "origin": "UI",
+                    "at": "2026-11-28T10:00:00Z", "operation": "DAY-2"},
+        "inputs": {"version": "1.4.2", "n": 0},
+        "entity": {"identifier": "checkout", "blueprint": "service", "properties": {}},
+        "event": null
+    })
+}
+
+pub fn record(key: Option<&str>, value: &serde_json::Value) -> (Option<String>, Vec<u8>) {
+    (key.map(str::to_owned), serde_json::to_vec(value).unwrap())
+}

@@ -1,0 +1,137 @@
+//! A webhook receiver on loopback that records every request and answers as scripted by
+//! the query string: `?status=503&delay_ms=200&body=text`. Without `delay_ms`, the
+//! receiver-wide default delay applies (tests change it at run time).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Router;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct State {
+    seen: Mutex<Vec<Seen>>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    default_delay_ms: AtomicU64,
+}
+
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<State>,
+}
+
+impl Receiver {
+    pub async fn start() -> Receiver {
+        let state = Arc::new(State::default());
+        let s = state.clone();
+        let app = Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let s = s.clone();
+                async move { handle(s, method, uri, headers, body).await }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Receiver { addr, state }
+    }
+
+    /// `http://127.0.0.1:PORT{path_and_query}`
+    pub fn url(&self, path_and_query: &str) -> String {
+        format!("http://{}{}", self.addr, path_and_query)
+    }
+
+    pub fn requests(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    /// Most requests that were being answered at the same time.
+    pub fn max_concurrency(&self) -> usize {
+        self.state.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    pub fn set_default_delay(&self, d: Duration) {
+        self.state
+            .default_delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Wait until at least `n` requests arrived.
+    pub async fn wait_requests(&self, n: usize, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "receiver saw {} of {n} requests within {timeout:?}",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn handle(
+    s: Arc<State>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> impl IntoResponse {
+    let query: HashMap<String, String> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.replace("%20", " ")))
+        .collect();
+    let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+    s.max_in_flight.fetch_max(now, Ordering::SeqCst);
+    s.seen.lock().unwrap().push(Seen {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        body: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        at: Instant::now(),
+    });
+    let delay = query
+        .get("delay_ms")
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| s.default_delay_ms.load(Ordering::SeqCst));
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    s.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let status = query
+        .get("status")
+        .and_then(|c| c.parse().ok())
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::OK);
+    let text = match query.get("body") {
+        Some(b) => b.clone(),
+        None if status.is_success() => json!({"ok": true, "path": uri.path()}).to_string(),
+        None => "scripted failure".to_owned(),
+    };
+    (status, text)
+}

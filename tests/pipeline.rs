@@ -1,0 +1,396 @@
+//! The pipeline end to end, through the public surface: events produced to a real Kafka
+//! protocol implementation, `switchyard run` as a child process, a local webhook
+//! receiver, and the status and DLQ topics read back.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::*;
+use serde_json::json;
+use switchyard::model::{RunStatus, UpdateKind};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_success_reports_in_progress_response_and_success() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let ev = webhook_event("r_sync_ok", &rx.url("/deploy?status=200"), true);
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| u.iter().any(|u| u.is_terminal()))
+        .await;
+    let updates = log.of("r_sync_ok");
+    let kinds: Vec<_> = updates.iter().map(|u| (u.seq, u.kind, u.status)).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (1, UpdateKind::Status, Some(RunStatus::InProgress)),
+            (2, UpdateKind::Response, None),
+            (3, UpdateKind::Status, Some(RunStatus::Success)),
+        ]
+    );
+    assert_eq!(
+        updates[1].response,
+        Some(json!({"ok": true, "path": "/deploy"}))
+    );
+    let done = updates[2];
+    assert!(done.summary.as_deref().unwrap().starts_with("HTTP 200 in "));
+    assert_eq!(done.backend.as_deref(), Some("WEBHOOK"));
+    assert_eq!(done.attempt, Some(1));
+    assert_eq!(done.source.as_ref().unwrap().topic, t.triggers);
+
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 1);
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(r.headers["idempotency-key"], "r_sync_ok");
+    assert_eq!(r.headers["run_id"], "r_sync_ok");
+    assert_eq!(
+        r.headers["x-token"], TEST_TOKEN,
+        "secret resolved from config"
+    );
+    assert_eq!(
+        r.body,
+        json!({"version": "1.4.2", "n": 0, "run": "r_sync_ok"})
+    );
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_failure_reports_status_and_body_and_dead_letters() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let url = rx.url("/deploy?status=422&body=version%201.4.2%20is%20not%20released");
+    let ev = webhook_event("r_sync_fail", &url, true);
+    kafka.produce(&t.triggers, &[record(Some("k1"), &ev)]).await;
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "FAILURE", |u| u.iter().any(|u| u.is_terminal()))
+        .await;
+    let fail = log.terminal("r_sync_fail")[0].clone();
+    assert_eq!(fail.status, Some(RunStatus::Failure));
+    assert_eq!(
+        fail.summary.as_deref(),
+        Some("HTTP 422 Unprocessable Entity: version 1.4.2 is not released")
+    );
+    let dlq = read_dlq(&kafka, &t, 1, WAIT).await;
+    assert_eq!(dlq[0].headers["switchyard-error-class"], "http_status");
+    assert_eq!(dlq[0].headers["switchyard-attempts"], "1");
+    assert_eq!(dlq[0].key.as_deref(), Some(&b"k1"[..]));
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_run_stays_in_progress_with_an_accepted_log() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let ev = webhook_event("r_async", &rx.url("/jobs?status=202"), false);
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "accepted log", |u| {
+        u.iter().any(|u| u.kind == UpdateKind::Log)
+    })
+    .await;
+    // The offset completes once the log update is acknowledged...
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+    log.settle(Duration::from_millis(500)).await;
+    let updates = log.of("r_async");
+    assert_eq!(updates.len(), 2, "{updates:#?}");
+    assert_eq!(updates[0].status, Some(RunStatus::InProgress));
+    assert_eq!(
+        updates[1].message.as_deref(),
+        Some("request accepted: HTTP 202")
+    );
+    // ...and the run stays open for the backend to report.
+    assert!(log.terminal("r_async").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_run_with_non_2xx_still_fails() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let ev = webhook_event("r_async_fail", &rx.url("/jobs?status=404"), false);
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "FAILURE", |u| u.iter().any(|u| u.is_terminal()))
+        .await;
+    let f = log.terminal("r_async_fail")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert!(f.summary.unwrap().starts_with("HTTP 404 Not Found"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_fail_to_the_dlq_and_offsets_move_past_them() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+
+    let mut unknown = webhook_event("r_unknown", &rx.url("/x"), true);
+    unknown["action"]["invocationMethod"]["type"] = json!("CARRIER_PIGEON");
+    let mut bad_template = webhook_event("r_template", &rx.url("/x"), true);
+    bad_template["action"]["invocationMethod"]["body"]["version"] =
+        json!("{{ .inputs.version + 1 }}");
+    let good = webhook_event("r_after", &rx.url("/ok"), true);
+    let records = vec![
+        (
+            Some("k-malformed".to_owned()),
+            b"{\"run\": {\"id\": ".to_vec(),
+        ),
+        record(
+            None,
+            &json!({"action": {"identifier": "x", "invocationMethod": {}}}),
+        ),
+        record(None, &unknown),
+        record(None, &bad_template),
+        record(None, &good),
+    ];
+    kafka.produce(&t.triggers, &records).await;
+
+    let dlq = read_dlq(&kafka, &t, 4, WAIT).await;
+    let by_class: HashMap<&str, &DlqEntry> = dlq
+        .iter()
+        .map(|d| (d.headers["switchyard-error-class"].as_str(), d))
+        .collect();
+    for d in &dlq {
+        for h in [
+            "switchyard-error",
+            "switchyard-error-class",
+            "switchyard-attempts",
+            "switchyard-source",
+            "switchyard-failed-at",
+        ] {
+            assert!(d.headers.contains_key(h), "missing {h} in {d:?}");
+        }
+        assert!(d.headers["switchyard-source"].starts_with(&format!("{}/0/", t.triggers)));
+    }
+    let malformed = by_class["malformed_json"];
+    assert_eq!(
+        malformed.payload.as_deref(),
+        Some(&b"{\"run\": {\"id\": "[..])
+    );
+    assert_eq!(malformed.key.as_deref(), Some(&b"k-malformed"[..]));
+    assert_eq!(
+        malformed.headers["switchyard-source"],
+        format!("{}/0/0", t.triggers)
+    );
+    assert!(malformed.headers["switchyard-error"].contains("line 1 column"));
+    assert_eq!(
+        by_class["missing_run_id"].headers["switchyard-error"],
+        "missing run id: run.id: missing field"
+    );
+    assert!(by_class["unknown_backend"].headers["switchyard-error"].contains("\"CARRIER_PIGEON\""));
+    let tmpl = &by_class["template_error"].headers["switchyard-error"];
+    assert!(tmpl.contains("invocationMethod.body.version"), "{tmpl}");
+    assert!(tmpl.contains("jq error"), "{tmpl}");
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "three terminal statuses", |u| {
+        u.iter().filter(|u| u.is_terminal()).count() >= 3
+    })
+    .await;
+    for run in ["r_unknown", "r_template"] {
+        let f = log.terminal(run);
+        assert_eq!(f.len(), 1, "{run}");
+        assert_eq!(f[0].status, Some(RunStatus::Failure));
+    }
+    assert!(log.terminal("r_unknown")[0]
+        .summary
+        .as_deref()
+        .unwrap()
+        .contains("unknown invocationMethod.type"));
+    assert_eq!(log.terminal("r_after")[0].status, Some(RunStatus::Success));
+    assert_eq!(rx.count(), 1, "only the good event reaches the receiver");
+    assert_eq!(
+        kafka.wait_committed(&t, 5, WAIT).await,
+        5,
+        "committed past all five"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_key_events_run_strictly_in_order() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    // Earlier events are slower, so any overlap would reorder arrivals.
+    let records: Vec<_> = (0..50)
+        .map(|n| {
+            let url = rx.url(&format!("/seq?delay_ms={}", (50 - n) % 7));
+            let mut ev = webhook_event(&format!("r_ord_{n}"), &url, true);
+            ev["inputs"]["n"] = json!(n);
+            ev["orderingKey"] = json!("service/checkout");
+            record(Some("service/checkout"), &ev)
+        })
+        .collect();
+    kafka.produce(&t.triggers, &records).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "50 terminal", |u| {
+        u.iter().filter(|u| u.is_terminal()).count() >= 50
+    })
+    .await;
+    let order: Vec<i64> = rx
+        .requests()
+        .iter()
+        .map(|r| r.body["n"].as_i64().unwrap())
+        .collect();
+    assert_eq!(order, (0..50).collect::<Vec<_>>());
+    assert_eq!(rx.max_concurrency(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_keys_run_in_parallel_inside_one_partition() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let url = rx.url("/slow?delay_ms=1500");
+    let records: Vec<_> = (0..32)
+        .map(|n| record(None, &webhook_event(&format!("r_par_{n}"), &url, true)))
+        .collect();
+    kafka.produce(&t.triggers, &records).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "32 terminal", |u| {
+        u.iter().filter(|u| u.is_terminal()).count() >= 32
+    })
+    .await;
+    let max = rx.max_concurrency();
+    println!("max concurrent requests from one partition: {max}");
+    assert!(max >= 16, "only {max} concurrent requests");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_partition_window_pauses_intake_and_still_completes() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let url = rx.url("/slow?delay_ms=300");
+    let records: Vec<_> = (0..20)
+        .map(|n| record(None, &webhook_event(&format!("r_win_{n}"), &url, true)))
+        .collect();
+    if kafka.is_real() {
+        // Tansu 0.6.0 returns no records for a fetch that starts inside a record batch
+        // (Apache Kafka returns the containing batch). librdkafka drops its prefetched
+        // records on pause and re-fetches from the next offset on resume, so records
+        // that share a batch would never arrive. One record per batch avoids that; see
+        // README "Testing".
+        kafka.produce_each(&t.triggers, &records).await;
+    } else {
+        kafka.produce(&t.triggers, &records).await;
+    }
+    let cfg = config_toml(&kafka, &t, "[dispatch]\npartition_window = 4\n");
+    let debug = [(
+        "SWITCHYARD_LOG__LEVEL",
+        "info,switchyard::kafka::consumer=debug",
+    )];
+    let d = Dispatcher::start_with_config(&cfg, &debug);
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "20 terminal", |u| {
+        u.iter().filter(|u| u.is_terminal()).count() >= 20
+    })
+    .await;
+    let max = rx.max_concurrency();
+    println!("max concurrent requests with a window of 4: {max}");
+    assert!(max <= 4, "window of 4 allowed {max} concurrent requests");
+    let logs = d.logs();
+    let (paused, resumed) = (
+        logs.matches("window full; paused").count(),
+        logs.matches("drained; resumed").count(),
+    );
+    println!("partition paused {paused} times, resumed {resumed} times");
+    assert!(
+        paused >= 1 && resumed >= 1,
+        "no pause/resume logged:\n{logs}"
+    );
+    assert_eq!(kafka.wait_committed(&t, 20, WAIT).await, 20);
+}
+
+/// Kill the dispatcher (SIGKILL) with 200 runs in flight against a slow receiver; a new
+/// instance in the same group must bring every run to a terminal status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_run_is_lost_when_the_dispatcher_is_killed_mid_flight() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    rx.set_default_delay(Duration::from_secs(30));
+    let extra = "[backends.webhook]\nconcurrency = 256\n";
+    let mut first = Dispatcher::start(&kafka, &t, extra);
+    let url = rx.url("/deploy");
+    let runs: Vec<String> = (0..200).map(|n| format!("r_kill_{n}")).collect();
+    let records: Vec<_> = runs
+        .iter()
+        .map(|r| record(None, &webhook_event(r, &url, true)))
+        .collect();
+    kafka.produce(&t.triggers, &records).await;
+    rx.wait_requests(200, WAIT).await;
+    first.kill();
+    let committed_at_kill = kafka.committed_total(&t.group, &t.triggers, 3);
+
+    rx.set_default_delay(Duration::from_millis(5));
+    let _second = Dispatcher::start(&kafka, &t, extra);
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(Duration::from_secs(120), "200 terminal runs", |u| {
+        u.iter()
+            .filter(|u| u.is_terminal())
+            .map(|u| u.run_id.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+            >= 200
+    })
+    .await;
+    let missing: Vec<_> = runs.iter().filter(|r| log.terminal(r).is_empty()).collect();
+    let requests = rx.count();
+    println!(
+        "killed with 200 in flight (committed {committed_at_kill}); requests {requests}, \
+         duplicates {}, missing {}",
+        requests - 200,
+        missing.len()
+    );
+    assert!(
+        missing.is_empty(),
+        "runs without a terminal status: {missing:?}"
+    );
+    assert_eq!(
+        committed_at_kill, 0,
+        "nothing may be committed before its update"
+    );
+    assert_eq!(kafka.wait_committed(&t, 200, WAIT).await, 200);
+}
+
+/// SIGTERM drains in-flight runs, commits, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_runs_and_commits() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    let mut d = Dispatcher::start(&kafka, &t, "[dispatch]\nshutdown_grace = \"20s\"\n");
+    let url = rx.url("/deploy?delay_ms=1000");
+    let records: Vec<_> = (0..30)
+        .map(|n| record(None, &webhook_event(&format!("r_term_{n}"), &url, true)))
+        .collect();
+    kafka.produce(&t.triggers, &records).await;
+    rx.wait_requests(30, WAIT).await;
+    let status = d.terminate(Duration::from_secs(30));
+    assert!(status.success(), "exit status {status:?}:\n{}", d.logs());
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "30 terminal", |u| {
+        u.iter().filter(|u| u.is_terminal()).count() >= 30
+    })
+    .await;
+    assert_eq!(kafka.committed_total(&t.group, &t.triggers, 3), 30);
+}
