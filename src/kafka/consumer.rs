@@ -434,7 +434,10 @@ pub fn start<S: Sink>(
     let mut c = super::client_config(k);
     c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        // Frequent commits of stored offsets keep the redelivery window small when a
+        // commit in the revoke callback is refused (some brokers reject commits while
+        // the group is rebalancing).
+        .set("auto.commit.interval.ms", "250")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
     for (key, v) in &k.consumer {
