@@ -386,3 +386,51 @@ async fn sigterm_drains_in_flight_runs_and_commits() {
     .await;
     assert_eq!(kafka.committed_total(&t.group, &t.triggers, 3), 30);
 }
+
+/// While the DLQ cannot be written, the partition does not advance past the bad record;
+/// once it can, the record lands in the DLQ and the offset completes. Fault injection
+/// uses the mock cluster's API, so this runs in the mock pass only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
+    use rdkafka::types::RDKafkaRespErr;
+    let kafka = Kafka::start();
+    let Some(mock) = kafka.mock() else {
+        println!("real broker: no fault injection available; covered by the mock pass");
+        return;
+    };
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let d = Dispatcher::start(&kafka, &t, "");
+    let good = webhook_event("r_before", &rx.url("/ok"), true);
+    kafka.produce(&t.triggers, &[record(None, &good)]).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "first run", |u| u.iter().any(|u| u.is_terminal()))
+        .await;
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+
+    // From now on the DLQ topic's metadata says the producer may not write to it.
+    mock.topic_error(
+        &t.dlq,
+        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+    )
+    .unwrap();
+    kafka
+        .produce(&t.triggers, &[(None, b"not json".to_vec())])
+        .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let blocked = kafka.committed_total(&t.group, &t.triggers, 1);
+    assert_eq!(blocked, 1, "committed past a record whose DLQ write failed");
+    assert!(
+        d.logs().contains("publish failed; retrying"),
+        "{}",
+        d.logs()
+    );
+
+    mock.topic_error(&t.dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+        .unwrap();
+    let dlq = read_dlq(&kafka, &t, 1, WAIT).await;
+    assert_eq!(dlq[0].headers["switchyard-error-class"], "malformed_json");
+    let after = kafka.wait_committed(&t, 2, WAIT).await;
+    println!("committed while the DLQ failed: {blocked}; after it recovered: {after}");
+    assert_eq!(after, 2);
+}

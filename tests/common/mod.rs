@@ -61,6 +61,11 @@ impl Kafka {
         }
     }
 
+    /// The mock cluster, for fault injection (None on a real broker).
+    pub fn mock(&self) -> Option<&MockCluster<'static, DefaultProducerContext>> {
+        self.mock.as_ref()
+    }
+
     pub fn is_real(&self) -> bool {
         self.mock.is_none()
     }
