@@ -105,6 +105,44 @@ mod tests {
     use std::time::Duration;
     use tokio::sync::mpsc;
 
+    fn event(ordering_key: Option<&str>) -> TriggerEvent {
+        let mut v = serde_json::json!({"run": {"id": "r_1"},
+            "action": {"identifier": "a", "invocationMethod": {"type": "WEBHOOK"}}});
+        if let Some(k) = ordering_key {
+            v["orderingKey"] = k.into();
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn rec(key: Option<&str>) -> TriggerRecord {
+        TriggerRecord {
+            topic: "t".into(),
+            partition: 2,
+            offset: 9,
+            key: key.map(|k| k.as_bytes().to_vec()),
+            payload: None,
+            headers: vec![],
+            timestamp_ms: None,
+        }
+    }
+
+    #[test]
+    fn lane_key_prefers_ordering_key_then_record_key_then_run_id() {
+        let k = |ok, rk| lane_key(Ordering::Key, &event(ok), &rec(rk));
+        assert_eq!(k(Some("svc/a"), Some("rk")).as_deref(), Some("svc/a"));
+        assert_eq!(k(None, Some("rk")).as_deref(), Some("rk"));
+        assert_eq!(k(None, None).as_deref(), Some("r_1"));
+        assert_eq!(k(Some(""), Some("")).as_deref(), Some("r_1"));
+        assert_eq!(
+            lane_key(Ordering::Partition, &event(Some("x")), &rec(None)).as_deref(),
+            Some("t/2")
+        );
+        assert_eq!(
+            lane_key(Ordering::Unordered, &event(Some("x")), &rec(None)),
+            None
+        );
+    }
+
     #[tokio::test]
     async fn same_key_runs_in_order_and_keys_run_in_parallel() {
         let (tx, mut rx) = mpsc::unbounded_channel::<(String, u32)>();

@@ -221,7 +221,7 @@ impl<S: Sink> Ctx<S> {
         }
         part.live += 1;
         if part.tracker.in_flight() >= self.window && !part.paused {
-            match consumer.pause(&single(&tp, None)) {
+            match consumer.pause(&single(&tp)) {
                 Ok(()) => {
                     part.paused = true;
                     tracing::debug!(topic = %tp.0, partition = tp.1, "partition window full; paused");
@@ -298,7 +298,7 @@ impl<S: Sink> Ctx<S> {
             }
         }
         for tp in resume {
-            if let Err(e) = consumer.resume(&single(&tp, None)) {
+            if let Err(e) = consumer.resume(&single(&tp)) {
                 tracing::warn!(error = %e, "resuming a partition failed");
             } else {
                 tracing::debug!(topic = %tp.0, partition = tp.1, "partition drained; resumed");
@@ -371,16 +371,9 @@ impl<S: Sink> Ctx<S> {
     }
 }
 
-fn single(tp: &Tp, offset: Option<i64>) -> TopicPartitionList {
+fn single(tp: &Tp) -> TopicPartitionList {
     let mut tpl = TopicPartitionList::with_capacity(1);
-    match offset {
-        Some(o) => {
-            let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(o));
-        }
-        None => {
-            tpl.add_partition(&tp.0, tp.1);
-        }
-    }
+    tpl.add_partition(&tp.0, tp.1);
     tpl
 }
 
