@@ -2,7 +2,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::receiver::Receiver;
@@ -10,6 +9,19 @@ use common::*;
 use switchyard::model::RunStatus;
 
 const WAIT: Duration = Duration::from_secs(60);
+
+/// `switchyard validate --config PATH`: exit code and standard error.
+fn validate(path: &std::path::Path) -> (Option<i32>, String) {
+    let out = cmd()
+        .args(["validate", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
 
 fn write_config(text: &str) -> std::path::PathBuf {
     let path = scratch_dir().join("switchyard.toml");
@@ -29,13 +41,8 @@ partition_window = 0
 shutdown_grace = "soon"
 "#,
     );
-    let out = cmd()
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = validate(&path);
+    assert_eq!(code, Some(78));
     // A type error (shutdown_grace) is reported; fix it and the rest are listed together.
     assert!(
         err.contains("shutdown_grace") || err.contains("soon"),
@@ -45,13 +52,8 @@ shutdown_grace = "soon"
     let path = write_config(
         "[kafka]\nbrokers = \"\"\nstatus_topic = \"has space\"\nbrokerz = 1\n[dispatch]\npartition_window = 0\n",
     );
-    let out = cmd()
-        .args(["validate", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(78));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = validate(&path);
+    assert_eq!(code, Some(78));
     for needle in [
         "kafka.brokers",
         "kafka.status_topic",
@@ -205,15 +207,8 @@ async fn rebalance_drains_revoked_partitions_and_loses_nothing() {
     kafka.produce_refetchable(&t.triggers, &records[60..]).await;
 
     let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "120 terminal runs", |u| {
-        u.iter()
-            .filter(|u| u.is_terminal())
-            .map(|u| u.run_id.as_str())
-            .collect::<BTreeSet<_>>()
-            .len()
-            >= 120
-    })
-    .await;
+    log.wait_until(WAIT, "120 terminal runs", |u| StatusLog::finished(u) >= 120)
+        .await;
     let missing: Vec<_> = runs.iter().filter(|r| log.terminal(r).is_empty()).collect();
     assert!(missing.is_empty(), "{missing:?}");
     let requests = rx.count();

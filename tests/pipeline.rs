@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use common::receiver::Receiver;
@@ -200,7 +200,7 @@ async fn bad_inputs_fail_to_the_dlq_and_offsets_move_past_them() {
 
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "three terminal statuses", |u| {
-        u.iter().filter(|u| u.is_terminal()).count() >= 3
+        StatusLog::finished(u) >= 3
     })
     .await;
     for run in ["r_unknown", "r_template"] {
@@ -240,10 +240,8 @@ async fn same_key_events_run_strictly_in_order() {
         .collect();
     kafka.produce(&t.triggers, &records).await;
     let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "50 terminal", |u| {
-        u.iter().filter(|u| u.is_terminal()).count() >= 50
-    })
-    .await;
+    log.wait_until(WAIT, "50 terminal", |u| StatusLog::finished(u) >= 50)
+        .await;
     let order: Vec<i64> = rx
         .requests()
         .iter()
@@ -265,10 +263,8 @@ async fn distinct_keys_run_in_parallel_inside_one_partition() {
         .collect();
     kafka.produce(&t.triggers, &records).await;
     let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "32 terminal", |u| {
-        u.iter().filter(|u| u.is_terminal()).count() >= 32
-    })
-    .await;
+    log.wait_until(WAIT, "32 terminal", |u| StatusLog::finished(u) >= 32)
+        .await;
     let max = rx.max_concurrency();
     println!("max concurrent requests from one partition: {max}");
     assert!(max >= 16, "only {max} concurrent requests");
@@ -292,10 +288,8 @@ async fn full_partition_window_pauses_intake_and_still_completes() {
     )];
     let d = Dispatcher::start_with_config(&cfg, &debug);
     let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "20 terminal", |u| {
-        u.iter().filter(|u| u.is_terminal()).count() >= 20
-    })
-    .await;
+    log.wait_until(WAIT, "20 terminal", |u| StatusLog::finished(u) >= 20)
+        .await;
     let max = rx.max_concurrency();
     println!("max concurrent requests with a window of 4: {max}");
     assert!(max <= 4, "window of 4 allowed {max} concurrent requests");
@@ -337,12 +331,7 @@ async fn no_run_is_lost_when_the_dispatcher_is_killed_mid_flight() {
     let _second = Dispatcher::start(&kafka, &t, extra);
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(Duration::from_secs(120), "200 terminal runs", |u| {
-        u.iter()
-            .filter(|u| u.is_terminal())
-            .map(|u| u.run_id.as_str())
-            .collect::<BTreeSet<_>>()
-            .len()
-            >= 200
+        StatusLog::finished(u) >= 200
     })
     .await;
     let missing: Vec<_> = runs.iter().filter(|r| log.terminal(r).is_empty()).collect();
@@ -380,10 +369,8 @@ async fn sigterm_drains_in_flight_runs_and_commits() {
     let status = d.terminate(Duration::from_secs(30));
     assert!(status.success(), "exit status {status:?}:\n{}", d.logs());
     let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "30 terminal", |u| {
-        u.iter().filter(|u| u.is_terminal()).count() >= 30
-    })
-    .await;
+    log.wait_until(WAIT, "30 terminal", |u| StatusLog::finished(u) >= 30)
+        .await;
     assert_eq!(kafka.committed_total(&t.group, &t.triggers, 3), 30);
 }
 

@@ -137,11 +137,7 @@ impl<S: Sink> ClientContext for Ctx<S> {
 impl<S: Sink> ConsumerContext for Ctx<S> {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
-            let tps: Vec<Tp> = tpl
-                .elements()
-                .iter()
-                .map(|e| (e.topic().to_owned(), e.partition()))
-                .collect();
+            let tps = partitions_of(tpl);
             tracing::info!(partitions = ?tps, "partitions revoked; draining");
             self.drain(consumer, &tps);
         }
@@ -150,11 +146,7 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                let tps: Vec<Tp> = tpl
-                    .elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition()))
-                    .collect();
+                let tps = partitions_of(tpl);
                 tracing::info!(partitions = ?tps, "partitions assigned");
                 // A partition paused in an earlier generation must not stay paused.
                 if let Err(e) = consumer.resume(tpl) {
@@ -369,6 +361,13 @@ impl<S: Sink> Ctx<S> {
     fn assigned(&self) -> Vec<Tp> {
         self.lock().parts.keys().cloned().collect()
     }
+}
+
+fn partitions_of(tpl: &TopicPartitionList) -> Vec<Tp> {
+    tpl.elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect()
 }
 
 fn single(tp: &Tp) -> TopicPartitionList {

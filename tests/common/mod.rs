@@ -299,6 +299,16 @@ impl StatusLog {
         }
     }
 
+    /// Number of distinct runs with a terminal status among `updates`.
+    pub fn finished(updates: &[RunUpdate]) -> usize {
+        updates
+            .iter()
+            .filter(|u| u.is_terminal())
+            .map(|u| u.run_id.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len()
+    }
+
     pub fn of(&self, run: &str) -> Vec<&RunUpdate> {
         self.updates.iter().filter(|u| u.run_id == run).collect()
     }
