@@ -18,12 +18,14 @@ use crate::pipeline::Pipeline;
 /// Run the dispatcher until `shutdown` fires, then stop cleanly.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let k = &cfg.kafka;
-    topics::ensure_topics(k, &[&k.triggers_topic, &k.status_topic, &k.dlq_topic]).await?;
+    let required =
+        [&k.triggers_topic, &k.status_topic, &k.dlq_topic].map(|t| topics::TopicSpec::plain(t));
+    topics::ensure_topics(k, &required, k.create_topics).await?;
     let secrets = cfg.resolve_secrets()?;
     let hard_stop = CancellationToken::new();
     let publisher =
         Arc::new(Publisher::new(k, hard_stop.clone()).context("creating the status producer")?);
-    let registry = Registry::from_config(&cfg)?;
+    let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
     let pipeline = Pipeline::new(registry, publisher.clone(), secrets, cfg.dispatch.ordering);
     let consumer = consumer::start(&cfg, Arc::new(pipeline), shutdown.clone())
         .context("starting the triggers consumer")?;

@@ -115,6 +115,77 @@ impl Default for DispatchConfig {
 #[serde(default)]
 pub struct BackendsConfig {
     pub webhook: PoolConfig,
+    pub kafka: KafkaBackendConfig,
+    pub upsert_entity: UpsertEntityConfig,
+}
+
+/// KAFKA backend: produce the rendered payload to a topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaBackendConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Topic for actions that do not name one (`invocationMethod.topic`).
+    pub topic: String,
+}
+
+impl Default for KafkaBackendConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        KafkaBackendConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            topic: "switchyard.actions".into(),
+        }
+    }
+}
+
+/// UPSERT_ENTITY backend: write entities to a compacted topic, optionally to a catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpsertEntityConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Compacted topic, key `blueprint/identifier`; created (compacted) when missing.
+    pub topic: String,
+    /// Optional catalog API: `PUT {catalog_url}/blueprints/{bp}/entities/{id}`; when set,
+    /// its response decides the run's status.
+    pub catalog_url: Option<String>,
+    /// Name of the secret sent as `Authorization: Bearer …` to the catalog.
+    pub catalog_token_secret: Option<String>,
+}
+
+impl Default for UpsertEntityConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        UpsertEntityConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            topic: "switchyard.entities".into(),
+            catalog_url: None,
+            catalog_token_secret: None,
+        }
+    }
+}
+
+impl KafkaBackendConfig {
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl UpsertEntityConfig {
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// Bounds of one backend's worker pool.
@@ -253,6 +324,31 @@ impl Config {
                 p.push(format!("{field}: {why}"));
             }
         }
+        for (field, topic) in [
+            ("backends.kafka.topic", &self.backends.kafka.topic),
+            (
+                "backends.upsert_entity.topic",
+                &self.backends.upsert_entity.topic,
+            ),
+        ] {
+            if let Err(why) = check_topic_name(topic) {
+                p.push(format!("{field}: {why}"));
+            }
+        }
+        if let Some(url) = &self.backends.upsert_entity.catalog_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(format!(
+                    "backends.upsert_entity.catalog_url: {url:?} is not an http(s) URL"
+                ));
+            }
+        }
+        if let Some(name) = &self.backends.upsert_entity.catalog_token_secret {
+            if !self.secrets.contains_key(name) {
+                p.push(format!(
+                    "backends.upsert_entity.catalog_token_secret: no secret named {name:?} in [secrets]"
+                ));
+            }
+        }
         if k.triggers_topic == k.status_topic || k.triggers_topic == k.dlq_topic {
             p.push("kafka.triggers_topic: must differ from status_topic and dlq_topic".into());
         }
@@ -279,7 +375,12 @@ impl Config {
         if self.dispatch.partition_window == 0 {
             p.push("dispatch.partition_window: must be at least 1".into());
         }
-        let pools = [("webhook", &self.backends.webhook)];
+        let b = &self.backends;
+        let pools = [
+            ("webhook", b.webhook.clone()),
+            ("kafka", b.kafka.pool()),
+            ("upsert_entity", b.upsert_entity.pool()),
+        ];
         for (name, pool) in pools {
             if pool.concurrency == 0 {
                 p.push(format!("backends.{name}.concurrency: must be at least 1"));

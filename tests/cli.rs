@@ -112,6 +112,8 @@ async fn missing_topics_are_created_when_configured() {
         status: unique("new-status"),
         dlq: unique("new-dlq"),
         group: unique("group"),
+        actions: unique("actions"),
+        entities: unique("entities"),
         triggers_partitions: 4,
         status_partitions: 4,
     };

@@ -70,3 +70,22 @@ fn trigger_event_schema_matches_the_json_contract() {
         assert!(names.contains(&key.to_owned()), "{key} missing");
     }
 }
+
+#[test]
+fn example_events_decode_and_name_a_backend() {
+    let mut n = 0;
+    for entry in std::fs::read_dir("examples/events").unwrap() {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        let ev = switchyard::decode::decode_json(&bytes)
+            .unwrap_or_else(|(e, _)| panic!("{}: {e}", path.display()));
+        let kind = ev.backend_type().unwrap().to_ascii_lowercase();
+        assert!(
+            path.file_stem().unwrap().to_str().unwrap() == kind,
+            "{} holds a {kind} event",
+            path.display()
+        );
+        n += 1;
+    }
+    assert!(n >= 3);
+}

@@ -4,6 +4,8 @@
 //! [`Report`]. Timeouts, concurrency (and, later, retries and rate limits) belong to the
 //! pool ([`crate::pool`]), not to the backend.
 
+pub mod kafka;
+pub mod upsert_entity;
 pub mod webhook;
 
 use std::collections::BTreeMap;
@@ -89,10 +91,23 @@ impl Report {
 
     /// A malformed invocation: a permanent failure that names the field.
     pub fn invalid(field: &str, problem: impl std::fmt::Display) -> Self {
-        let mut r = Report::new(
-            Outcome::Permanent,
-            format!("invocationMethod.{field}: {problem}"),
-        );
+        Invalid::new(field, problem).into()
+    }
+}
+
+/// A malformed invocation field; becomes a permanent-failure [`Report`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid(String);
+
+impl Invalid {
+    pub fn new(field: &str, problem: impl std::fmt::Display) -> Self {
+        Invalid(format!("invocationMethod.{field}: {problem}"))
+    }
+}
+
+impl From<Invalid> for Report {
+    fn from(i: Invalid) -> Report {
+        let mut r = Report::new(Outcome::Permanent, i.0);
         r.error_class = Some("invalid_invocation");
         r
     }
@@ -121,13 +136,33 @@ pub struct Registry {
 
 impl Registry {
     /// Build every backend from the configuration. Adding a backend is one line here.
-    pub fn from_config(cfg: &Config) -> anyhow::Result<Registry> {
+    pub fn from_config(
+        cfg: &Config,
+        producer: rdkafka::producer::FutureProducer,
+        secrets: &Map<String, Value>,
+    ) -> anyhow::Result<Registry> {
+        let b = &cfg.backends;
+        let topics = Arc::new(crate::kafka::topics::TopicGuard::new(&cfg.kafka));
         let mut r = Registry {
             by_type: BTreeMap::new(),
         };
+        r.add(Arc::new(webhook::Webhook::new(&b.webhook)?), &b.webhook);
         r.add(
-            Arc::new(webhook::Webhook::new(&cfg.backends.webhook)?),
-            &cfg.backends.webhook,
+            Arc::new(kafka::KafkaBackend::new(
+                &b.kafka,
+                producer.clone(),
+                topics.clone(),
+            )),
+            &b.kafka.pool(),
+        );
+        r.add(
+            Arc::new(upsert_entity::UpsertEntity::new(
+                &b.upsert_entity,
+                producer,
+                topics,
+                secrets,
+            )?),
+            &b.upsert_entity.pool(),
         );
         Ok(r)
     }
@@ -150,5 +185,79 @@ impl Registry {
     /// Comma-separated list of known types, for error messages.
     pub fn known(&self) -> String {
         self.by_type.keys().copied().collect::<Vec<_>>().join(", ")
+    }
+}
+
+/// Port allows `synchronized` (and `agent`) as a bool or as a string such as "true".
+pub fn flag(v: Option<&Value>) -> Result<bool, String> {
+    match v {
+        None | Some(Value::Null) => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(Value::String(s)) => match s.trim() {
+            "true" => Ok(true),
+            "false" | "" => Ok(false),
+            other => Err(format!("expected true or false, got {other:?}")),
+        },
+        Some(other) => Err(format!("expected boolean, got {other}")),
+    }
+}
+
+/// An error with its sources: "error sending request: connection refused".
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let text = inner.to_string();
+        if !s.contains(&text) {
+            s.push_str(": ");
+            s.push_str(&text);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// A required, non-empty string field of the invocation.
+pub fn required_str<'a>(inv: &'a Map<String, Value>, field: &str) -> Result<&'a str, Invalid> {
+    match inv.get(field) {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(s),
+        None | Some(Value::Null) => Err(Invalid::new(field, "missing")),
+        Some(Value::String(_)) => Err(Invalid::new(field, "empty string")),
+        Some(other) => Err(Invalid::new(
+            field,
+            format!("expected string, got {}", crate::template::compact(other)),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_accept_bool_or_string() {
+        assert_eq!(flag(Some(&Value::Bool(true))), Ok(true));
+        assert_eq!(flag(Some(&Value::String("true".into()))), Ok(true));
+        assert_eq!(flag(None), Ok(false));
+        assert!(flag(Some(&Value::String("yes".into()))).is_err());
+    }
+
+    #[test]
+    fn required_strings_name_the_field() {
+        let inv: Map<String, Value> =
+            serde_json::from_str(r#"{"a": "x", "b": "", "c": 3}"#).unwrap();
+        assert_eq!(required_str(&inv, "a").unwrap(), "x");
+        assert_eq!(
+            Report::from(required_str(&inv, "b").unwrap_err()).summary,
+            "invocationMethod.b: empty string"
+        );
+        assert_eq!(
+            Report::from(required_str(&inv, "c").unwrap_err()).summary,
+            "invocationMethod.c: expected string, got 3"
+        );
+        assert_eq!(
+            Report::from(required_str(&inv, "d").unwrap_err()).summary,
+            "invocationMethod.d: missing"
+        );
     }
 }

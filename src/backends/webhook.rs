@@ -13,7 +13,7 @@ use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
-use super::{AttemptFuture, Backend, Outcome, Report, Request};
+use super::{error_chain, flag, AttemptFuture, Backend, Outcome, Report, Request};
 use crate::config::PoolConfig;
 
 /// Largest response body read; the rest is discarded.
@@ -217,35 +217,6 @@ fn head(body: &[u8], max: usize) -> String {
     s
 }
 
-/// Port allows `synchronized` (and `agent`) as a bool or as a string such as "true".
-fn flag(v: Option<&Value>) -> Result<bool, String> {
-    match v {
-        None | Some(Value::Null) => Ok(false),
-        Some(Value::Bool(b)) => Ok(*b),
-        Some(Value::String(s)) => match s.trim() {
-            "true" => Ok(true),
-            "false" | "" => Ok(false),
-            other => Err(format!("expected true or false, got {other:?}")),
-        },
-        Some(other) => Err(format!("expected boolean, got {other}")),
-    }
-}
-
-/// An error with its sources: "error sending request: connection refused".
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let text = inner.to_string();
-        if !s.contains(&text) {
-            s.push_str(": ");
-            s.push_str(&text);
-        }
-        src = inner.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,13 +261,5 @@ mod tests {
         assert_eq!(r.response, Some(serde_json::json!({"id": 77})));
         let r = classify(StatusCode::OK, b"done", true, 1);
         assert_eq!(r.response, Some(Value::String("done".into())));
-    }
-
-    #[test]
-    fn synchronized_accepts_bool_or_string() {
-        assert_eq!(flag(Some(&Value::Bool(true))), Ok(true));
-        assert_eq!(flag(Some(&Value::String("true".into()))), Ok(true));
-        assert_eq!(flag(None), Ok(false));
-        assert!(flag(Some(&Value::String("yes".into()))).is_err());
     }
 }

@@ -134,6 +134,11 @@ impl Publisher {
         self.producer.flush(Timeout::After(timeout))
     }
 
+    /// The shared idempotent producer, for backends that produce (KAFKA, UPSERT_ENTITY).
+    pub fn producer(&self) -> FutureProducer {
+        self.producer.clone()
+    }
+
     pub fn status_topic(&self) -> &str {
         &self.status_topic
     }

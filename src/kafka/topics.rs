@@ -1,6 +1,6 @@
 //! Start-up check that switchyard's topics exist, creating them when configured to.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
@@ -26,8 +26,31 @@ pub enum TopicError {
     NotVisible(Vec<String>),
 }
 
-/// Check that `topics` exist; create the missing ones when `cfg.create_topics` is set.
-pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), TopicError> {
+/// A topic switchyard needs, and how to create it when it is missing.
+#[derive(Debug, Clone, Copy)]
+pub struct TopicSpec<'a> {
+    pub name: &'a str,
+    /// Create with `cleanup.policy=compact` (keyed state such as entities).
+    pub compacted: bool,
+}
+
+impl<'a> TopicSpec<'a> {
+    pub fn plain(name: &'a str) -> Self {
+        TopicSpec {
+            name,
+            compacted: false,
+        }
+    }
+}
+
+/// Check that `topics` exist; create the missing ones when `create` is set.
+pub async fn ensure_topics(
+    cfg: &KafkaConfig,
+    specs: &[TopicSpec<'_>],
+    create: bool,
+) -> Result<(), TopicError> {
+    let topics: Vec<&str> = specs.iter().map(|s| s.name).collect();
+    let topics = topics.as_slice();
     let admin: AdminClient<DefaultClientContext> =
         super::client_config(cfg)
             .create()
@@ -39,17 +62,22 @@ pub async fn ensure_topics(cfg: &KafkaConfig, topics: &[&str]) -> Result<(), Top
     if missing.is_empty() {
         return Ok(());
     }
-    if !cfg.create_topics {
+    if !create {
         return Err(TopicError::Missing(missing));
     }
     let new: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {
-            NewTopic::new(
+            let topic = NewTopic::new(
                 t,
                 cfg.topic_partitions,
                 TopicReplication::Fixed(cfg.topic_replication),
-            )
+            );
+            if specs.iter().any(|s| s.name == t && s.compacted) {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
         })
         .collect();
     let opts = AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT));
@@ -115,4 +143,35 @@ async fn missing_topics(
         .collect();
     missing.dedup();
     Ok(missing)
+}
+
+/// Checks a topic on first use only (backends whose topics are needed only when an action
+/// uses them). Successful checks are remembered for the life of the process.
+pub struct TopicGuard {
+    cfg: KafkaConfig,
+    ready: tokio::sync::Mutex<HashSet<String>>,
+}
+
+impl TopicGuard {
+    pub fn new(cfg: &KafkaConfig) -> Self {
+        TopicGuard {
+            cfg: cfg.clone(),
+            ready: tokio::sync::Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Make sure `spec` exists, creating it when `create` is set.
+    pub async fn ensure(&self, spec: TopicSpec<'_>, create: bool) -> Result<(), TopicError> {
+        let mut ready = self.ready.lock().await;
+        if ready.contains(spec.name) {
+            return Ok(());
+        }
+        ensure_topics(&self.cfg, &[spec], create).await?;
+        ready.insert(spec.name.to_owned());
+        Ok(())
+    }
+
+    pub fn create_topics(&self) -> bool {
+        self.cfg.create_topics
+    }
 }

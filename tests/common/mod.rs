@@ -77,12 +77,20 @@ impl Kafka {
             status: unique("status"),
             dlq: unique("dlq"),
             group: unique("group"),
+            actions: unique("actions"),
+            entities: unique("entities"),
             triggers_partitions,
             status_partitions: 3,
         };
         self.create_topic(&t.triggers, triggers_partitions).await;
         self.create_topic(&t.status, t.status_partitions).await;
         self.create_topic(&t.dlq, 1).await;
+        self.create_topic(&t.actions, 1).await;
+        if let Some(m) = &self.mock {
+            // The mock cannot create topics through the admin API (switchyard creates the
+            // entities topic itself on a real broker).
+            m.create_topic(&t.entities, 1, 1).unwrap();
+        }
         t
     }
 
@@ -118,6 +126,27 @@ impl Kafka {
             assert!(Instant::now() < deadline, "topic {name} never appeared");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Partition count of an existing topic.
+    pub fn partitions(&self, topic: &str) -> i32 {
+        let c: BaseConsumer = self.config().create().unwrap();
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .unwrap();
+        md.topics()[0].partitions().len() as i32
+    }
+
+    /// One configuration value of a topic (DescribeConfigs; real broker only).
+    pub async fn topic_config(&self, topic: &str, key: &str) -> Option<String> {
+        use rdkafka::admin::ResourceSpecifier;
+        let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
+        let res = admin
+            .describe_configs([&ResourceSpecifier::Topic(topic)], &AdminOptions::new())
+            .await
+            .expect("describe_configs");
+        let resource = res.into_iter().next()?.expect("topic config");
+        resource.get(key).and_then(|e| e.value.clone())
     }
 
     pub fn config(&self) -> ClientConfig {
@@ -242,6 +271,10 @@ pub struct Topics {
     pub status: String,
     pub dlq: String,
     pub group: String,
+    /// Default topic of the KAFKA backend.
+    pub actions: String,
+    /// Entities topic of the UPSERT_ENTITY backend (created by switchyard on a real broker).
+    pub entities: String,
     pub triggers_partitions: i32,
     pub status_partitions: i32,
 }
@@ -321,7 +354,7 @@ impl StatusLog {
     }
 }
 
-/// A DLQ record as read back.
+/// A record (DLQ or other) as read back.
 #[derive(Debug, Clone)]
 pub struct DlqEntry {
     pub key: Option<Vec<u8>>,
@@ -331,13 +364,24 @@ pub struct DlqEntry {
 
 /// Read `n` DLQ records (panics after `timeout`).
 pub async fn read_dlq(kafka: &Kafka, t: &Topics, n: usize, timeout: Duration) -> Vec<DlqEntry> {
-    let c = kafka.reader(&t.dlq, 1);
+    read_records(kafka, &t.dlq, 1, n, timeout).await
+}
+
+/// Read `n` records of `topic` from the beginning (panics after `timeout`).
+pub async fn read_records(
+    kafka: &Kafka,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    timeout: Duration,
+) -> Vec<DlqEntry> {
+    let c = kafka.reader(topic, partitions);
     let deadline = tokio::time::Instant::now() + timeout;
     let mut out = Vec::new();
     while out.len() < n {
         let m = match tokio::time::timeout_at(deadline, c.recv()).await {
             Ok(m) => m.unwrap(),
-            Err(_) => panic!("timed out waiting for {n} DLQ records; got {out:#?}"),
+            Err(_) => panic!("timed out waiting for {n} records on {topic}; got {out:#?}"),
         };
         let headers = m
             .headers()
@@ -398,8 +442,16 @@ level = "info,librdkafka=warn"
 
 [secrets]
 token = {{ env = "SWITCHYARD_TEST_TOKEN" }}
+
+[backends.kafka]
+topic = "{actions}"
+
+[backends.upsert_entity]
+topic = "{entities}"
 {extra}
 "#,
+        actions = t.actions,
+        entities = t.entities,
         brokers = kafka.brokers,
         group = t.group,
         triggers = t.triggers,

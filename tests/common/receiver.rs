@@ -29,6 +29,7 @@ struct State {
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     default_delay_ms: AtomicU64,
+    default_status: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -77,6 +78,13 @@ impl Receiver {
             .store(d.as_millis() as u64, Ordering::SeqCst);
     }
 
+    /// Status for requests whose query has no `status` (200 until set).
+    pub fn set_default_status(&self, code: u16) {
+        self.state
+            .default_status
+            .store(u64::from(code), Ordering::SeqCst);
+    }
+
     /// Wait until at least `n` requests arrived.
     pub async fn wait_requests(&self, n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
@@ -123,11 +131,15 @@ async fn handle(
         .unwrap_or_else(|| s.default_delay_ms.load(Ordering::SeqCst));
     tokio::time::sleep(Duration::from_millis(delay)).await;
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
+    let default = match s.default_status.load(Ordering::SeqCst) {
+        0 => 200,
+        code => code as u16,
+    };
     let status = query
         .get("status")
         .and_then(|c| c.parse().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
-        .unwrap_or(StatusCode::OK);
+        .unwrap_or(StatusCode::from_u16(default).unwrap());
     let text = match query.get("body") {
         Some(b) => b.clone(),
         None if status.is_success() => json!({"ok": true, "path": uri.path()}).to_string(),

@@ -1,0 +1,122 @@
+//! KAFKA: produce the rendered `payload` (object or array) to a topic.
+//!
+//! - topic: `invocationMethod.topic`, else `backends.kafka.topic`;
+//! - key = run id; headers `switchyard-run-id` and `switchyard-action`;
+//! - the shared idempotent producer (`acks=all`);
+//! - a log update "published to topic/partition@offset"; the run stays IN_PROGRESS until
+//!   the consumer reports, unless `synchronized: true`, where the acknowledgement is SUCCESS.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use serde_json::Value;
+
+use super::{flag, AttemptFuture, Backend, Outcome, Report, Request};
+use crate::config::KafkaBackendConfig;
+use crate::kafka::topics::{TopicGuard, TopicSpec};
+
+pub struct KafkaBackend {
+    producer: FutureProducer,
+    default_topic: String,
+    topics: Arc<TopicGuard>,
+}
+
+impl KafkaBackend {
+    pub fn new(
+        cfg: &KafkaBackendConfig,
+        producer: FutureProducer,
+        topics: Arc<TopicGuard>,
+    ) -> Self {
+        KafkaBackend {
+            producer,
+            default_topic: cfg.topic.clone(),
+            topics,
+        }
+    }
+}
+
+impl Backend for KafkaBackend {
+    fn kind(&self) -> &'static str {
+        "KAFKA"
+    }
+
+    fn attempt<'a>(&'a self, req: &'a Request) -> AttemptFuture<'a> {
+        Box::pin(self.produce(req))
+    }
+}
+
+impl KafkaBackend {
+    async fn produce(&self, req: &Request) -> Report {
+        let inv = &req.invocation;
+        let payload = match inv.get("payload") {
+            Some(p @ (Value::Object(_) | Value::Array(_))) => p,
+            None | Some(Value::Null) => return Report::invalid("payload", "missing"),
+            Some(other) => {
+                return Report::invalid("payload", format!("expected object or array, got {other}"))
+            }
+        };
+        let topic = match inv.get("topic") {
+            None | Some(Value::Null) => self.default_topic.as_str(),
+            Some(Value::String(t)) if !t.is_empty() => t.as_str(),
+            Some(other) => {
+                return Report::invalid("topic", format!("expected a topic name, got {other}"))
+            }
+        };
+        let synchronized = match flag(inv.get("synchronized")) {
+            Ok(s) => s,
+            Err(e) => return Report::invalid("synchronized", e),
+        };
+        let spec = TopicSpec::plain(topic);
+        if let Err(e) = self.topics.ensure(spec, self.topics.create_topics()).await {
+            let mut r = Report::new(Outcome::Retryable, format!("topic {topic}: {e}"));
+            r.error_class = Some("kafka");
+            return r;
+        }
+        let bytes = serde_json::to_vec(payload).expect("a JSON value always serialises");
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "switchyard-run-id",
+                value: Some(req.run_id.as_str()),
+            })
+            .insert(Header {
+                key: "switchyard-action",
+                value: Some(req.event.action.identifier.as_str()),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            });
+        let record = FutureRecord::<str, [u8]>::to(topic)
+            .key(&req.run_id)
+            .payload(&bytes)
+            .headers(headers);
+        match self
+            .producer
+            .send(record, Timeout::After(Duration::from_secs(5)))
+            .await
+        {
+            Ok(d) => {
+                let line = format!("published to {topic}/{}@{}", d.partition, d.offset);
+                let outcome = if synchronized {
+                    Outcome::Succeeded
+                } else {
+                    Outcome::Accepted
+                };
+                let mut r = Report::new(outcome, line.clone());
+                r.log = Some(line);
+                r
+            }
+            Err((e, _)) => {
+                let mut r = Report::new(
+                    Outcome::Retryable,
+                    format!("publishing to {topic} failed: {e}"),
+                );
+                r.error_class = Some("kafka");
+                r
+            }
+        }
+    }
+}

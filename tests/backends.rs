@@ -1,0 +1,227 @@
+//! KAFKA and UPSERT_ENTITY backends against the test broker: the produced records are
+//! read back and checked (key, headers, payload), with the run updates they cause.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::*;
+use serde_json::{json, Value};
+use switchyard::model::{RunStatus, UpdateKind};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn event(run: &str, invocation: Value) -> Value {
+    json!({
+        "run": {"id": run},
+        "action": {"identifier": "create_service", "blueprint": "service",
+                   "invocationMethod": invocation},
+        "trigger": {"by": {"user": {"email": "dev@acme.io"}}, "origin": "UI", "operation": "CREATE"},
+        "inputs": {"name": "svc-a", "team": "payments", "version": "1.4.2",
+                   "domain": {"identifier": "payments", "title": "Payments"},
+                   "deps": [{"identifier": "db"}, {"identifier": "cache"}]},
+        "entity": {},
+        "event": null
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_backend_publishes_the_payload_keyed_by_run_id() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let async_run = event(
+        "r_kafka_async",
+        json!({"type": "KAFKA", "payload": {"service": "{{ .inputs.name }}",
+               "runId": "{{ .run.id }}", "by": "{{ .trigger.by.user.email }}"}}),
+    );
+    let sync_run = event(
+        "r_kafka_sync",
+        json!({"type": "KAFKA", "synchronized": true,
+               "payload": ["{{ .inputs.version }}", "{{ .inputs.deps | map(.identifier) }}"]}),
+    );
+    // One ordering key: the two runs publish in order, so their offsets are known.
+    let (mut async_run, mut sync_run) = (async_run, sync_run);
+    async_run["orderingKey"] = json!("service/svc-a");
+    sync_run["orderingKey"] = json!("service/svc-a");
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &async_run), record(None, &sync_run)],
+        )
+        .await;
+
+    let recs = read_records(&kafka, &t.actions, 1, 2, WAIT).await;
+    let first = &recs[0];
+    assert_eq!(first.key.as_deref(), Some(&b"r_kafka_async"[..]));
+    assert_eq!(first.headers["switchyard-run-id"], "r_kafka_async");
+    assert_eq!(first.headers["switchyard-action"], "create_service");
+    let payload: Value = serde_json::from_slice(first.payload.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        payload,
+        json!({"service": "svc-a", "runId": "r_kafka_async", "by": "dev@acme.io"})
+    );
+    let second: Value = serde_json::from_slice(recs[1].payload.as_deref().unwrap()).unwrap();
+    assert_eq!(second, json!(["1.4.2", ["db", "cache"]]));
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "sync SUCCESS and async log", |u| {
+        StatusLog::finished(u) >= 1
+            && u.iter()
+                .any(|u| u.kind == UpdateKind::Log && u.run_id == "r_kafka_async")
+    })
+    .await;
+    let published = format!("published to {}/0@0", t.actions);
+    let a = log.of("r_kafka_async");
+    assert_eq!(
+        a.last().unwrap().message.as_deref(),
+        Some(published.as_str())
+    );
+    assert!(
+        log.terminal("r_kafka_async").is_empty(),
+        "async KAFKA runs stay open"
+    );
+    let s = log.terminal("r_kafka_sync");
+    assert_eq!(s[0].status, Some(RunStatus::Success));
+    assert_eq!(
+        s[0].summary.as_deref(),
+        Some(format!("published to {}/0@1", t.actions).as_str())
+    );
+    assert_eq!(kafka.wait_committed(&t, 2, WAIT).await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_backend_rejects_a_scalar_payload() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let ev = event(
+        "r_kafka_bad",
+        json!({"type": "KAFKA", "payload": "{{ .inputs.name }}"}),
+    );
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let f = log.terminal("r_kafka_bad")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert_eq!(
+        f.summary.as_deref(),
+        Some("invocationMethod.payload: expected object or array, got \"svc-a\"")
+    );
+    let dlq = read_dlq(&kafka, &t, 1, WAIT).await;
+    assert_eq!(
+        dlq[0].headers["switchyard-error-class"],
+        "invalid_invocation"
+    );
+}
+
+fn upsert(run: &str) -> Value {
+    event(
+        run,
+        json!({"type": "UPSERT_ENTITY", "blueprintIdentifier": "service",
+               "mapping": {"identifier": "{{ .inputs.name }}",
+                           "title": "{{ .inputs.name | ascii_upcase }}",
+                           "team": "{{ .inputs.team }}", "icon": "Microservice",
+                           "properties": {"owner": "{{ .trigger.by.user.email }}"},
+                           "relations": {"domain": "{{ .inputs.domain.identifier }}",
+                                         "deps": "{{ .inputs.deps | map(.identifier) }}",
+                                         "parent": null}}}),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_entity_writes_the_entity_to_a_compacted_topic() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    kafka
+        .produce(&t.triggers, &[record(None, &upsert("r_upsert"))])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let done = log.terminal("r_upsert")[0].clone();
+    assert_eq!(done.status, Some(RunStatus::Success), "{done:?}");
+    assert!(done.summary.unwrap().starts_with("upserted service/svc-a"));
+
+    // On a real broker switchyard created this topic (kafka.topic_partitions partitions).
+    let partitions = kafka.partitions(&t.entities);
+    let recs = read_records(&kafka, &t.entities, partitions, 1, WAIT).await;
+    assert_eq!(recs[0].key.as_deref(), Some(&b"service/svc-a"[..]));
+    assert_eq!(recs[0].headers["switchyard-run-id"], "r_upsert");
+    let entity: Value = serde_json::from_slice(recs[0].payload.as_deref().unwrap()).unwrap();
+    assert_eq!(
+        entity,
+        json!({"identifier": "svc-a", "blueprint": "service", "title": "SVC-A",
+               "icon": "Microservice", "team": "payments",
+               "properties": {"owner": "dev@acme.io"},
+               "relations": {"domain": "payments", "deps": ["db", "cache"], "parent": null}})
+    );
+    if kafka.is_real() {
+        let policy = kafka.topic_config(&t.entities, "cleanup.policy").await;
+        println!("entities topic cleanup.policy = {policy:?}");
+        assert_eq!(policy.as_deref(), Some("compact"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_entity_validation_failure_names_the_field() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let mut ev = upsert("r_upsert_bad");
+    ev["action"]["invocationMethod"]["mapping"]["team"] = json!("{{ .inputs.deps }}");
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let f = log.terminal("r_upsert_bad")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert!(
+        f.summary
+            .as_deref()
+            .unwrap()
+            .starts_with("invocationMethod.mapping.team: expected a string or a list of strings"),
+        "{f:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upsert_entity_catalog_response_decides_the_status() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let extra = format!(
+        "catalog_url = \"{}\"\ncatalog_token_secret = \"token\"\n",
+        rx.url("/api")
+    );
+    // Appended to the [backends.upsert_entity] table the test config ends with.
+    let _d = Dispatcher::start(&kafka, &t, &extra);
+    kafka
+        .produce(&t.triggers, &[record(None, &upsert("r_cat_ok"))])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    assert_eq!(log.terminal("r_cat_ok")[0].status, Some(RunStatus::Success));
+    let reqs = rx.requests();
+    assert_eq!(reqs[0].method, "PUT");
+    assert_eq!(reqs[0].path, "/api/blueprints/service/entities/svc-a");
+    assert_eq!(
+        reqs[0].headers["authorization"],
+        format!("Bearer {TEST_TOKEN}")
+    );
+    assert_eq!(reqs[0].body["relations"]["deps"], json!(["db", "cache"]));
+
+    rx.set_default_status(422);
+    kafka
+        .produce(&t.triggers, &[record(None, &upsert("r_cat_fail"))])
+        .await;
+    log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 2)
+        .await;
+    let f = log.terminal("r_cat_fail")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert!(f.summary.unwrap().starts_with("catalog HTTP 422"));
+}
