@@ -117,6 +117,44 @@ pub struct BackendsConfig {
     pub webhook: PoolConfig,
     pub kafka: KafkaBackendConfig,
     pub upsert_entity: UpsertEntityConfig,
+    pub azure_devops: AzureDevopsConfig,
+}
+
+/// AZURE_DEVOPS backend: Incoming WebHook service connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AzureDevopsConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Organisation URLs are `{base_url}/{org}`; change it for Azure DevOps Server.
+    pub base_url: String,
+    /// Name of the secret (in `[secrets]`) that signs requests; unset sends no signature.
+    pub secret: Option<String>,
+    /// Header the service connection checks (Port sends `x-port-signature`).
+    pub signature_header: String,
+}
+
+impl Default for AzureDevopsConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        AzureDevopsConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            base_url: "https://dev.azure.com".into(),
+            secret: None,
+            signature_header: "x-port-signature".into(),
+        }
+    }
+}
+
+impl AzureDevopsConfig {
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// KAFKA backend: produce the rendered payload to a topic.
@@ -342,12 +380,32 @@ impl Config {
                 ));
             }
         }
-        if let Some(name) = &self.backends.upsert_entity.catalog_token_secret {
-            if !self.secrets.contains_key(name) {
-                p.push(format!(
-                    "backends.upsert_entity.catalog_token_secret: no secret named {name:?} in [secrets]"
-                ));
+        for (field, name) in [
+            (
+                "backends.upsert_entity.catalog_token_secret",
+                &self.backends.upsert_entity.catalog_token_secret,
+            ),
+            (
+                "backends.azure_devops.secret",
+                &self.backends.azure_devops.secret,
+            ),
+        ] {
+            if let Some(name) = name.as_ref().filter(|n| !self.secrets.contains_key(*n)) {
+                p.push(format!("{field}: no secret named {name:?} in [secrets]"));
             }
+        }
+        let ado = &self.backends.azure_devops;
+        if !(ado.base_url.starts_with("http://") || ado.base_url.starts_with("https://")) {
+            p.push(format!(
+                "backends.azure_devops.base_url: {:?} is not an http(s) URL",
+                ado.base_url
+            ));
+        }
+        if reqwest::header::HeaderName::from_bytes(ado.signature_header.as_bytes()).is_err() {
+            p.push(format!(
+                "backends.azure_devops.signature_header: {:?} is not a valid header name",
+                ado.signature_header
+            ));
         }
         if k.triggers_topic == k.status_topic || k.triggers_topic == k.dlq_topic {
             p.push("kafka.triggers_topic: must differ from status_topic and dlq_topic".into());
@@ -380,6 +438,7 @@ impl Config {
             ("webhook", b.webhook.clone()),
             ("kafka", b.kafka.pool()),
             ("upsert_entity", b.upsert_entity.pool()),
+            ("azure_devops", b.azure_devops.pool()),
         ];
         for (name, pool) in pools {
             if pool.concurrency == 0 {

@@ -225,3 +225,74 @@ async fn upsert_entity_catalog_response_decides_the_status() {
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert!(f.summary.unwrap().starts_with("catalog HTTP 422"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn azure_devops_posts_a_signed_payload_to_the_incoming_webhook() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let azure = Receiver::start().await;
+    let extra = format!(
+        "[backends.azure_devops]\nbase_url = \"{}\"\nsecret = \"token\"\n",
+        azure.url("")
+    );
+    let _d = Dispatcher::start(&kafka, &t, &extra);
+    let ev = |run: &str| {
+        let mut e = event(
+            run,
+            json!({"type": "AZURE_DEVOPS", "org": "acme", "webhook": "port_trigger",
+                   "payload": {"service": "{{ .inputs.name }}", "runId": "{{ .run.id }}",
+                               "note": "déploiement"}}),
+        );
+        e["orderingKey"] = json!("ado");
+        e
+    };
+    kafka
+        .produce(&t.triggers, &[record(None, &ev("r_ado_ok"))])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "accepted log", |u| {
+        u.iter().any(|u| u.kind == UpdateKind::Log)
+    })
+    .await;
+    let reqs = azure.requests();
+    let r = &reqs[0];
+    assert_eq!(r.method, "POST");
+    assert_eq!(
+        r.path,
+        "/acme/_apis/public/distributedtask/webhooks/port_trigger"
+    );
+    assert_eq!(r.query, "api-version=6.0-preview");
+    assert_eq!(r.headers["content-type"], "application/json");
+    assert_eq!(
+        r.body,
+        json!({"service": "svc-a", "runId": "r_ado_ok", "note": "déploiement"})
+    );
+    assert_eq!(
+        r.headers["x-port-signature"],
+        switchyard::backends::azure_devops::signature(TEST_TOKEN, &r.raw),
+        "signature over the exact bytes sent"
+    );
+    let updates = log.of("r_ado_ok");
+    assert_eq!(updates[0].status, Some(RunStatus::InProgress));
+    assert_eq!(
+        updates[1].message.as_deref(),
+        Some("Azure DevOps webhook port_trigger accepted: HTTP 200")
+    );
+    assert!(
+        log.terminal("r_ado_ok").is_empty(),
+        "the pipeline reports back itself"
+    );
+
+    azure.set_default_status(404);
+    kafka
+        .produce(&t.triggers, &[record(None, &ev("r_ado_missing"))])
+        .await;
+    log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let f = log.terminal("r_ado_missing")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert!(f
+        .summary
+        .unwrap()
+        .starts_with("Azure DevOps HTTP 404 Not Found"));
+}

@@ -4,6 +4,8 @@
 //! [`Report`]. Timeouts, concurrency (and, later, retries and rate limits) belong to the
 //! pool ([`crate::pool`]), not to the backend.
 
+pub mod azure_devops;
+pub mod http;
 pub mod kafka;
 pub mod upsert_entity;
 pub mod webhook;
@@ -154,6 +156,10 @@ impl Registry {
                 topics.clone(),
             )),
             &b.kafka.pool(),
+        );
+        r.add(
+            Arc::new(azure_devops::AzureDevops::new(&b.azure_devops, secrets)?),
+            &b.azure_devops.pool(),
         );
         r.add(
             Arc::new(upsert_entity::UpsertEntity::new(

@@ -14,7 +14,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde_json::{json, Map, Value};
 
-use super::{error_chain, required_str, AttemptFuture, Backend, Invalid, Outcome, Report, Request};
+use super::{http, required_str, AttemptFuture, Backend, Invalid, Outcome, Report, Request};
 use crate::config::UpsertEntityConfig;
 use crate::kafka::topics::{TopicGuard, TopicSpec};
 
@@ -247,36 +247,20 @@ impl UpsertEntity {
         if let Some(t) = &catalog.token {
             put = put.bearer_auth(t);
         }
-        match put.send().await {
-            Ok(resp) if resp.status().is_success() => {
-                let mut r = Report::new(
-                    Outcome::Succeeded,
-                    format!("{written}; catalog HTTP {}", resp.status().as_u16()),
-                );
+        match http::exchange(put, "catalog").await {
+            Ok((status, _, _)) if status.is_success() => {
+                let summary = format!("{written}; catalog HTTP {}", status.as_u16());
+                let mut r = Report::new(Outcome::Succeeded, summary);
                 r.log = Some(written);
                 r
             }
-            Ok(resp) => {
-                let code = resp.status().as_u16();
-                let body = resp.text().await.unwrap_or_default();
-                let outcome = match code {
-                    401 | 403 => Outcome::CredentialsRejected,
-                    408 | 425 | 429 | 500..=599 => Outcome::Retryable,
-                    _ => Outcome::Permanent,
-                };
-                let text: String = body.chars().take(1024).collect();
-                let mut r = Report::new(outcome, format!("catalog HTTP {code}: {}", text.trim()));
+            Ok((status, body, _)) => {
+                let mut r = http::failure(status, &body, "catalog ");
                 r.log = Some(written);
-                r.error_class = Some("http_status");
                 r
             }
-            Err(e) => {
-                let mut r = Report::new(
-                    Outcome::Retryable,
-                    format!("catalog request failed: {}", error_chain(&e)),
-                );
+            Err(mut r) => {
                 r.log = Some(written);
-                r.error_class = Some("connection");
                 r
             }
         }
@@ -284,7 +268,7 @@ impl UpsertEntity {
 }
 
 /// Percent-encode one URL path segment.
-fn enc(s: &str) -> String {
+pub fn enc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

@@ -18,6 +18,9 @@ use serde_json::{json, Value};
 pub struct Seen {
     pub method: String,
     pub path: String,
+    pub query: String,
+    /// The body exactly as received.
+    pub raw: Vec<u8>,
     pub headers: HashMap<String, String>,
     pub body: Value,
     pub at: Instant,
@@ -118,6 +121,8 @@ async fn handle(
     s.seen.lock().unwrap().push(Seen {
         method: method.to_string(),
         path: uri.path().to_owned(),
+        query: uri.query().unwrap_or("").to_owned(),
+        raw: body.to_vec(),
         headers: headers
             .iter()
             .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
