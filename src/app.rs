@@ -14,6 +14,7 @@ use crate::backends::Registry;
 use crate::config::Config;
 use crate::kafka::{consumer, publisher::Publisher, topics};
 use crate::pipeline::Pipeline;
+use crate::watch::Watcher;
 
 /// Run the dispatcher until `shutdown` fires, then stop cleanly.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
@@ -26,7 +27,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let publisher =
         Arc::new(Publisher::new(k, hard_stop.clone()).context("creating the status producer")?);
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
-    let pipeline = Pipeline::new(registry, publisher.clone(), secrets, cfg.dispatch.ordering);
+    let watcher = Watcher::new(registry.backends(), &cfg.watch, hard_stop.clone());
+    let pipeline = Pipeline::new(
+        registry,
+        watcher,
+        publisher.clone(),
+        secrets,
+        cfg.dispatch.ordering,
+    );
     let consumer = consumer::start(&cfg, Arc::new(pipeline), shutdown.clone())
         .context("starting the triggers consumer")?;
     tracing::info!(brokers = %k.brokers, group = %k.group_id, triggers = %k.triggers_topic,

@@ -25,6 +25,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub dispatch: DispatchConfig,
     pub backends: BackendsConfig,
+    pub watch: WatchConfig,
     /// Secrets available to templates as `.secrets.NAME`, each read from an environment
     /// variable or a file at start. Events can never supply secrets.
     pub secrets: BTreeMap<String, SecretSource>,
@@ -118,6 +119,73 @@ pub struct BackendsConfig {
     pub kafka: KafkaBackendConfig,
     pub upsert_entity: UpsertEntityConfig,
     pub azure_devops: AzureDevopsConfig,
+    pub gitlab: GitlabConfig,
+}
+
+/// GITLAB backend: pipeline triggers, followed to completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GitlabConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// GitLab base URL (self-managed instances: their own URL).
+    pub base_url: String,
+    /// Trigger-token secret per project path (`"group/sub/project" = "secret_name"`).
+    /// Without an entry, the secret named by the path with `/` turned into `_` is used.
+    pub trigger_tokens: BTreeMap<String, String>,
+    /// Secret holding a token with `read_api`, sent as `PRIVATE-TOKEN` when following
+    /// pipelines. Unset: pipelines are not followed and runs stay IN_PROGRESS.
+    pub read_token_secret: Option<String>,
+}
+
+impl Default for GitlabConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        GitlabConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            base_url: "https://gitlab.com".into(),
+            trigger_tokens: BTreeMap::new(),
+            read_token_secret: None,
+        }
+    }
+}
+
+impl GitlabConfig {
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// Following asynchronous runs (GitLab pipelines) to completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WatchConfig {
+    /// Time between polls of one run (longer when the provider asks).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most polls in flight at once.
+    pub max_concurrent_polls: usize,
+    /// Most runs followed at once; past it, a run is reported as not followed.
+    pub max_watches: usize,
+    /// A run still not finished after this long fails with "gave up".
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            poll_interval: Duration::from_secs(10),
+            max_concurrent_polls: 16,
+            max_watches: 10_000,
+            max_duration: Duration::from_secs(24 * 3600),
+        }
+    }
 }
 
 /// AZURE_DEVOPS backend: Incoming WebHook service connections.
@@ -394,6 +462,25 @@ impl Config {
                 p.push(format!("{field}: no secret named {name:?} in [secrets]"));
             }
         }
+        for (project, name) in &self.backends.gitlab.trigger_tokens {
+            if !self.secrets.contains_key(name) {
+                p.push(format!(
+                    "backends.gitlab.trigger_tokens.\"{project}\": no secret named {name:?} in [secrets]"
+                ));
+            }
+        }
+        let gl = &self.backends.gitlab.base_url;
+        if !(gl.starts_with("http://") || gl.starts_with("https://")) {
+            p.push(format!(
+                "backends.gitlab.base_url: {gl:?} is not an http(s) URL"
+            ));
+        }
+        let w = &self.watch;
+        if w.poll_interval.is_zero() || w.max_concurrent_polls == 0 || w.max_watches == 0 {
+            p.push(
+                "watch: poll_interval, max_concurrent_polls and max_watches must be above 0".into(),
+            );
+        }
         let ado = &self.backends.azure_devops;
         if !(ado.base_url.starts_with("http://") || ado.base_url.starts_with("https://")) {
             p.push(format!(
@@ -439,6 +526,7 @@ impl Config {
             ("kafka", b.kafka.pool()),
             ("upsert_entity", b.upsert_entity.pool()),
             ("azure_devops", b.azure_devops.pool()),
+            ("gitlab", b.gitlab.pool()),
         ];
         for (name, pool) in pools {
             if pool.concurrency == 0 {

@@ -19,3 +19,4 @@ pub mod router;
 pub mod telemetry;
 pub mod template;
 pub mod trigger;
+pub mod watch;

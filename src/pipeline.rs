@@ -14,11 +14,12 @@ use crate::config::Ordering;
 use crate::decode::{decode_json, BadInput};
 use crate::dlq;
 use crate::kafka::consumer::{Sink, Ticket};
-use crate::kafka::publisher::{Publisher, Stopped};
+use crate::kafka::publisher::{Publisher, RunWriter, Stopped};
 use crate::kafka::TriggerRecord;
-use crate::model::{now_rfc3339, LogLevel, RunStatus, RunUpdate, SourceRef, TriggerEvent};
+use crate::model::{LogLevel, RunStatus, RunUpdate, TriggerEvent};
 use crate::router::{lane_key, Lanes};
 use crate::template::{Context, Renderer};
+use crate::watch::{Watch, Watcher};
 
 /// One decoded event on its way through a lane.
 pub struct Job {
@@ -28,6 +29,7 @@ pub struct Job {
 }
 
 struct Inner {
+    watcher: Arc<Watcher>,
     renderer: Renderer,
     secrets: Map<String, Value>,
     publisher: Arc<Publisher>,
@@ -45,11 +47,13 @@ pub struct Pipeline {
 impl Pipeline {
     pub fn new(
         registry: Registry,
+        watcher: Arc<Watcher>,
         publisher: Arc<Publisher>,
         secrets: Map<String, Value>,
         ordering: Ordering,
     ) -> Self {
         let inner = Arc::new(Inner {
+            watcher,
             renderer: Renderer::new(),
             secrets,
             publisher,
@@ -96,26 +100,6 @@ impl Sink for Pipeline {
     }
 }
 
-/// Writes the updates of one run, numbering them.
-struct RunWriter<'a> {
-    publisher: &'a Publisher,
-    run_id: String,
-    seq: u64,
-    backend: Option<&'static str>,
-    source: SourceRef,
-}
-
-impl RunWriter<'_> {
-    async fn emit(&mut self, mut u: RunUpdate) -> Result<(), Stopped> {
-        self.seq += 1;
-        u.seq = self.seq;
-        u.at = now_rfc3339();
-        u.backend = self.backend.map(str::to_owned);
-        u.source = Some(self.source.clone());
-        self.publisher.send_update(&u).await
-    }
-}
-
 impl Inner {
     /// Dispatch one decoded event.
     async fn run(&self, job: Job) {
@@ -152,13 +136,12 @@ impl Inner {
                 return self.reject(record, ticket, Some(run_id), bad).await;
             }
         };
-        let mut w = RunWriter {
-            publisher: &self.publisher,
-            run_id: run_id.clone(),
-            seq: 0,
-            backend: Some(reg.backend.kind()),
-            source: record.source(),
-        };
+        let mut w = RunWriter::new(
+            self.publisher.clone(),
+            &run_id,
+            Some(reg.backend.kind()),
+            record.source(),
+        );
         let started = RunUpdate::status(&run_id, RunStatus::InProgress)
             .with_summary(format!("dispatching to {}", reg.backend.kind()));
         if w.emit(started).await.is_err() {
@@ -194,13 +177,24 @@ impl Inner {
                 return;
             }
         }
+        if let Some(state) = report.follow {
+            let watch = Watch {
+                writer: w,
+                state,
+                label: None,
+            };
+            if !self.watcher.follow(watch) {
+                tracing::warn!(run_id = %run_id, followed = self.watcher.active(),
+                    "watch.max_watches reached; the run is not followed and stays IN_PROGRESS");
+            }
+        }
         ticket.complete();
     }
 
     /// The run updates for one finished attempt.
     async fn publish_report(
         &self,
-        w: &mut RunWriter<'_>,
+        w: &mut RunWriter,
         report: &Report,
         attempt: u32,
         duration: std::time::Duration,
@@ -248,13 +242,7 @@ impl Inner {
         tracing::warn!(run_id = run_id.as_deref().unwrap_or(""), class = bad.class(),
             source = %record.source(), error = %message, "rejected trigger event");
         if let Some(id) = &run_id {
-            let mut w = RunWriter {
-                publisher: &self.publisher,
-                run_id: id.clone(),
-                seq: 0,
-                backend: None,
-                source: record.source(),
-            };
+            let mut w = RunWriter::new(self.publisher.clone(), id, None, record.source());
             let u = RunUpdate::status(id, RunStatus::Failure).with_summary(message.clone());
             if w.emit(u).await.is_err() {
                 return;

@@ -296,3 +296,140 @@ async fn azure_devops_posts_a_signed_payload_to_the_incoming_webhook() {
         .unwrap()
         .starts_with("Azure DevOps HTTP 404 Not Found"));
 }
+
+fn gitlab_config(fake: &common::gitlab::FakeGitlab) -> String {
+    format!(
+        "[backends.gitlab]\nbase_url = \"{}\"\nread_token_secret = \"token\"\n\
+         trigger_tokens = {{ \"grp/sub/svc\" = \"token\" }}\n[watch]\npoll_interval = \"200ms\"\n",
+        fake.url()
+    )
+}
+
+fn gitlab_event(run: &str) -> Value {
+    let mut e = event(
+        run,
+        json!({"type": "GITLAB", "projectName": "svc", "groupName": "grp/sub",
+               "defaultRef": "develop",
+               "pipelineVariables": {"VERSION": "{{ .inputs.version }}", "REPLICAS": 3,
+                                     "FLAGS": {"canary": true}}}),
+    );
+    e["inputs"]["ref"] = json!("release-1");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_pipeline_is_triggered_and_followed_to_success() {
+    use common::gitlab::FakeGitlab;
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let fake = FakeGitlab::start(
+        TEST_TOKEN,
+        TEST_TOKEN,
+        &["pending", "running", "running", "success"],
+    )
+    .await;
+    fake.rate_limit_next_polls(1);
+    let _d = Dispatcher::start(&kafka, &t, &gitlab_config(&fake));
+    kafka
+        .produce(&t.triggers, &[record(None, &gitlab_event("r_gl"))])
+        .await;
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+
+    let calls = fake.calls();
+    let trigger = &calls[0];
+    assert_eq!(trigger.method, "POST");
+    assert_eq!(
+        trigger.path,
+        "/api/v4/projects/grp%2Fsub%2Fsvc/trigger/pipeline"
+    );
+    let form: std::collections::HashMap<_, _> = trigger.form.iter().cloned().collect();
+    assert_eq!(form["token"], TEST_TOKEN);
+    assert_eq!(
+        form["ref"], "release-1",
+        "the ref input wins over defaultRef"
+    );
+    assert_eq!(form["variables[VERSION]"], "1.4.2");
+    assert_eq!(form["variables[REPLICAS]"], "3");
+    assert_eq!(form["variables[FLAGS]"], r#"{"canary":true}"#);
+    let polls: Vec<_> = calls.iter().filter(|c| c.method == "GET").collect();
+    assert!(polls
+        .iter()
+        .all(|c| c.path == "/api/v4/projects/grp%2Fsub%2Fsvc/pipelines/77"));
+    assert!(polls
+        .iter()
+        .all(|c| c.headers["private-token"] == TEST_TOKEN));
+    // The first poll got 429 + Retry-After: 1; the next came no sooner than a second later.
+    let gap = polls[1].at - polls[0].at;
+    println!("polls: {}, gap after 429: {gap:?}", polls.len());
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After ignored: {gap:?}"
+    );
+
+    let updates = log.of("r_gl");
+    let seen: Vec<(u64, Option<RunStatus>, Option<&str>)> = updates
+        .iter()
+        .filter(|u| u.kind == UpdateKind::Status)
+        .map(|u| (u.seq, u.status, u.status_label.as_deref()))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (1, Some(RunStatus::InProgress), None),
+            (3, Some(RunStatus::InProgress), None),
+            (4, Some(RunStatus::InProgress), Some("pending")),
+            (5, Some(RunStatus::InProgress), Some("running")),
+            (6, Some(RunStatus::Success), Some("running")),
+        ],
+        "{updates:#?}"
+    );
+    let created = updates.iter().find(|u| u.seq == 3).unwrap();
+    assert_eq!(
+        created.link.as_deref(),
+        Some(&["https://gitlab.example.com/grp/sub/svc/-/pipelines/77".to_owned()][..])
+    );
+    assert_eq!(created.external_run_id.as_deref(), Some("77"));
+    assert_eq!(
+        updates.last().unwrap().summary.as_deref(),
+        Some("pipeline 77 succeeded")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gitlab_failed_pipeline_and_rejected_token_fail_the_run() {
+    use common::gitlab::FakeGitlab;
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let fake = FakeGitlab::start(TEST_TOKEN, TEST_TOKEN, &["running", "failed"]).await;
+    let _d = Dispatcher::start(&kafka, &t, &gitlab_config(&fake));
+    let mut other_project = gitlab_event("r_gl_notoken");
+    other_project["action"]["invocationMethod"]["projectName"] = json!("other");
+    kafka
+        .produce(
+            &t.triggers,
+            &[
+                record(None, &gitlab_event("r_gl_fail")),
+                record(None, &other_project),
+            ],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "two FAILUREs", |u| StatusLog::finished(u) >= 2)
+        .await;
+    let f = log.terminal("r_gl_fail")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert_eq!(f.summary.as_deref(), Some("pipeline 77 failed"));
+    let n = log.terminal("r_gl_notoken")[0].clone();
+    assert_eq!(n.status, Some(RunStatus::Failure));
+    assert!(
+        n.summary
+            .as_deref()
+            .unwrap()
+            .starts_with("no trigger token for grp/sub/other"),
+        "{n:?}"
+    );
+}

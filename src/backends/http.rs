@@ -115,9 +115,90 @@ fn head(body: &[u8], max: usize) -> String {
     s
 }
 
+/// How long the provider asks us to wait, from `Retry-After` (seconds or HTTP date), or
+/// from an exhausted `RateLimit-Remaining`/`x-ratelimit-remaining` with its reset time
+/// (`RateLimit-Reset`/`x-ratelimit-reset`, epoch seconds). Capped at `cap`.
+pub fn wait_hint(
+    headers: &reqwest::header::HeaderMap,
+    cap: std::time::Duration,
+) -> Option<std::time::Duration> {
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    let get = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+    };
+    if let Some(v) = get("retry-after") {
+        let wait = match v.parse::<u64>() {
+            Ok(secs) => Some(Duration::from_secs(secs)),
+            Err(_) => httpdate::parse_http_date(v)
+                .ok()
+                .map(|at| at.duration_since(SystemTime::now()).unwrap_or_default()),
+        };
+        if let Some(w) = wait {
+            return Some(w.min(cap));
+        }
+    }
+    let remaining = get("ratelimit-remaining").or_else(|| get("x-ratelimit-remaining"))?;
+    if remaining.parse::<u64>().ok()? > 0 {
+        return None;
+    }
+    let reset: u64 = get("ratelimit-reset")
+        .or_else(|| get("x-ratelimit-reset"))?
+        .parse()
+        .ok()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    Some(Duration::from_secs(reset.saturating_sub(now).max(1)).min(cap))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wait_hints_follow_retry_after_and_exhausted_rate_limits() {
+        use reqwest::header::{HeaderMap, HeaderValue};
+        use std::time::{Duration, SystemTime, UNIX_EPOCH};
+        let cap = Duration::from_secs(600);
+        let mut h = HeaderMap::new();
+        assert_eq!(wait_hint(&h, cap), None);
+        h.insert("retry-after", HeaderValue::from_static("7"));
+        assert_eq!(wait_hint(&h, cap), Some(Duration::from_secs(7)));
+        assert_eq!(
+            wait_hint(&h, Duration::from_secs(3)),
+            Some(Duration::from_secs(3))
+        );
+        let mut h = HeaderMap::new();
+        let reset = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 30;
+        h.insert("ratelimit-remaining", HeaderValue::from_static("5"));
+        h.insert(
+            "ratelimit-reset",
+            HeaderValue::from_str(&reset.to_string()).unwrap(),
+        );
+        assert_eq!(wait_hint(&h, cap), None, "budget left: no wait");
+        h.insert("ratelimit-remaining", HeaderValue::from_static("0"));
+        let w = wait_hint(&h, cap).unwrap();
+        assert!(
+            w >= Duration::from_secs(28) && w <= Duration::from_secs(30),
+            "{w:?}"
+        );
+        let mut h = HeaderMap::new();
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(20));
+        h.insert("retry-after", HeaderValue::from_str(&date).unwrap());
+        let w = wait_hint(&h, cap).unwrap();
+        assert!(
+            w >= Duration::from_secs(18) && w <= Duration::from_secs(20),
+            "{w:?}"
+        );
+    }
 
     #[test]
     fn status_classes_follow_the_design_defaults() {

@@ -5,6 +5,7 @@
 //! pool ([`crate::pool`]), not to the backend.
 
 pub mod azure_devops;
+pub mod gitlab;
 pub mod http;
 pub mod kafka;
 pub mod upsert_entity;
@@ -20,6 +21,7 @@ use serde_json::{Map, Value};
 use crate::config::Config;
 use crate::model::TriggerEvent;
 use crate::pool::Pool;
+use crate::watch::Progress;
 
 /// What a backend is asked to do: the rendered invocation of one run.
 #[derive(Debug, Clone)]
@@ -76,6 +78,8 @@ pub struct Report {
     pub external_run_id: Option<String>,
     /// Finer error class for the DLQ header (e.g. `http_status`, `invalid_invocation`).
     pub error_class: Option<&'static str>,
+    /// Remote work to follow to completion ([`crate::watch`]); the backend's own state.
+    pub follow: Option<Value>,
 }
 
 impl Report {
@@ -88,6 +92,7 @@ impl Report {
             link: Vec::new(),
             external_run_id: None,
             error_class: None,
+            follow: None,
         }
     }
 
@@ -116,6 +121,7 @@ impl From<Invalid> for Report {
 }
 
 pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Report> + Send + 'a>>;
+pub type FollowFuture<'a> = Pin<Box<dyn Future<Output = Progress> + Send + 'a>>;
 
 /// One backend type.
 pub trait Backend: Send + Sync + 'static {
@@ -123,6 +129,17 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Perform one attempt.
     fn attempt<'a>(&'a self, req: &'a Request) -> AttemptFuture<'a>;
+    /// Poll remote work this backend started (only called with the `follow` state its
+    /// own report returned).
+    fn follow<'a>(&'a self, _state: &'a Value) -> FollowFuture<'a> {
+        let kind = self.kind();
+        Box::pin(async move {
+            Progress::Finished {
+                status: crate::model::RunStatus::Failure,
+                summary: format!("{kind} runs cannot be followed"),
+            }
+        })
+    }
 }
 
 /// A backend with its worker pool.
@@ -158,6 +175,10 @@ impl Registry {
             &b.kafka.pool(),
         );
         r.add(
+            Arc::new(gitlab::Gitlab::new(&b.gitlab, secrets)?),
+            &b.gitlab.pool(),
+        );
+        r.add(
             Arc::new(azure_devops::AzureDevops::new(&b.azure_devops, secrets)?),
             &b.azure_devops.pool(),
         );
@@ -186,6 +207,14 @@ impl Registry {
 
     pub fn get(&self, kind: &str) -> Option<&Registered> {
         self.by_type.get(kind)
+    }
+
+    /// Every backend by type (for the watcher).
+    pub fn backends(&self) -> BTreeMap<&'static str, Arc<dyn Backend>> {
+        self.by_type
+            .iter()
+            .map(|(k, r)| (*k, r.backend.clone()))
+            .collect()
     }
 
     /// Comma-separated list of known types, for error messages.

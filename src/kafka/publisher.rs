@@ -13,7 +13,9 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::model::RunUpdate;
+use std::sync::Arc;
+
+use crate::model::{now_rfc3339, RunUpdate, SourceRef};
 
 /// The publish was abandoned because switchyard is stopping (past its grace period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -141,5 +143,43 @@ impl Publisher {
 
     pub fn status_topic(&self) -> &str {
         &self.status_topic
+    }
+}
+
+/// Writes the updates of one run in order, numbering them (`seq`) and stamping time,
+/// backend and source.
+pub struct RunWriter {
+    publisher: Arc<Publisher>,
+    pub run_id: String,
+    /// `seq` of the last update written.
+    pub seq: u64,
+    pub backend: Option<&'static str>,
+    pub source: SourceRef,
+}
+
+impl RunWriter {
+    pub fn new(
+        publisher: Arc<Publisher>,
+        run_id: &str,
+        backend: Option<&'static str>,
+        source: SourceRef,
+    ) -> Self {
+        RunWriter {
+            publisher,
+            run_id: run_id.to_owned(),
+            seq: 0,
+            backend,
+            source,
+        }
+    }
+
+    /// Publish `u` as this run's next update; returns once the broker acknowledged it.
+    pub async fn emit(&mut self, mut u: RunUpdate) -> Result<(), Stopped> {
+        self.seq += 1;
+        u.seq = self.seq;
+        u.at = now_rfc3339();
+        u.backend = self.backend.map(str::to_owned);
+        u.source = Some(self.source.clone());
+        self.publisher.send_update(&u).await
     }
 }

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod gitlab;
 pub mod receiver;
 
 use std::collections::HashMap;
