@@ -120,6 +120,45 @@ pub struct BackendsConfig {
     pub upsert_entity: UpsertEntityConfig,
     pub azure_devops: AzureDevopsConfig,
     pub gitlab: GitlabConfig,
+    pub github: GithubConfig,
+}
+
+/// GITHUB backend: workflow dispatches, followed to completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GithubConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// REST API root; GitHub Enterprise Server: `https://HOST/api/v3`.
+    pub api_url: String,
+    /// Secret holding a token with `actions: write` (and read, to follow runs).
+    pub token_secret: Option<String>,
+    /// Branch to dispatch when `workflowInputs.ref` is absent; unset: the repository's
+    /// default branch.
+    pub default_ref: Option<String>,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        GithubConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            api_url: "https://api.github.com".into(),
+            token_secret: None,
+            default_ref: None,
+        }
+    }
+}
+
+impl GithubConfig {
+    pub fn pool(&self) -> PoolConfig {
+        PoolConfig {
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// GITLAB backend: pipeline triggers, followed to completion.
@@ -527,6 +566,7 @@ impl Config {
             ("upsert_entity", b.upsert_entity.pool()),
             ("azure_devops", b.azure_devops.pool()),
             ("gitlab", b.gitlab.pool()),
+            ("github", b.github.pool()),
         ];
         for (name, pool) in pools {
             if pool.concurrency == 0 {

@@ -433,3 +433,155 @@ async fn gitlab_failed_pipeline_and_rejected_token_fail_the_run() {
         "{n:?}"
     );
 }
+
+fn github_config(fake: &common::github::FakeGithub) -> String {
+    format!(
+        "[backends.github]\napi_url = \"{}\"\ntoken_secret = \"token\"\n[watch]\npoll_interval = \"200ms\"\n",
+        fake.url()
+    )
+}
+
+fn github_event(run: &str, inputs: Value) -> Value {
+    let mut e = event(
+        run,
+        json!({"type": "GITHUB", "org": "acme", "repo": "checkout", "workflow": "deploy.yml",
+               "workflowInputs": inputs}),
+    );
+    e["orderingKey"] = json!("gh");
+    e
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_workflow_is_dispatched_and_followed_to_success() {
+    use common::github::FakeGithub;
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let fake = FakeGithub::start(
+        true,
+        &[
+            ("queued", None),
+            ("in_progress", None),
+            ("completed", Some("success")),
+        ],
+    )
+    .await;
+    fake.secondary_limit_next_polls(1);
+    let _d = Dispatcher::start(&kafka, &t, &github_config(&fake));
+    let inputs = json!({"version": "{{ .inputs.version }}", "replicas": 3, "canary": true});
+    kafka
+        .produce(&t.triggers, &[record(None, &github_event("r_gh", inputs))])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+
+    let calls = fake.calls();
+    assert_eq!(
+        calls[0].path, "/repos/acme/checkout",
+        "default branch looked up"
+    );
+    let d = &calls[1];
+    assert_eq!(
+        d.path,
+        "/repos/acme/checkout/actions/workflows/deploy.yml/dispatches"
+    );
+    assert_eq!(d.headers["authorization"], format!("Bearer {TEST_TOKEN}"));
+    assert_eq!(d.headers["accept"], "application/vnd.github+json");
+    assert_eq!(
+        d.body,
+        json!({"ref": "trunk", "inputs": {"version": "1.4.2", "replicas": "3", "canary": "true"},
+               "return_run_details": true})
+    );
+    let polls: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/actions/runs/9001"))
+        .collect();
+    let gap = polls[1].at - polls[0].at;
+    println!(
+        "github polls: {}, gap after the secondary limit: {gap:?}",
+        polls.len()
+    );
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After ignored: {gap:?}"
+    );
+
+    let updates = log.of("r_gh");
+    let statuses: Vec<_> = updates
+        .iter()
+        .filter(|u| u.kind == UpdateKind::Status)
+        .map(|u| (u.status, u.status_label.as_deref()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![
+            (Some(RunStatus::InProgress), None),
+            (Some(RunStatus::InProgress), None),
+            (Some(RunStatus::InProgress), Some("queued")),
+            (Some(RunStatus::InProgress), Some("in_progress")),
+            (Some(RunStatus::Success), Some("in_progress")),
+        ]
+    );
+    let dispatched = updates
+        .iter()
+        .find(|u| u.external_run_id.is_some())
+        .unwrap();
+    assert_eq!(dispatched.external_run_id.as_deref(), Some("9001"));
+    assert_eq!(
+        dispatched.link.as_deref(),
+        Some(&["https://github.example.com/acme/checkout/actions/runs/9001".to_owned()][..])
+    );
+    assert_eq!(
+        updates.last().unwrap().summary.as_deref(),
+        Some("workflow run 9001 concluded success")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_without_run_details_finds_the_run_and_reports_failure() {
+    use common::github::FakeGithub;
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let fake = FakeGithub::start(
+        false,
+        &[("in_progress", None), ("completed", Some("timed_out"))],
+    )
+    .await;
+    let _d = Dispatcher::start(&kafka, &t, &github_config(&fake));
+    let too_many: serde_json::Map<String, Value> =
+        (0..11).map(|i| (format!("i{i}"), json!(i))).collect();
+    kafka
+        .produce(
+            &t.triggers,
+            &[
+                record(None, &github_event("r_gh_204", json!({"ref": "release"}))),
+                record(None, &github_event("r_gh_many", Value::Object(too_many))),
+            ],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "two terminal", |u| StatusLog::finished(u) >= 2)
+        .await;
+    let f = log.terminal("r_gh_204")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert_eq!(
+        f.summary.as_deref(),
+        Some("workflow run 9001 concluded timed_out")
+    );
+    let m = log.terminal("r_gh_many")[0].clone();
+    assert_eq!(m.status, Some(RunStatus::Failure));
+    assert!(m.summary.unwrap().contains("GitHub accepts at most 10"));
+    let calls = fake.calls();
+    let dispatches: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/dispatches"))
+        .collect();
+    assert_eq!(dispatches.len(), 1, "the 11-input run made no call");
+    assert_eq!(
+        dispatches[0].body["ref"], "release",
+        "ref input, no repository lookup"
+    );
+    assert!(calls
+        .iter()
+        .any(|c| c.path.ends_with("/actions/workflows/deploy.yml/runs")));
+}

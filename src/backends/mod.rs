@@ -5,6 +5,7 @@
 //! pool ([`crate::pool`]), not to the backend.
 
 pub mod azure_devops;
+pub mod github;
 pub mod gitlab;
 pub mod http;
 pub mod kafka;
@@ -173,6 +174,10 @@ impl Registry {
                 topics.clone(),
             )),
             &b.kafka.pool(),
+        );
+        r.add(
+            Arc::new(github::Github::new(&b.github, secrets)?),
+            &b.github.pool(),
         );
         r.add(
             Arc::new(gitlab::Gitlab::new(&b.gitlab, secrets)?),

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod github;
 pub mod gitlab;
 pub mod receiver;
 

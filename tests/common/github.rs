@@ -1,0 +1,198 @@
+//! A fake GitHub REST API with the shapes switchyard uses: repository
+//! (`default_branch`), workflow dispatch (200 with run details, or 204 like older GHES),
+//! workflow runs listing, and a workflow run whose status follows a script. The first
+//! polls can be answered with a secondary rate limit (403 + Retry-After).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: &'static str,
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Value,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<Call>,
+    /// (status, conclusion) per poll; the last one stays.
+    script: VecDeque<(String, Option<String>)>,
+    run_details: bool,
+    limited_polls: u32,
+}
+
+#[derive(Clone)]
+pub struct FakeGithub {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+pub const RUN_ID: u64 = 9001;
+
+type St = State<Arc<Mutex<Inner>>>;
+
+impl FakeGithub {
+    pub async fn start(run_details: bool, script: &[(&str, Option<&str>)]) -> FakeGithub {
+        let inner = Arc::new(Mutex::new(Inner {
+            script: script
+                .iter()
+                .map(|(s, c)| (s.to_string(), c.map(str::to_owned)))
+                .collect(),
+            run_details,
+            ..Inner::default()
+        }));
+        let app = Router::new()
+            .route("/repos/{org}/{repo}", get(repository))
+            .route(
+                "/repos/{org}/{repo}/actions/workflows/{wf}/dispatches",
+                post(dispatch),
+            )
+            .route(
+                "/repos/{org}/{repo}/actions/workflows/{wf}/runs",
+                get(list_runs),
+            )
+            .route("/repos/{org}/{repo}/actions/runs/{id}", get(run))
+            .with_state(inner.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakeGithub { addr, inner }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn calls(&self) -> Vec<Call> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+
+    pub fn secondary_limit_next_polls(&self, n: u32) {
+        self.inner.lock().unwrap().limited_polls = n;
+    }
+}
+
+fn record(
+    inner: &Mutex<Inner>,
+    method: &'static str,
+    path: String,
+    headers: &HeaderMap,
+    body: &[u8],
+) {
+    inner.lock().unwrap().calls.push(Call {
+        method,
+        path,
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        body: serde_json::from_slice(body).unwrap_or(Value::Null),
+        at: Instant::now(),
+    });
+}
+
+async fn repository(
+    State(s): St,
+    Path((org, repo)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Response {
+    record(&s, "GET", format!("/repos/{org}/{repo}"), &h, b"");
+    Json(
+        json!({"id": 1296269, "name": repo, "full_name": format!("{org}/{repo}"),
+                "default_branch": "trunk", "private": false}),
+    )
+    .into_response()
+}
+
+async fn dispatch(
+    State(s): St,
+    Path((org, repo, wf)): Path<(String, String, String)>,
+    h: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(
+        &s,
+        "POST",
+        format!("/repos/{org}/{repo}/actions/workflows/{wf}/dispatches"),
+        &h,
+        &body,
+    );
+    if !s.lock().unwrap().run_details {
+        return StatusCode::NO_CONTENT.into_response();
+    }
+    Json(json!({
+        "workflow_run_id": RUN_ID,
+        "run_url": format!("https://api.github.example.com/repos/{org}/{repo}/actions/runs/{RUN_ID}"),
+        "html_url": format!("https://github.example.com/{org}/{repo}/actions/runs/{RUN_ID}")
+    }))
+    .into_response()
+}
+
+async fn list_runs(
+    State(s): St,
+    Path((org, repo, wf)): Path<(String, String, String)>,
+    h: HeaderMap,
+) -> Response {
+    record(
+        &s,
+        "GET",
+        format!("/repos/{org}/{repo}/actions/workflows/{wf}/runs"),
+        &h,
+        b"",
+    );
+    let now = time::OffsetDateTime::now_utc();
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    Json(json!({"total_count": 1, "workflow_runs": [{
+        "id": RUN_ID, "event": "workflow_dispatch", "status": "queued", "conclusion": null,
+        "created_at": now.format(&fmt).unwrap(),
+        "html_url": format!("https://github.example.com/{org}/{repo}/actions/runs/{RUN_ID}")
+    }]}))
+    .into_response()
+}
+
+async fn run(
+    State(s): St,
+    Path((org, repo, id)): Path<(String, String, u64)>,
+    h: HeaderMap,
+) -> Response {
+    record(
+        &s,
+        "GET",
+        format!("/repos/{org}/{repo}/actions/runs/{id}"),
+        &h,
+        b"",
+    );
+    let mut st = s.lock().unwrap();
+    if st.limited_polls > 0 {
+        st.limited_polls -= 1;
+        return (
+            StatusCode::FORBIDDEN,
+            [("retry-after", "1")],
+            Json(json!({"message": "You have exceeded a secondary rate limit."})),
+        )
+            .into_response();
+    }
+    let (status, conclusion) = if st.script.len() > 1 {
+        st.script.pop_front().unwrap()
+    } else {
+        st.script.front().cloned().unwrap()
+    };
+    Json(
+        json!({"id": id, "status": status, "conclusion": conclusion, "event": "workflow_dispatch",
+                "html_url": format!("https://github.example.com/{org}/{repo}/actions/runs/{id}")}),
+    )
+    .into_response()
+}
