@@ -134,6 +134,11 @@ pub struct GithubConfig {
     pub api_url: String,
     /// Secret holding a token with `actions: write` (and read, to follow runs).
     pub token_secret: Option<String>,
+    /// GitHub App id; with `app_private_key_secret`, the App authenticates instead of
+    /// `token_secret` (installation tokens are fetched per repository and cached).
+    pub app_id: Option<String>,
+    /// Secret holding the App's private key (PEM; a `{ file = "…" }` secret suits it).
+    pub app_private_key_secret: Option<String>,
     /// Branch to dispatch when `workflowInputs.ref` is absent; unset: the repository's
     /// default branch.
     pub default_ref: Option<String>,
@@ -147,6 +152,8 @@ impl Default for GithubConfig {
             timeout: pool.timeout,
             api_url: "https://api.github.com".into(),
             token_secret: None,
+            app_id: None,
+            app_private_key_secret: None,
             default_ref: None,
         }
     }

@@ -585,3 +585,75 @@ async fn github_without_run_details_finds_the_run_and_reports_failure() {
         .iter()
         .any(|c| c.path.ends_with("/actions/workflows/deploy.yml/runs")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_app_tokens_are_fetched_per_installation_and_refreshed_before_expiry() {
+    use common::github::FakeGithub;
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let fake = FakeGithub::start(true, &[("completed", Some("success"))]).await;
+    // Tokens that expire within switchyard's refresh margin are replaced before each use.
+    fake.require_app(Duration::from_secs(30));
+    let extra = format!(
+        "[backends.github]\napi_url = \"{}\"\napp_id = \"12345\"\n\
+         app_private_key_secret = \"app_key\"\n\
+         [secrets.app_key]\nfile = \"{}/tests/fixtures/github-app-test-key.pem\"\n",
+        fake.url(),
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let _d = Dispatcher::start(&kafka, &t, &extra);
+    let ev = |run: &str| {
+        let mut e = github_event(run, json!({"ref": "main"}));
+        e["action"]["invocationMethod"]["reportWorkflowStatus"] = json!(false);
+        e
+    };
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &ev("r_app_1")), record(None, &ev("r_app_2"))],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    let dispatched = |u: &[switchyard::model::RunUpdate], n: usize| {
+        u.iter().filter(|u| u.external_run_id.is_some()).count() >= n
+    };
+    log.wait_until(WAIT, "two dispatches", |u| dispatched(u, 2))
+        .await;
+    let count = |path: &str| fake.calls().iter().filter(|c| c.path == path).count();
+    assert_eq!(
+        count("/repos/acme/checkout/installation"),
+        1,
+        "installation id cached"
+    );
+    assert_eq!(
+        count("/app/installations/4242/access_tokens"),
+        2,
+        "short-lived token refreshed"
+    );
+
+    fake.set_token_ttl(Duration::from_secs(3600));
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &ev("r_app_3")), record(None, &ev("r_app_4"))],
+        )
+        .await;
+    log.wait_until(WAIT, "four dispatches", |u| dispatched(u, 4))
+        .await;
+    assert_eq!(
+        count("/app/installations/4242/access_tokens"),
+        3,
+        "long-lived token reused"
+    );
+    let calls = fake.calls();
+    let dispatches: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/dispatches"))
+        .collect();
+    assert_eq!(dispatches.len(), 4);
+    assert_eq!(dispatches[3].headers["authorization"], "Bearer ghs_test_3");
+    assert!(log
+        .updates
+        .iter()
+        .all(|u| u.status != Some(RunStatus::Failure)));
+}

@@ -16,13 +16,15 @@
 //!   `statusLabel`; a `completed` run with conclusion success, skipped or neutral is
 //!   SUCCESS, any other conclusion FAILURE. `x-ratelimit-*` and secondary limits
 //!   (403/429 with `Retry-After`) delay the next poll.
-//! - Auth: a token secret (`backends.github.token_secret`), sent as a bearer token.
+//! - Auth: a GitHub App (`app_id` + `app_private_key_secret`, see `github_auth`) or a
+//!   token secret (`token_secret`), sent as a bearer token.
 
 use std::time::{Duration, SystemTime};
 
 use reqwest::RequestBuilder;
 use serde_json::{json, Map, Value};
 
+use super::github_auth::{App, Auth};
 use super::upsert_entity::enc;
 use super::{
     flag, http, required_str, AttemptFuture, Backend, FollowFuture, Invalid, Outcome, Report,
@@ -40,36 +42,50 @@ const MAX_WAIT: Duration = Duration::from_secs(900);
 pub struct Github {
     client: reqwest::Client,
     api: String,
-    token: Option<String>,
+    auth: Auth,
     default_ref: Option<String>,
 }
 
 impl Github {
     pub fn new(cfg: &GithubConfig, secrets: &Map<String, Value>) -> anyhow::Result<Self> {
-        Ok(Github {
-            client: reqwest::Client::builder()
-                .connect_timeout(cfg.timeout)
-                .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
-                .build()?,
-            api: cfg.api_url.trim_end_matches('/').to_owned(),
-            token: cfg
-                .token_secret
-                .as_ref()
+        let client = reqwest::Client::builder()
+            .connect_timeout(cfg.timeout)
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        let api = cfg.api_url.trim_end_matches('/').to_owned();
+        let secret = |n: &Option<String>| {
+            n.as_ref()
                 .and_then(|n| secrets.get(n))
                 .and_then(Value::as_str)
-                .map(str::to_owned),
+                .map(str::to_owned)
+        };
+        let auth = match (
+            &cfg.app_id,
+            secret(&cfg.app_private_key_secret),
+            secret(&cfg.token_secret),
+        ) {
+            (Some(id), Some(pem), _) => {
+                Auth::App(Box::new(App::new(id, &pem, client.clone(), &api)?))
+            }
+            (_, _, Some(token)) => Auth::Token(token),
+            _ => Auth::None,
+        };
+        Ok(Github {
+            client,
+            api,
+            auth,
             default_ref: cfg.default_ref.clone(),
         })
     }
 
-    fn call(&self, req: RequestBuilder) -> RequestBuilder {
-        let req = req
-            .header("Accept", "application/vnd.github+json")
-            .header("X-GitHub-Api-Version", "2022-11-28");
-        match &self.token {
-            Some(t) => req.bearer_auth(t),
-            None => req,
-        }
+    /// `req` with GitHub's headers and the credentials for `org/repo`.
+    async fn call(
+        &self,
+        req: RequestBuilder,
+        org: &str,
+        repo: &str,
+    ) -> Result<RequestBuilder, Report> {
+        self.auth.apply(req, &format!("{org}/{repo}")).await
     }
 }
 
@@ -165,15 +181,18 @@ impl Github {
         );
         let body = json!({"ref": git_ref, "inputs": inputs, "return_run_details": true});
         let dispatched_at = SystemTime::now() - Duration::from_secs(2);
-        let request = self
-            .call(self.client.post(&url))
-            .header("Idempotency-Key", &req.run_id)
-            .json(&body);
+        let request = match self.call(self.client.post(&url), org, repo).await {
+            Ok(r) => r.header("Idempotency-Key", &req.run_id).json(&body),
+            Err(r) => return r,
+        };
         let (status, resp, _) = match http::exchange(request, &format!("GitHub {full}")).await {
             Ok(x) => x,
             Err(r) => return r,
         };
         if !status.is_success() {
+            if status.as_u16() == 401 {
+                self.auth.rejected(&full);
+            }
             return http::failure(status, &resp, &format!("GitHub {full} {workflow}: "));
         }
         let details: Value = serde_json::from_slice(&resp).unwrap_or(Value::Null);
@@ -214,9 +233,11 @@ impl Github {
     async fn default_branch(&self, org: &str, repo: &str) -> Result<String, Box<Report>> {
         let url = format!("{}/repos/{}/{}", self.api, enc(org), enc(repo));
         let target = format!("GitHub {org}/{repo}");
-        let (status, body, _) = http::exchange(self.call(self.client.get(&url)), &target)
+        let request = self
+            .call(self.client.get(&url), org, repo)
             .await
             .map_err(Box::new)?;
+        let (status, body, _) = http::exchange(request, &target).await.map_err(Box::new)?;
         if !status.is_success() {
             let r = http::failure(status, &body, &format!("GitHub {org}/{repo}: "));
             return Err(Box::new(r));
@@ -251,7 +272,10 @@ impl Github {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            let Ok(resp) = self.call(self.client.get(&url)).send().await else {
+            let Ok(request) = self.call(self.client.get(&url), org, repo).await else {
+                continue;
+            };
+            let Ok(resp) = request.send().await else {
                 continue;
             };
             let Ok(list) = resp.json::<Value>().await else {
@@ -299,11 +323,18 @@ impl Github {
             enc(org),
             enc(repo)
         );
-        let response = match self.call(self.client.get(&url)).send().await {
+        let request = match self.call(self.client.get(&url), org, repo).await {
+            Ok(r) => r,
+            Err(r) => return Progress::Failed(r.summary),
+        };
+        let response = match request.send().await {
             Ok(r) => r,
             Err(e) => return Progress::Failed(super::error_chain(&e)),
         };
         let status = response.status();
+        if status.as_u16() == 401 {
+            self.auth.rejected(&format!("{org}/{repo}"));
+        }
         let wait = http::wait_hint(response.headers(), MAX_WAIT);
         if matches!(status.as_u16(), 403 | 429) {
             if let Some(w) = wait {

@@ -6,6 +6,7 @@
 
 pub mod azure_devops;
 pub mod github;
+pub mod github_auth;
 pub mod gitlab;
 pub mod http;
 pub mod kafka;

@@ -28,6 +28,10 @@ pub struct Call {
 #[derive(Default)]
 struct Inner {
     calls: Vec<Call>,
+    /// App mode: installation tokens issued (token, expiry), and their lifetime.
+    app: Option<rsa::pkcs1v15::VerifyingKey<sha2::Sha256>>,
+    issued: Vec<(String, std::time::SystemTime)>,
+    token_ttl: std::time::Duration,
     /// (status, conclusion) per poll; the last one stays.
     script: VecDeque<(String, Option<String>)>,
     run_details: bool,
@@ -65,6 +69,8 @@ impl FakeGithub {
                 get(list_runs),
             )
             .route("/repos/{org}/{repo}/actions/runs/{id}", get(run))
+            .route("/repos/{org}/{repo}/installation", get(installation))
+            .route("/app/installations/{id}/access_tokens", post(access_token))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -78,6 +84,25 @@ impl FakeGithub {
 
     pub fn calls(&self) -> Vec<Call> {
         self.inner.lock().unwrap().calls.clone()
+    }
+
+    /// Require GitHub App auth: JWTs signed with `tests/fixtures/github-app-test-key.pem`
+    /// (iss 12345) for the App endpoints, issued installation tokens elsewhere.
+    pub fn require_app(&self, token_ttl: std::time::Duration) {
+        use rsa::pkcs1::DecodeRsaPrivateKey;
+        let pem = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/github-app-test-key.pem"
+        ))
+        .unwrap();
+        let key = rsa::RsaPrivateKey::from_pkcs1_pem(&pem).unwrap();
+        let mut st = self.inner.lock().unwrap();
+        st.app = Some(rsa::pkcs1v15::VerifyingKey::new(key.to_public_key()));
+        st.token_ttl = token_ttl;
+    }
+
+    pub fn set_token_ttl(&self, ttl: std::time::Duration) {
+        self.inner.lock().unwrap().token_ttl = ttl;
     }
 
     pub fn secondary_limit_next_polls(&self, n: u32) {
@@ -104,12 +129,122 @@ fn record(
     });
 }
 
+fn bearer(h: &HeaderMap) -> String {
+    h.get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .to_owned()
+}
+
+fn unauthorized() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"message": "Bad credentials"})),
+    )
+        .into_response()
+}
+
+/// Check an App JWT: RS256 over `header.claims` with the test key, iss 12345, not expired.
+fn valid_jwt(key: &rsa::pkcs1v15::VerifyingKey<sha2::Sha256>, jwt: &str) -> bool {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use rsa::signature::Verifier;
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [h, c, sig] = parts[..] else { return false };
+    let Ok(sig) = URL_SAFE_NO_PAD.decode(sig) else {
+        return false;
+    };
+    let Ok(sig) = rsa::pkcs1v15::Signature::try_from(sig.as_slice()) else {
+        return false;
+    };
+    if key.verify(format!("{h}.{c}").as_bytes(), &sig).is_err() {
+        return false;
+    }
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap();
+    let claims: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(c).unwrap()).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    header["alg"] == "RS256"
+        && claims["iss"] == "12345"
+        && claims["iat"].as_u64().unwrap() <= now
+        && claims["exp"].as_u64().unwrap() > now
+        && claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 600
+}
+
+/// In App mode, API calls need an issued, unexpired installation token.
+fn token_ok(st: &Inner, h: &HeaderMap) -> bool {
+    if st.app.is_none() {
+        return true;
+    }
+    let t = bearer(h);
+    st.issued
+        .iter()
+        .any(|(tok, exp)| *tok == t && *exp > std::time::SystemTime::now())
+}
+
+async fn installation(
+    State(s): St,
+    Path((org, repo)): Path<(String, String)>,
+    h: HeaderMap,
+) -> Response {
+    record(
+        &s,
+        "GET",
+        format!("/repos/{org}/{repo}/installation"),
+        &h,
+        b"",
+    );
+    let st = s.lock().unwrap();
+    match &st.app {
+        Some(key) if valid_jwt(key, &bearer(&h)) => Json(
+            json!({"id": 4242, "app_id": 12345, "target_type": "Organization",
+                        "account": {"login": org}}),
+        )
+        .into_response(),
+        _ => unauthorized(),
+    }
+}
+
+async fn access_token(State(s): St, Path(id): Path<u64>, h: HeaderMap) -> Response {
+    record(
+        &s,
+        "POST",
+        format!("/app/installations/{id}/access_tokens"),
+        &h,
+        b"",
+    );
+    let mut st = s.lock().unwrap();
+    let ok = st.app.as_ref().is_some_and(|k| valid_jwt(k, &bearer(&h)));
+    if !ok || id != 4242 {
+        return unauthorized();
+    }
+    let token = format!("ghs_test_{}", st.issued.len() + 1);
+    let expires = std::time::SystemTime::now() + st.token_ttl;
+    st.issued.push((token.clone(), expires));
+    let at = time::OffsetDateTime::from(expires);
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+    (
+        StatusCode::CREATED,
+        Json(
+            json!({"token": token, "expires_at": at.format(&fmt).unwrap(),
+                    "permissions": {"actions": "write"}, "repository_selection": "all"}),
+        ),
+    )
+        .into_response()
+}
+
 async fn repository(
     State(s): St,
     Path((org, repo)): Path<(String, String)>,
     h: HeaderMap,
 ) -> Response {
     record(&s, "GET", format!("/repos/{org}/{repo}"), &h, b"");
+    if !token_ok(&s.lock().unwrap(), &h) {
+        return unauthorized();
+    }
     Json(
         json!({"id": 1296269, "name": repo, "full_name": format!("{org}/{repo}"),
                 "default_branch": "trunk", "private": false}),
