@@ -19,18 +19,33 @@ use crate::watch::Watcher;
 /// Run the dispatcher until `shutdown` fires, then stop cleanly.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let k = &cfg.kafka;
-    let required =
-        [&k.triggers_topic, &k.status_topic, &k.dlq_topic].map(|t| topics::TopicSpec::plain(t));
+    let mut required = [
+        &k.triggers_topic,
+        &k.status_topic,
+        &k.dlq_topic,
+        &k.watches_topic,
+    ]
+    .map(|t| topics::TopicSpec::plain(t));
+    required[3].compacted = true;
     topics::ensure_topics(k, &required, k.create_topics).await?;
     let secrets = cfg.resolve_secrets()?;
     let hard_stop = CancellationToken::new();
     let publisher =
         Arc::new(Publisher::new(k, hard_stop.clone()).context("creating the status producer")?);
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
-    let watcher = Watcher::new(registry.backends(), &cfg.watch, hard_stop.clone());
+    let watcher = Watcher::new(
+        registry.backends(),
+        &cfg.watch,
+        publisher.clone(),
+        &k.watches_topic,
+        hard_stop.clone(),
+    );
+    watcher
+        .load(&cfg.kafka)
+        .context("starting the watches reader")?;
     let pipeline = Pipeline::new(
         registry,
-        watcher,
+        watcher.clone(),
         publisher.clone(),
         secrets,
         cfg.dispatch.ordering,
@@ -41,6 +56,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         status = %k.status_topic, dlq = %k.dlq_topic, "switchyard running");
     consumer.join().await;
     hard_stop.cancel();
+    watcher.closed().await;
     let p = publisher.clone();
     tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10)))
         .await?

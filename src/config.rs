@@ -42,6 +42,9 @@ pub struct KafkaConfig {
     pub triggers_topic: String,
     pub status_topic: String,
     pub dlq_topic: String,
+    /// Compacted topic holding the runs being followed (GitHub workflows, GitLab
+    /// pipelines), so that a restart or a rebalance resumes them.
+    pub watches_topic: String,
     /// Create missing topics at start (through the admin API). When false, missing topics
     /// are a startup error that names them.
     pub create_topics: bool,
@@ -68,6 +71,7 @@ impl Default for KafkaConfig {
             triggers_topic: "switchyard.triggers".into(),
             status_topic: "switchyard.status".into(),
             dlq_topic: "switchyard.dlq".into(),
+            watches_topic: "switchyard.watches".into(),
             create_topics: false,
             topic_partitions: 6,
             topic_replication: 1,
@@ -471,6 +475,7 @@ impl Config {
             ("kafka.triggers_topic", &k.triggers_topic),
             ("kafka.status_topic", &k.status_topic),
             ("kafka.dlq_topic", &k.dlq_topic),
+            ("kafka.watches_topic", &k.watches_topic),
         ] {
             if let Err(why) = check_topic_name(topic) {
                 p.push(format!("{field}: {why}"));

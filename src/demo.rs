@@ -38,6 +38,7 @@ pub async fn run(color: bool) -> anyhow::Result<()> {
         (&cfg.kafka.triggers_topic, 3),
         (&cfg.kafka.status_topic, 1),
         (&cfg.kafka.dlq_topic, 1),
+        (&cfg.kafka.watches_topic, 1),
     ] {
         cluster
             .create_topic(topic, partitions, 1)

@@ -70,6 +70,14 @@ impl Pipeline {
 }
 
 impl Sink for Pipeline {
+    fn assigned(&self, partitions: &[(String, i32)]) {
+        self.inner.watcher.assigned(partitions);
+    }
+
+    fn revoked(&self, partitions: &[(String, i32)]) {
+        self.inner.watcher.revoked(partitions);
+    }
+
     async fn accept(&self, record: TriggerRecord, ticket: Ticket) {
         if ticket.intake_stopped() {
             return; // not started: the next owner gets it
@@ -183,9 +191,11 @@ impl Inner {
                 state,
                 label: None,
             };
-            if !self.watcher.follow(watch) {
-                tracing::warn!(run_id = %run_id, followed = self.watcher.active(),
-                    "watch.max_watches reached; the run is not followed and stays IN_PROGRESS");
+            match self.watcher.follow(watch).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(run_id = %run_id, followed = self.watcher.active(),
+                    "watch.max_watches reached; the run is not followed and stays IN_PROGRESS"),
+                Err(_) => return, // stopping: the event is redelivered
             }
         }
         ticket.complete();

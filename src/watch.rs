@@ -1,27 +1,36 @@
 //! Following asynchronous runs (a GitLab pipeline, a GitHub workflow) to completion.
 //!
-//! A backend that started remote work returns `follow` state in its report; the pipeline
-//! then completes the event's offset and hands the run to the [`Watcher`]. A watch holds
-//! no dispatch slot: it sleeps between polls, takes one of `max_concurrent_polls` permits
-//! only while a poll is in flight, and obeys the provider's rate-limit hints.
+//! A backend that started remote work returns `follow` state in its report. The pipeline
+//! hands the run to the [`Watcher`], which first records it on the compacted watches
+//! topic (key = run id) and only then lets the event's offset complete, so a followed run
+//! survives a crash. A watch holds no dispatch slot: it sleeps between polls, takes one of
+//! `max_concurrent_polls` permits only while a poll is in flight, and obeys the
+//! provider's rate-limit hints. A label change is published as `statusLabel` (and
+//! re-recorded); a finish is published as the terminal status, then the record is
+//! deleted (tombstone).
 //!
-//! Each poll reports [`Progress`]: a label change is published as `statusLabel`; a finish
-//! is published as the terminal status. Watches are bounded in number (`max_watches`)
-//! and in time (`max_duration`, after which the run fails with "gave up").
+//! Ownership follows the triggers topic: the instance that owns the partition a run's
+//! event came from follows the run. Every instance tails the watches topic into a table;
+//! when a partition is assigned, its recorded runs are resumed, and when it is revoked,
+//! their watches stop (without a tombstone) for the next owner to resume.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backends::Backend;
-use crate::config::WatchConfig;
-use crate::kafka::publisher::RunWriter;
-use crate::model::{RunStatus, RunUpdate};
+use crate::config::{KafkaConfig, WatchConfig};
+use crate::kafka::publisher::{Publisher, RunWriter, Stopped};
+use crate::model::{RunStatus, RunUpdate, SourceRef};
 
 /// What one poll of a followed run found.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,18 +57,52 @@ pub struct Watch {
     pub label: Option<String>,
 }
 
+/// The watches-topic record of a followed run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    run_id: String,
+    backend: String,
+    state: Value,
+    /// `seq` of the run's last update.
+    seq: u64,
+    label: Option<String>,
+    source: SourceRef,
+}
+
+type Tp = (String, i32);
+
+#[derive(Default)]
+struct Book {
+    /// Every recorded watch (all instances'), from the watches topic.
+    table: HashMap<String, Record>,
+    /// Triggers partitions this instance owns.
+    owned: std::collections::HashSet<Tp>,
+    /// Watches running here, with the token that stops them.
+    running: HashMap<String, (Tp, CancellationToken)>,
+}
+
 pub struct Watcher {
     backends: BTreeMap<&'static str, Arc<dyn Backend>>,
     permits: Semaphore,
     active: AtomicUsize,
     cfg: WatchConfig,
+    publisher: Arc<Publisher>,
+    topic: String,
+    book: Mutex<Book>,
     stop: CancellationToken,
+    /// Rebalance callbacks run on the consumer thread, outside the runtime.
+    handle: tokio::runtime::Handle,
+    /// The watches-topic reader, joined at shutdown so its client closes before we return.
+    reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Watcher {
     pub fn new(
         backends: BTreeMap<&'static str, Arc<dyn Backend>>,
         cfg: &WatchConfig,
+        publisher: Arc<Publisher>,
+        topic: &str,
         stop: CancellationToken,
     ) -> Arc<Self> {
         Arc::new(Watcher {
@@ -67,45 +110,209 @@ impl Watcher {
             permits: Semaphore::new(cfg.max_concurrent_polls),
             active: AtomicUsize::new(0),
             cfg: cfg.clone(),
+            publisher,
+            topic: topic.to_owned(),
+            book: Mutex::new(Book::default()),
             stop,
+            handle: tokio::runtime::Handle::current(),
+            reader: Mutex::new(None),
         })
     }
 
-    /// Number of runs being followed.
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        // Critical sections only move entries between maps; they cannot panic.
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of runs being followed here.
     pub fn active(&self) -> usize {
         self.active.load(Ordering::SeqCst)
     }
 
-    /// Start following `watch`. Returns false (and follows nothing) when `max_watches`
-    /// runs are already followed; the caller reports that on the run.
-    pub fn follow(self: &Arc<Self>, watch: Watch) -> bool {
-        let backend = watch
+    /// Start following a newly dispatched run: record it, then poll it. Returns once the
+    /// record is acknowledged (the caller may then complete the event's offset), or
+    /// `Err` when switchyard is stopping. A run over `max_watches` is not followed.
+    pub async fn follow(self: &Arc<Self>, watch: Watch) -> Result<bool, Stopped> {
+        let Some(backend) = watch
             .writer
             .backend
             .and_then(|b| self.backends.get(b))
-            .cloned();
-        let Some(backend) = backend else {
-            return false;
+            .cloned()
+        else {
+            return Ok(false);
         };
-        if self.active.fetch_add(1, Ordering::SeqCst) >= self.cfg.max_watches {
-            self.active.fetch_sub(1, Ordering::SeqCst);
-            return false;
+        if self.active() >= self.cfg.max_watches {
+            return Ok(false);
         }
-        let this = self.clone();
-        tokio::spawn(async move {
-            this.run(backend, watch).await;
-            this.active.fetch_sub(1, Ordering::SeqCst);
-        });
-        true
+        let tp = (
+            watch.writer.source.topic.clone(),
+            watch.writer.source.partition,
+        );
+        let token = CancellationToken::new();
+        // Registered before the record is written, so the tail does not start it twice.
+        self.book()
+            .running
+            .insert(watch.writer.run_id.clone(), (tp, token.clone()));
+        self.record(&watch).await?;
+        self.spawn(backend, watch, token);
+        Ok(true)
     }
 
-    async fn run(&self, backend: Arc<dyn Backend>, mut watch: Watch) {
+    fn spawn(self: &Arc<Self>, backend: Arc<dyn Backend>, watch: Watch, token: CancellationToken) {
+        self.active.fetch_add(1, Ordering::SeqCst);
+        let this = self.clone();
+        self.handle.spawn(async move {
+            let run_id = watch.writer.run_id.clone();
+            this.run(backend, watch, &token).await;
+            this.book().running.remove(&run_id);
+            this.active.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    async fn record(&self, w: &Watch) -> Result<(), Stopped> {
+        let rec = Record {
+            run_id: w.writer.run_id.clone(),
+            backend: w.writer.backend.unwrap_or_default().to_owned(),
+            state: w.state.clone(),
+            seq: w.writer.seq,
+            label: w.label.clone(),
+            source: w.writer.source.clone(),
+        };
+        let bytes = serde_json::to_vec(&rec).expect("a watch record always serialises");
+        self.publisher
+            .send_keyed(&self.topic, &rec.run_id, Some(&bytes))
+            .await
+    }
+
+    /// Triggers partitions assigned: resume the recorded runs that came from them.
+    pub fn assigned(self: &Arc<Self>, partitions: &[(String, i32)]) {
+        let mut book = self.book();
+        book.owned.extend(partitions.iter().cloned());
+        let resumable: Vec<Record> = book
+            .table
+            .values()
+            .filter(|r| partitions.contains(&(r.source.topic.clone(), r.source.partition)))
+            .filter(|r| !book.running.contains_key(&r.run_id))
+            .cloned()
+            .collect();
+        drop(book);
+        for rec in resumable {
+            self.resume(rec);
+        }
+    }
+
+    /// Triggers partitions revoked: stop their watches; the next owner resumes them.
+    pub fn revoked(&self, partitions: &[(String, i32)]) {
+        let mut book = self.book();
+        for tp in partitions {
+            book.owned.remove(tp);
+        }
+        for (_, (tp, token)) in book.running.iter() {
+            if partitions.contains(tp) {
+                token.cancel();
+            }
+        }
+    }
+
+    /// Resume a recorded run when this instance owns its partition and is not already
+    /// following it.
+    fn resume(self: &Arc<Self>, rec: Record) {
+        let tp = (rec.source.topic.clone(), rec.source.partition);
+        let Some((kind, backend)) = self
+            .backends
+            .get_key_value(rec.backend.as_str())
+            .map(|(k, b)| (*k, b.clone()))
+        else {
+            tracing::warn!(run_id = %rec.run_id, backend = %rec.backend, "recorded watch for an unknown backend");
+            return;
+        };
+        let token = CancellationToken::new();
+        {
+            let mut book = self.book();
+            if !book.owned.contains(&tp) || book.running.contains_key(&rec.run_id) {
+                return;
+            }
+            book.running.insert(rec.run_id.clone(), (tp, token.clone()));
+        }
+        tracing::info!(run_id = %rec.run_id, backend = kind, "resuming a followed run");
+        let mut writer =
+            RunWriter::new(self.publisher.clone(), &rec.run_id, Some(kind), rec.source);
+        writer.seq = rec.seq;
+        let watch = Watch {
+            writer,
+            state: rec.state,
+            label: rec.label,
+        };
+        self.spawn(backend, watch, token);
+    }
+
+    /// Start tailing the watches topic (all partitions, from the beginning) into the
+    /// table, resuming owned runs as their records arrive.
+    pub fn load(self: &Arc<Self>, kafka: &KafkaConfig) -> anyhow::Result<()> {
+        let consumer: StreamConsumer = crate::kafka::client_config(kafka)
+            .set("group.id", format!("{}.watches", kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        let md = tokio::task::block_in_place(|| {
+            consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(15))
+        })?;
+        let mut tpl = TopicPartitionList::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(&self.topic, p.id(), Offset::Beginning)?;
+            }
+        }
+        consumer.assign(&tpl)?;
+        let this = self.clone();
+        let reader = tokio::spawn(async move {
+            loop {
+                let msg = tokio::select! {
+                    m = consumer.recv() => m,
+                    _ = this.stop.cancelled() => return,
+                };
+                match msg {
+                    Ok(m) => this.on_record(m.key(), m.payload()),
+                    Err(e) => tracing::warn!(error = %e, "reading the watches topic failed"),
+                }
+            }
+        });
+        *self.reader.lock().unwrap_or_else(|p| p.into_inner()) = Some(reader);
+        Ok(())
+    }
+
+    /// Wait for the watches-topic reader to stop (after the stop token fired).
+    pub async fn closed(&self) {
+        let reader = self.reader.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(r) = reader {
+            let _ = r.await;
+        }
+    }
+
+    fn on_record(self: &Arc<Self>, key: Option<&[u8]>, payload: Option<&[u8]>) {
+        let Some(run_id) = key.and_then(|k| std::str::from_utf8(k).ok()) else {
+            return;
+        };
+        let Some(payload) = payload else {
+            self.book().table.remove(run_id);
+            return;
+        };
+        let Ok(rec) = serde_json::from_slice::<Record>(payload) else {
+            tracing::warn!(run_id, "unreadable record on the watches topic; ignored");
+            return;
+        };
+        self.book().table.insert(run_id.to_owned(), rec.clone());
+        self.resume(rec);
+    }
+
+    async fn run(&self, backend: Arc<dyn Backend>, mut watch: Watch, token: &CancellationToken) {
         let started = Instant::now();
         let mut delay = self.cfg.poll_interval;
         let mut failures = 0u32;
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
+                _ = token.cancelled() => return,
                 _ = self.stop.cancelled() => return,
             }
             if started.elapsed() > self.cfg.max_duration {
@@ -119,10 +326,12 @@ impl Watcher {
             let progress = {
                 let _permit = tokio::select! {
                     p = self.permits.acquire() => p.expect("the watch semaphore is never closed"),
+                    _ = token.cancelled() => return,
                     _ = self.stop.cancelled() => return,
                 };
                 tokio::select! {
                     p = backend.follow(&watch.state) => p,
+                    _ = token.cancelled() => return,
                     _ = self.stop.cancelled() => return,
                 }
             };
@@ -140,6 +349,9 @@ impl Watcher {
                             return;
                         }
                         watch.label = Some(label);
+                        if self.record(&watch).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Progress::Finished { status, summary } => {
@@ -162,16 +374,20 @@ impl Watcher {
         }
     }
 
+    /// Publish the terminal status, then delete the watch record.
     async fn finish(
         &self,
         watch: &mut Watch,
         status: RunStatus,
         summary: String,
-    ) -> Result<(), crate::kafka::publisher::Stopped> {
+    ) -> Result<(), Stopped> {
         tracing::info!(run_id = %watch.writer.run_id, status = status.as_str(), summary = %summary,
             "followed run finished");
         let mut u = RunUpdate::status(&watch.writer.run_id, status).with_summary(summary);
         u.status_label = watch.label.clone();
-        watch.writer.emit(u).await
+        watch.writer.emit(u).await?;
+        self.publisher
+            .send_keyed(&self.topic, &watch.writer.run_id, None)
+            .await
     }
 }

@@ -657,3 +657,62 @@ async fn github_app_tokens_are_fetched_per_installation_and_refreshed_before_exp
         .iter()
         .all(|u| u.status != Some(RunStatus::Failure)));
 }
+
+/// A followed workflow run survives a crash: the next owner of the trigger's partition
+/// resumes it from the watches topic, and exactly one terminal update follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn github_run_is_resumed_after_a_restart_with_exactly_one_terminal_update() {
+    use common::github::FakeGithub;
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let fake = FakeGithub::start(true, &[("in_progress", None)]).await;
+    let mut first = Dispatcher::start(&kafka, &t, &github_config(&fake));
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(
+                None,
+                &github_event("r_gh_restart", json!({"ref": "main"})),
+            )],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "in_progress label", |u| {
+        u.iter()
+            .any(|u| u.status_label.as_deref() == Some("in_progress"))
+    })
+    .await;
+    assert_eq!(
+        kafka.wait_committed(&t, 1, WAIT).await,
+        1,
+        "offset committed once recorded"
+    );
+    first.kill();
+
+    let second = Dispatcher::start(&kafka, &t, &github_config(&fake));
+    // The run finishes remotely while nobody may be watching yet.
+    fake.set_script(&[("completed", Some("success"))]);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    log.settle(Duration::from_secs(3)).await;
+    let terminal = log.terminal("r_gh_restart");
+    assert_eq!(terminal.len(), 1, "{:#?}", log.of("r_gh_restart"));
+    assert_eq!(terminal[0].status, Some(RunStatus::Success));
+    let dispatches = fake
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("/dispatches"))
+        .count();
+    assert_eq!(dispatches, 1, "the workflow was dispatched once");
+    assert!(
+        second.logs().contains("resuming a followed run"),
+        "{}",
+        second.logs()
+    );
+    let seqs: Vec<u64> = log.of("r_gh_restart").iter().map(|u| u.seq).collect();
+    println!("restart: seqs {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "seq continues across the restart: {seqs:?}"
+    );
+}

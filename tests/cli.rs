@@ -114,6 +114,7 @@ async fn missing_topics_are_created_when_configured() {
         group: unique("group"),
         actions: unique("actions"),
         entities: unique("entities"),
+        watches: unique("new-watches"),
         triggers_partitions: 4,
         status_partitions: 4,
     };

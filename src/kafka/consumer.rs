@@ -39,6 +39,12 @@ pub trait Sink: Send + Sync + 'static {
     /// Take one record. The [`Ticket`] must be completed once the run update for the event
     /// is acknowledged; dropping it leaves the offset uncommitted (it will be redelivered).
     fn accept(&self, record: TriggerRecord, ticket: Ticket) -> impl Future<Output = ()> + Send;
+
+    /// Partitions were assigned to this member (called on the consumer thread).
+    fn assigned(&self, _partitions: &[(String, i32)]) {}
+
+    /// Partitions were revoked, after their in-flight events drained (consumer thread).
+    fn revoked(&self, _partitions: &[(String, i32)]) {}
 }
 
 type Tp = (String, i32);
@@ -140,6 +146,7 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
             let tps = partitions_of(tpl);
             tracing::info!(partitions = ?tps, "partitions revoked; draining");
             self.drain(consumer, &tps);
+            self.sink.revoked(&tps);
         }
     }
 
@@ -153,6 +160,7 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
                     tracing::warn!(error = %e, "resuming newly assigned partitions failed");
                 }
                 self.assign(&tps);
+                self.sink.assigned(&tps);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
             Rebalance::Revoke(_) => {}
@@ -474,6 +482,7 @@ fn poll_loop<S: Sink>(consumer: BaseConsumer<Ctx<S>>, shutdown: CancellationToke
     let all = ctx.assigned();
     tracing::info!(partitions = all.len(), "stopping: draining in-flight runs");
     ctx.drain(&consumer, &all);
+    ctx.sink.revoked(&all);
     consumer.unsubscribe();
     drop(consumer);
     tracing::info!("consumer closed");

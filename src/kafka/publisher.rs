@@ -90,6 +90,18 @@ impl Publisher {
         .await
     }
 
+    /// Publish a JSON record (or a tombstone, with `payload` None) to `topic`; returns
+    /// once the broker acknowledged it.
+    pub async fn send_keyed(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: Option<&[u8]>,
+    ) -> Result<(), Stopped> {
+        self.send(topic, Some(key.as_bytes()), payload, OwnedHeaders::new())
+            .await
+    }
+
     /// Send one record, retrying every failure with capped exponential backoff.
     async fn send(
         &self,

@@ -101,6 +101,14 @@ impl FakeGithub {
         st.token_ttl = token_ttl;
     }
 
+    /// Replace the status script of the workflow run (e.g. to finish a held run).
+    pub fn set_script(&self, script: &[(&str, Option<&str>)]) {
+        self.inner.lock().unwrap().script = script
+            .iter()
+            .map(|(s, c)| (s.to_string(), c.map(str::to_owned)))
+            .collect();
+    }
+
     pub fn set_token_ttl(&self, ttl: std::time::Duration) {
         self.inner.lock().unwrap().token_ttl = ttl;
     }

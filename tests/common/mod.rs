@@ -81,6 +81,7 @@ impl Kafka {
             group: unique("group"),
             actions: unique("actions"),
             entities: unique("entities"),
+            watches: unique("watches"),
             triggers_partitions,
             status_partitions: 3,
         };
@@ -88,6 +89,7 @@ impl Kafka {
         self.create_topic(&t.status, t.status_partitions).await;
         self.create_topic(&t.dlq, 1).await;
         self.create_topic(&t.actions, 1).await;
+        self.create_topic(&t.watches, 1).await;
         if let Some(m) = &self.mock {
             // The mock cannot create topics through the admin API (switchyard creates the
             // entities topic itself on a real broker).
@@ -277,6 +279,8 @@ pub struct Topics {
     pub actions: String,
     /// Entities topic of the UPSERT_ENTITY backend (created by switchyard on a real broker).
     pub entities: String,
+    /// Followed runs (compacted in production; plain in tests).
+    pub watches: String,
     pub triggers_partitions: i32,
     pub status_partitions: i32,
 }
@@ -432,6 +436,7 @@ group_id = "{group}"
 triggers_topic = "{triggers}"
 status_topic = "{status}"
 dlq_topic = "{dlq}"
+watches_topic = "{watches}"
 create_topics = false
 
 [kafka.consumer]
@@ -453,6 +458,7 @@ topic = "{entities}"
 {extra}
 "#,
         actions = t.actions,
+        watches = t.watches,
         entities = t.entities,
         brokers = kafka.brokers,
         group = t.group,
