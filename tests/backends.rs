@@ -465,7 +465,7 @@ async fn github_workflow_is_dispatched_and_followed_to_success() {
         ],
     )
     .await;
-    fake.secondary_limit_next_polls(1);
+    fake.primary_limit_next_polls(1);
     let _d = Dispatcher::start(&kafka, &t, &github_config(&fake));
     let inputs = json!({"version": "{{ .inputs.version }}", "replicas": 3, "canary": true});
     kafka
@@ -496,14 +496,16 @@ async fn github_workflow_is_dispatched_and_followed_to_success() {
         .iter()
         .filter(|c| c.path.ends_with("/actions/runs/9001"))
         .collect();
+    // The first poll hit the primary limit (x-ratelimit-reset two seconds ahead, at least
+    // one whole second away); the next poll waited for the reset.
     let gap = polls[1].at - polls[0].at;
     println!(
-        "github polls: {}, gap after the secondary limit: {gap:?}",
+        "github polls: {}, gap after the primary limit: {gap:?}",
         polls.len()
     );
     assert!(
         gap >= Duration::from_millis(950),
-        "Retry-After ignored: {gap:?}"
+        "x-ratelimit-reset ignored: {gap:?}"
     );
 
     let updates = log.of("r_gh");
@@ -547,6 +549,7 @@ async fn github_without_run_details_finds_the_run_and_reports_failure() {
         &[("in_progress", None), ("completed", Some("timed_out"))],
     )
     .await;
+    fake.secondary_limit_next_polls(1);
     let _d = Dispatcher::start(&kafka, &t, &github_config(&fake));
     let too_many: serde_json::Map<String, Value> =
         (0..11).map(|i| (format!("i{i}"), json!(i))).collect();
@@ -584,6 +587,16 @@ async fn github_without_run_details_finds_the_run_and_reports_failure() {
     assert!(calls
         .iter()
         .any(|c| c.path.ends_with("/actions/workflows/deploy.yml/runs")));
+    let polls: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/actions/runs/9001"))
+        .collect();
+    let gap = polls[1].at - polls[0].at;
+    println!("github gap after the secondary limit (403 + Retry-After: 1): {gap:?}");
+    assert!(
+        gap >= Duration::from_millis(950),
+        "Retry-After ignored: {gap:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -359,19 +359,24 @@ impl Github {
                 wait,
             };
         }
-        match run.get("conclusion").and_then(Value::as_str) {
-            Some(c @ ("success" | "skipped" | "neutral")) => Progress::Finished {
-                status: RunStatus::Success,
-                summary: format!("workflow run {id} concluded {c}"),
-            },
-            other => Progress::Finished {
-                status: RunStatus::Failure,
-                summary: format!(
-                    "workflow run {id} concluded {}",
-                    other.unwrap_or("without a conclusion")
-                ),
-            },
-        }
+        concluded(id, run.get("conclusion").and_then(Value::as_str))
+    }
+}
+
+/// A completed run: success, skipped and neutral are SUCCESS, anything else FAILURE.
+fn concluded(id: u64, conclusion: Option<&str>) -> Progress {
+    match conclusion {
+        Some(c @ ("success" | "skipped" | "neutral")) => Progress::Finished {
+            status: RunStatus::Success,
+            summary: format!("workflow run {id} concluded {c}"),
+        },
+        other => Progress::Finished {
+            status: RunStatus::Failure,
+            summary: format!(
+                "workflow run {id} concluded {}",
+                other.unwrap_or("without a conclusion")
+            ),
+        },
     }
 }
 
@@ -398,6 +403,32 @@ mod tests {
             Value::Object(m),
             json!({"n": "3", "o": "{\"a\":1}", "s": "x"})
         );
+    }
+
+    #[test]
+    fn conclusions_map_to_port_statuses() {
+        for c in ["success", "skipped", "neutral"] {
+            assert!(matches!(
+                concluded(1, Some(c)),
+                Progress::Finished {
+                    status: RunStatus::Success,
+                    ..
+                }
+            ));
+        }
+        for c in [
+            "failure",
+            "cancelled",
+            "timed_out",
+            "action_required",
+            "stale",
+        ] {
+            let Progress::Finished { status, summary } = concluded(7, Some(c)) else {
+                panic!()
+            };
+            assert_eq!(status, RunStatus::Failure);
+            assert_eq!(summary, format!("workflow run 7 concluded {c}"));
+        }
     }
 
     #[test]

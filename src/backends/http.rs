@@ -190,6 +190,14 @@ mod tests {
             w >= Duration::from_secs(28) && w <= Duration::from_secs(30),
             "{w:?}"
         );
+        // GitHub spells them x-ratelimit-*.
+        let mut h = HeaderMap::new();
+        h.insert("x-ratelimit-remaining", HeaderValue::from_static("0"));
+        h.insert(
+            "x-ratelimit-reset",
+            HeaderValue::from_str(&reset.to_string()).unwrap(),
+        );
+        assert!(wait_hint(&h, cap).unwrap() >= Duration::from_secs(28));
         let mut h = HeaderMap::new();
         let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(20));
         h.insert("retry-after", HeaderValue::from_str(&date).unwrap());

@@ -36,6 +36,7 @@ struct Inner {
     script: VecDeque<(String, Option<String>)>,
     run_details: bool,
     limited_polls: u32,
+    primary_limited_polls: u32,
 }
 
 #[derive(Clone)]
@@ -111,6 +112,12 @@ impl FakeGithub {
 
     pub fn set_token_ttl(&self, ttl: std::time::Duration) {
         self.inner.lock().unwrap().token_ttl = ttl;
+    }
+
+    /// Answer the next `n` polls like GitHub's primary rate limit: 403 with
+    /// `x-ratelimit-remaining: 0` and `x-ratelimit-reset` two seconds ahead.
+    pub fn primary_limit_next_polls(&self, n: u32) {
+        self.inner.lock().unwrap().primary_limited_polls = n;
     }
 
     pub fn secondary_limit_next_polls(&self, n: u32) {
@@ -319,6 +326,24 @@ async fn run(
         b"",
     );
     let mut st = s.lock().unwrap();
+    if st.primary_limited_polls > 0 {
+        st.primary_limited_polls -= 1;
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 2;
+        return (
+            StatusCode::FORBIDDEN,
+            [
+                ("x-ratelimit-limit", "5000".to_owned()),
+                ("x-ratelimit-remaining", "0".to_owned()),
+                ("x-ratelimit-reset", reset.to_string()),
+            ],
+            Json(json!({"message": "API rate limit exceeded for installation ID 4242."})),
+        )
+            .into_response();
+    }
     if st.limited_polls > 0 {
         st.limited_polls -= 1;
         return (

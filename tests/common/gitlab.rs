@@ -179,9 +179,19 @@ async fn pipeline(
     }
     if st.rate_limited_polls > 0 {
         st.rate_limited_polls -= 1;
+        let reset = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1;
         return (
             StatusCode::TOO_MANY_REQUESTS,
-            [("retry-after", "1"), ("ratelimit-remaining", "0")],
+            [
+                ("retry-after", "1".to_owned()),
+                ("ratelimit-limit", "600".to_owned()),
+                ("ratelimit-remaining", "0".to_owned()),
+                ("ratelimit-reset", reset.to_string()),
+            ],
             "Retry later",
         )
             .into_response();
