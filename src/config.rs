@@ -163,15 +163,6 @@ impl Default for GithubConfig {
     }
 }
 
-impl GithubConfig {
-    pub fn pool(&self) -> PoolConfig {
-        PoolConfig {
-            concurrency: self.concurrency,
-            timeout: self.timeout,
-        }
-    }
-}
-
 /// GITLAB backend: pipeline triggers, followed to completion.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -198,15 +189,6 @@ impl Default for GitlabConfig {
             base_url: "https://gitlab.com".into(),
             trigger_tokens: BTreeMap::new(),
             read_token_secret: None,
-        }
-    }
-}
-
-impl GitlabConfig {
-    pub fn pool(&self) -> PoolConfig {
-        PoolConfig {
-            concurrency: self.concurrency,
-            timeout: self.timeout,
         }
     }
 }
@@ -266,15 +248,6 @@ impl Default for AzureDevopsConfig {
     }
 }
 
-impl AzureDevopsConfig {
-    pub fn pool(&self) -> PoolConfig {
-        PoolConfig {
-            concurrency: self.concurrency,
-            timeout: self.timeout,
-        }
-    }
-}
-
 /// KAFKA backend: produce the rendered payload to a topic.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -326,24 +299,6 @@ impl Default for UpsertEntityConfig {
     }
 }
 
-impl KafkaBackendConfig {
-    pub fn pool(&self) -> PoolConfig {
-        PoolConfig {
-            concurrency: self.concurrency,
-            timeout: self.timeout,
-        }
-    }
-}
-
-impl UpsertEntityConfig {
-    pub fn pool(&self) -> PoolConfig {
-        PoolConfig {
-            concurrency: self.concurrency,
-            timeout: self.timeout,
-        }
-    }
-}
-
 /// Bounds of one backend's worker pool.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
@@ -363,6 +318,28 @@ impl Default for PoolConfig {
         }
     }
 }
+
+/// Backend sections carry their pool bounds (`concurrency`, `timeout`) inline.
+macro_rules! inline_pool {
+    ($($t:ty),*) => {$(
+        impl $t {
+            pub fn pool(&self) -> PoolConfig {
+                PoolConfig {
+                    concurrency: self.concurrency,
+                    timeout: self.timeout,
+                }
+            }
+        }
+    )*};
+}
+
+inline_pool!(
+    GithubConfig,
+    GitlabConfig,
+    AzureDevopsConfig,
+    KafkaBackendConfig,
+    UpsertEntityConfig
+);
 
 /// Where a secret's value comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]

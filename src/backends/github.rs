@@ -327,28 +327,15 @@ impl Github {
             Ok(r) => r,
             Err(r) => return Progress::Failed(r.summary),
         };
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return Progress::Failed(super::error_chain(&e)),
-        };
-        let status = response.status();
-        if status.as_u16() == 401 {
-            self.auth.rejected(&format!("{org}/{repo}"));
-        }
-        let wait = http::wait_hint(response.headers(), MAX_WAIT);
-        if matches!(status.as_u16(), 403 | 429) {
-            if let Some(w) = wait {
-                return Progress::Wait(w);
+        let (run, wait) = match http::poll_json(request, "GitHub", MAX_WAIT).await {
+            Ok(x) => x,
+            Err((progress, status)) => {
+                if status == Some(401) {
+                    self.auth.rejected(&format!("{org}/{repo}"));
+                }
+                return progress;
             }
-        }
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return Progress::Failed(super::error_chain(&e)),
         };
-        if !status.is_success() {
-            return Progress::Failed(http::failure(status, &body, "GitHub ").summary);
-        }
-        let run: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let state = run
             .get("status")
             .and_then(Value::as_str)

@@ -207,25 +207,10 @@ impl Gitlab {
         if let Some(t) = &self.read_token {
             request = request.header("PRIVATE-TOKEN", t);
         }
-        let response = match request.send().await {
-            Ok(r) => r,
-            Err(e) => return Progress::Failed(super::error_chain(&e)),
+        let (pipeline, wait) = match http::poll_json(request, "GitLab", MAX_WAIT).await {
+            Ok(x) => x,
+            Err((progress, _)) => return progress,
         };
-        let status = response.status();
-        let wait = http::wait_hint(response.headers(), MAX_WAIT);
-        if matches!(status.as_u16(), 429 | 403) {
-            if let Some(w) = wait {
-                return Progress::Wait(w);
-            }
-        }
-        let body = match response.bytes().await {
-            Ok(b) => b,
-            Err(e) => return Progress::Failed(super::error_chain(&e)),
-        };
-        if !status.is_success() {
-            return Progress::Failed(http::failure(status, &body, "GitLab ").summary);
-        }
-        let pipeline: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let Some(state) = pipeline.get("status").and_then(Value::as_str) else {
             return Progress::Failed(format!("GitLab pipeline {id}: response without a status"));
         };

@@ -155,6 +155,38 @@ pub fn wait_hint(
     Some(Duration::from_secs(reset.saturating_sub(now).max(1)).min(cap))
 }
 
+/// One poll of a followed run: the JSON body and any rate-limit hint, or the
+/// [`Progress`](crate::watch::Progress) to report instead (a wait when the provider
+/// limits us, a failure otherwise) with the HTTP status when there was one.
+pub async fn poll_json(
+    request: RequestBuilder,
+    provider: &str,
+    cap: std::time::Duration,
+) -> Result<(Value, Option<std::time::Duration>), (crate::watch::Progress, Option<u16>)> {
+    use crate::watch::Progress;
+    let response = request
+        .send()
+        .await
+        .map_err(|e| (Progress::Failed(error_chain(&e)), None))?;
+    let status = response.status();
+    let code = Some(status.as_u16());
+    let wait = wait_hint(response.headers(), cap);
+    if matches!(status.as_u16(), 403 | 429) {
+        if let Some(w) = wait {
+            return Err((Progress::Wait(w), code));
+        }
+    }
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| (Progress::Failed(error_chain(&e)), code))?;
+    if !status.is_success() {
+        let summary = failure(status, &body, &format!("{provider} ")).summary;
+        return Err((Progress::Failed(summary), code));
+    }
+    Ok((serde_json::from_slice(&body).unwrap_or(Value::Null), wait))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
