@@ -1,0 +1,231 @@
+//! Backend sections of the configuration (`[backends.*]`) and the watcher (`[watch]`).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BackendsConfig {
+    pub webhook: PoolConfig,
+    pub kafka: KafkaBackendConfig,
+    pub upsert_entity: UpsertEntityConfig,
+    pub azure_devops: AzureDevopsConfig,
+    pub gitlab: GitlabConfig,
+    pub github: GithubConfig,
+}
+
+/// GITHUB backend: workflow dispatches, followed to completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GithubConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// REST API root; GitHub Enterprise Server: `https://HOST/api/v3`.
+    pub api_url: String,
+    /// Secret holding a token with `actions: write` (and read, to follow runs).
+    pub token_secret: Option<String>,
+    /// GitHub App id; with `app_private_key_secret`, the App authenticates instead of
+    /// `token_secret` (installation tokens are fetched per repository and cached).
+    pub app_id: Option<String>,
+    /// Secret holding the App's private key (PEM; a `{ file = "…" }` secret suits it).
+    pub app_private_key_secret: Option<String>,
+    /// Branch to dispatch when `workflowInputs.ref` is absent; unset: the repository's
+    /// default branch.
+    pub default_ref: Option<String>,
+}
+
+impl Default for GithubConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        GithubConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            api_url: "https://api.github.com".into(),
+            token_secret: None,
+            app_id: None,
+            app_private_key_secret: None,
+            default_ref: None,
+        }
+    }
+}
+
+/// GITLAB backend: pipeline triggers, followed to completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct GitlabConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// GitLab base URL (self-managed instances: their own URL).
+    pub base_url: String,
+    /// Trigger-token secret per project path (`"group/sub/project" = "secret_name"`).
+    /// Without an entry, the secret named by the path with `/` turned into `_` is used.
+    pub trigger_tokens: BTreeMap<String, String>,
+    /// Secret holding a token with `read_api`, sent as `PRIVATE-TOKEN` when following
+    /// pipelines. Unset: pipelines are not followed and runs stay IN_PROGRESS.
+    pub read_token_secret: Option<String>,
+}
+
+impl Default for GitlabConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        GitlabConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            base_url: "https://gitlab.com".into(),
+            trigger_tokens: BTreeMap::new(),
+            read_token_secret: None,
+        }
+    }
+}
+
+/// Following asynchronous runs (GitLab pipelines) to completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WatchConfig {
+    /// Time between polls of one run (longer when the provider asks).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Most polls in flight at once.
+    pub max_concurrent_polls: usize,
+    /// Most runs followed at once; past it, a run is reported as not followed.
+    pub max_watches: usize,
+    /// A run still not finished after this long fails with "gave up".
+    #[serde(with = "humantime_serde")]
+    pub max_duration: Duration,
+}
+
+impl Default for WatchConfig {
+    fn default() -> Self {
+        WatchConfig {
+            poll_interval: Duration::from_secs(10),
+            max_concurrent_polls: 16,
+            max_watches: 10_000,
+            max_duration: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+/// AZURE_DEVOPS backend: Incoming WebHook service connections.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AzureDevopsConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Organisation URLs are `{base_url}/{org}`; change it for Azure DevOps Server.
+    pub base_url: String,
+    /// Name of the secret (in `[secrets]`) that signs requests; unset sends no signature.
+    pub secret: Option<String>,
+    /// Header the service connection checks (Port sends `x-port-signature`).
+    pub signature_header: String,
+}
+
+impl Default for AzureDevopsConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        AzureDevopsConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            base_url: "https://dev.azure.com".into(),
+            secret: None,
+            signature_header: "x-port-signature".into(),
+        }
+    }
+}
+
+/// KAFKA backend: produce the rendered payload to a topic.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct KafkaBackendConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Topic for actions that do not name one (`invocationMethod.topic`).
+    pub topic: String,
+}
+
+impl Default for KafkaBackendConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        KafkaBackendConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            topic: "switchyard.actions".into(),
+        }
+    }
+}
+
+/// UPSERT_ENTITY backend: write entities to a compacted topic, optionally to a catalog.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct UpsertEntityConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Compacted topic, key `blueprint/identifier`; created (compacted) when missing.
+    pub topic: String,
+    /// Optional catalog API: `PUT {catalog_url}/blueprints/{bp}/entities/{id}`; when set,
+    /// its response decides the run's status.
+    pub catalog_url: Option<String>,
+    /// Name of the secret sent as `Authorization: Bearer …` to the catalog.
+    pub catalog_token_secret: Option<String>,
+}
+
+impl Default for UpsertEntityConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        UpsertEntityConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            topic: "switchyard.entities".into(),
+            catalog_url: None,
+            catalog_token_secret: None,
+        }
+    }
+}
+
+/// Bounds of one backend's worker pool.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PoolConfig {
+    /// Most attempts of this backend running at once, across partitions.
+    pub concurrency: usize,
+    /// Limit of one attempt (connect, send, and read the response).
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            concurrency: 64,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Backend sections carry their pool bounds (`concurrency`, `timeout`) inline.
+macro_rules! inline_pool {
+    ($($t:ty),*) => {$(
+        impl $t {
+            pub fn pool(&self) -> PoolConfig {
+                PoolConfig {
+                    concurrency: self.concurrency,
+                    timeout: self.timeout,
+                }
+            }
+        }
+    )*};
+}
+
+inline_pool!(
+    GithubConfig,
+    GitlabConfig,
+    AzureDevopsConfig,
+    KafkaBackendConfig,
+    UpsertEntityConfig
+);
