@@ -162,7 +162,7 @@ impl Inner {
         };
         let Some(done) = reg
             .pool
-            .run(reg.backend.as_ref(), &req, ticket.abandoned())
+            .run(reg.backend.as_ref(), &req, ticket.abandoned(), &mut w)
             .await
         else {
             tracing::warn!(run_id = %run_id, "run abandoned at shutdown; it will be redelivered");

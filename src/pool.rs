@@ -1,25 +1,36 @@
-//! Per-backend worker pool: bounded concurrency and the attempt timeout.
+//! Per-backend worker pool: bounded concurrency, the attempt timeout, and retries.
 //!
-//! Retries, rate limits and circuit breakers will live here too, never in a backend.
+//! A backend performs one attempt; the pool decides what happens next. HTTP failures are
+//! reclassified with the backend's `retry_statuses` (401/403 stay credential failures).
+//! Transient failures are retried up to `max_attempts`, with exponential backoff and full
+//! jitter capped at `max_backoff`, or after the destination's `Retry-After` (also capped).
+//! A concurrency permit is held only while an attempt runs, never while waiting, and each
+//! retry is announced on the run ("attempt 2/5 after HTTP 503, waiting 1.8 s").
 
 use std::time::{Duration, Instant};
 
+use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::backends::{Backend, Outcome, Report, Request};
-use crate::config::PoolConfig;
+use crate::config::{PoolConfig, RetryConfig};
+use crate::kafka::publisher::RunWriter;
+use crate::model::{LogLevel, RunUpdate};
 
 pub struct Pool {
     name: &'static str,
     permits: Semaphore,
     timeout: Duration,
+    retry: RetryConfig,
 }
 
-/// A finished attempt with its timing.
+/// A finished run of attempts.
 pub struct Attempted {
     pub report: Report,
+    /// Attempts made (1 when the first one settled it).
     pub attempt: u32,
+    /// From the first attempt's start to the last one's end.
     pub duration: Duration,
 }
 
@@ -29,42 +40,156 @@ impl Pool {
             name,
             permits: Semaphore::new(cfg.concurrency),
             timeout: cfg.timeout,
+            retry: cfg.retry.clone(),
         }
     }
 
-    /// Run one attempt under a concurrency permit and the timeout. Returns `None` when
-    /// `abandon` fires first (the run is cut off and will be redelivered).
+    /// Attempt `req` until it settles or the attempts run out. Retries are announced
+    /// through `writer`. Returns `None` when `abandon` fires first, or when a retry notice
+    /// cannot be published because switchyard is stopping (the run is redelivered).
     pub async fn run(
         &self,
         backend: &dyn Backend,
         req: &Request,
         abandon: &CancellationToken,
+        writer: &mut RunWriter,
     ) -> Option<Attempted> {
+        let start = Instant::now();
+        let max = self.retry.max_attempts.max(1);
+        let mut attempt = 1;
+        loop {
+            let report = self.reclassify(self.once(backend, req, abandon).await?);
+            if report.outcome != Outcome::Retryable || attempt >= max {
+                return Some(Attempted {
+                    report,
+                    attempt,
+                    duration: start.elapsed(),
+                });
+            }
+            let wait = self.backoff(attempt, report.retry_after);
+            let cause = report.summary.split(": ").next().unwrap_or(&report.summary);
+            let notice = format!(
+                "attempt {}/{max} after {cause}, waiting {:.1} s",
+                attempt + 1,
+                wait.as_secs_f64()
+            );
+            tracing::warn!(run_id = %req.run_id, backend = self.name, "{notice}");
+            let u = RunUpdate::log(&req.run_id, LogLevel::Warn, notice);
+            writer.emit(u).await.ok()?;
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = abandon.cancelled() => return None,
+            }
+            attempt += 1;
+        }
+    }
+
+    /// One attempt under a concurrency permit and the timeout.
+    async fn once(
+        &self,
+        backend: &dyn Backend,
+        req: &Request,
+        abandon: &CancellationToken,
+    ) -> Option<Report> {
         let _permit = tokio::select! {
             p = self.permits.acquire() => p.expect("pool semaphores are never closed"),
             _ = abandon.cancelled() => return None,
         };
-        let start = Instant::now();
         let result = tokio::select! {
             r = tokio::time::timeout(self.timeout, backend.attempt(req)) => r,
             _ = abandon.cancelled() => return None,
         };
-        let report = result.unwrap_or_else(|_| {
+        Some(result.unwrap_or_else(|_| {
             let mut r = Report::new(
                 Outcome::Retryable,
                 format!("{} attempt timed out after {:?}", self.name, self.timeout),
             );
             r.error_class = Some("timeout");
             r
-        });
-        Some(Attempted {
-            report,
-            attempt: 1,
-            duration: start.elapsed(),
-        })
+        }))
+    }
+
+    /// Apply this backend's status classes to an HTTP failure.
+    fn reclassify(&self, mut report: Report) -> Report {
+        if let Some(code) = report.http_status {
+            if report.outcome.is_failure() && !matches!(code, 401 | 403) {
+                report.outcome = if self.retry.retries(code) {
+                    Outcome::Retryable
+                } else {
+                    Outcome::Permanent
+                };
+            }
+        }
+        report
+    }
+
+    /// The wait before retry number `attempt` (1-based): the server's `Retry-After`
+    /// when it gave one, else full jitter below `initial × 2^(attempt-1)`; both capped.
+    fn backoff(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let cap = self.retry.max_backoff;
+        if let Some(wait) = retry_after {
+            return wait.min(cap);
+        }
+        let ceiling = self
+            .retry
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt - 1))
+            .min(cap);
+        ceiling.mul_f64(rand::rng().random::<f64>())
     }
 
     pub fn name(&self) -> &'static str {
         self.name
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(retry_statuses: &[&str]) -> Pool {
+        let mut cfg = PoolConfig::default();
+        cfg.retry.retry_statuses = retry_statuses.iter().map(|s| s.to_string()).collect();
+        cfg.retry.initial_backoff = Duration::from_millis(100);
+        cfg.retry.max_backoff = Duration::from_secs(1);
+        Pool::new("TEST", &cfg)
+    }
+
+    fn http_failure(code: u16) -> Report {
+        let mut r = Report::new(Outcome::Permanent, format!("HTTP {code}"));
+        r.http_status = Some(code);
+        r
+    }
+
+    #[test]
+    fn status_classes_come_from_config() {
+        let p = pool(&["409", "5xx"]);
+        assert_eq!(p.reclassify(http_failure(409)).outcome, Outcome::Retryable);
+        assert_eq!(p.reclassify(http_failure(502)).outcome, Outcome::Retryable);
+        assert_eq!(p.reclassify(http_failure(429)).outcome, Outcome::Permanent);
+        let mut auth = http_failure(401);
+        auth.outcome = Outcome::CredentialsRejected;
+        assert_eq!(p.reclassify(auth).outcome, Outcome::CredentialsRejected);
+    }
+
+    #[test]
+    fn backoff_is_jittered_below_a_doubling_capped_ceiling() {
+        let p = pool(&["5xx"]);
+        for attempt in 1..8 {
+            let ceiling =
+                Duration::from_millis(100 * 2u64.pow(attempt - 1)).min(Duration::from_secs(1));
+            for _ in 0..50 {
+                assert!(p.backoff(attempt, None) <= ceiling);
+            }
+        }
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_millis(700))),
+            Duration::from_millis(700)
+        );
+        assert_eq!(
+            p.backoff(1, Some(Duration::from_secs(60))),
+            Duration::from_secs(1),
+            "capped"
+        );
     }
 }

@@ -91,15 +91,16 @@ impl AzureDevops {
         }
         let target = format!("Azure DevOps {org}/{webhook}");
         match http::exchange(request.body(body), &target).await {
-            Ok((status, body, ms)) if status.is_success() => {
-                let mut r = http::classify(status, &body, false, ms);
+            Ok(ex) if ex.status.is_success() => {
+                let status = ex.status;
+                let mut r = http::classify(&ex, false);
                 r.log = Some(format!(
                     "Azure DevOps webhook {webhook} accepted: HTTP {}",
                     status.as_u16()
                 ));
                 r
             }
-            Ok((status, body, _)) => http::failure(status, &body, "Azure DevOps "),
+            Ok(ex) => http::failure(&ex, "Azure DevOps "),
             Err(r) => r,
         }
     }

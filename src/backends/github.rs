@@ -185,16 +185,17 @@ impl Github {
             Ok(r) => r.header("Idempotency-Key", &req.run_id).json(&body),
             Err(r) => return r,
         };
-        let (status, resp, _) = match http::exchange(request, &format!("GitHub {full}")).await {
+        let ex = match http::exchange(request, &format!("GitHub {full}")).await {
             Ok(x) => x,
             Err(r) => return r,
         };
-        if !status.is_success() {
-            if status.as_u16() == 401 {
+        if !ex.status.is_success() {
+            if ex.status.as_u16() == 401 {
                 self.auth.rejected(&full);
             }
-            return http::failure(status, &resp, &format!("GitHub {full} {workflow}: "));
+            return http::failure(&ex, &format!("GitHub {full} {workflow}: "));
         }
+        let resp = ex.body;
         let details: Value = serde_json::from_slice(&resp).unwrap_or(Value::Null);
         let run = match details.get("workflow_run_id").and_then(Value::as_u64) {
             Some(id) => Some((
@@ -237,11 +238,12 @@ impl Github {
             .call(self.client.get(&url), org, repo)
             .await
             .map_err(Box::new)?;
-        let (status, body, _) = http::exchange(request, &target).await.map_err(Box::new)?;
-        if !status.is_success() {
-            let r = http::failure(status, &body, &format!("GitHub {org}/{repo}: "));
+        let ex = http::exchange(request, &target).await.map_err(Box::new)?;
+        if !ex.status.is_success() {
+            let r = http::failure(&ex, &format!("GitHub {org}/{repo}: "));
             return Err(Box::new(r));
         }
+        let body = ex.body;
         let repo_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         Ok(repo_json
             .get("default_branch")

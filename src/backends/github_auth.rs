@@ -85,14 +85,12 @@ impl App {
         }
         let url = format!("{}/repos/{repo}/installation", self.api);
         let req = self.client.get(&url).bearer_auth(self.jwt());
-        let (status, body, _) = http::exchange(github(req), &format!("GitHub App {repo}")).await?;
-        if !status.is_success() {
-            return Err(http::failure(
-                status,
-                &body,
-                &format!("GitHub App installation for {repo}: "),
-            ));
+        let ex = http::exchange(github(req), &format!("GitHub App {repo}")).await?;
+        if !ex.status.is_success() {
+            let prefix = format!("GitHub App installation for {repo}: ");
+            return Err(http::failure(&ex, &prefix));
         }
+        let body = ex.body;
         let id = serde_json::from_slice::<Value>(&body)
             .ok()
             .and_then(|v| v.get("id").and_then(Value::as_u64))
@@ -118,10 +116,11 @@ impl App {
         }
         let url = format!("{}/app/installations/{id}/access_tokens", self.api);
         let req = self.client.post(&url).bearer_auth(self.jwt());
-        let (status, body, _) = http::exchange(github(req), "GitHub App access token").await?;
-        if !status.is_success() {
-            return Err(http::failure(status, &body, "GitHub App access token: "));
+        let ex = http::exchange(github(req), "GitHub App access token").await?;
+        if !ex.status.is_success() {
+            return Err(http::failure(&ex, "GitHub App access token: "));
         }
+        let body = ex.body;
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let token = v
             .get("token")

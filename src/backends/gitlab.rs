@@ -148,13 +148,14 @@ impl Gitlab {
             enc(&path)
         );
         let request = self.client.post(&url).form(&form);
-        let (status, body, _) = match http::exchange(request, &format!("GitLab {path}")).await {
+        let ex = match http::exchange(request, &format!("GitLab {path}")).await {
             Ok(x) => x,
             Err(r) => return r,
         };
-        if !status.is_success() {
-            return http::failure(status, &body, &format!("GitLab {path}: "));
+        if !ex.status.is_success() {
+            return http::failure(&ex, &format!("GitLab {path}: "));
         }
+        let (status, body) = (ex.status, ex.body);
         let created: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         let Some(id) = created.get("id").and_then(Value::as_u64) else {
             let mut r = Report::new(

@@ -18,10 +18,18 @@ const SUMMARY_BODY: usize = 1024;
 /// Send `request` and read the response body (up to 1 MiB). `target` names the
 /// destination in error summaries ("POST deployer.internal"). Connection and read
 /// errors come back as a retryable report.
-pub async fn exchange(
-    request: RequestBuilder,
-    target: &str,
-) -> Result<(StatusCode, Vec<u8>, u128), Report> {
+/// A response, read.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    pub status: StatusCode,
+    pub body: Vec<u8>,
+    /// Time from sending to the end of the body, in milliseconds.
+    pub ms: u128,
+    /// What the server asked us to wait before trying again (see [`wait_hint`]).
+    pub retry_after: Option<std::time::Duration>,
+}
+
+pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange, Report> {
     let start = Instant::now();
     let failed = |what: &str, e: &reqwest::Error| {
         let mut r = Report::new(
@@ -36,6 +44,7 @@ pub async fn exchange(
         .await
         .map_err(|e| failed("request failed", &e))?;
     let status = response.status();
+    let retry_after = wait_hint(response.headers(), std::time::Duration::from_secs(3600));
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -48,11 +57,17 @@ pub async fn exchange(
             break;
         }
     }
-    Ok((status, body, start.elapsed().as_millis()))
+    Ok(Exchange {
+        status,
+        body,
+        ms: start.elapsed().as_millis(),
+        retry_after,
+    })
 }
 
 /// Map an HTTP response to a report (see the module rules).
-pub fn classify(status: StatusCode, body: &[u8], synchronized: bool, ms: u128) -> Report {
+pub fn classify(ex: &Exchange, synchronized: bool) -> Report {
+    let (status, body, ms) = (ex.status, ex.body.as_slice(), ex.ms);
     let code = status.as_u16();
     if status.is_success() {
         if synchronized {
@@ -65,13 +80,14 @@ pub fn classify(status: StatusCode, body: &[u8], synchronized: bool, ms: u128) -
             r
         }
     } else {
-        failure(status, body, "")
+        failure(ex, "")
     }
 }
 
 /// A non-2xx response: 401/403 credentials, 408/425/429/5xx retryable, other permanent.
 /// The summary names the status and the first KiB of the body, after `prefix`.
-pub fn failure(status: StatusCode, body: &[u8], prefix: &str) -> Report {
+pub fn failure(ex: &Exchange, prefix: &str) -> Report {
+    let (status, body) = (ex.status, ex.body.as_slice());
     let code = status.as_u16();
     let outcome = match code {
         401 | 403 => Outcome::CredentialsRejected,
@@ -90,6 +106,8 @@ pub fn failure(status: StatusCode, body: &[u8], prefix: &str) -> Report {
     let mut r = Report::new(outcome, summary);
     r.response = stored_response(body);
     r.error_class = Some("http_status");
+    r.http_status = Some(code);
+    r.retry_after = ex.retry_after;
     r
 }
 
@@ -181,7 +199,13 @@ pub async fn poll_json(
         .await
         .map_err(|e| (Progress::Failed(error_chain(&e)), code))?;
     if !status.is_success() {
-        let summary = failure(status, &body, &format!("{provider} ")).summary;
+        let ex = Exchange {
+            status,
+            body: body.to_vec(),
+            ms: 0,
+            retry_after: wait,
+        };
+        let summary = failure(&ex, &format!("{provider} ")).summary;
         return Err((Progress::Failed(summary), code));
     }
     Ok((serde_json::from_slice(&body).unwrap_or(Value::Null), wait))
@@ -190,6 +214,15 @@ pub async fn poll_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ex(code: u16, body: &[u8]) -> Exchange {
+        Exchange {
+            status: StatusCode::from_u16(code).unwrap(),
+            body: body.to_vec(),
+            ms: 1,
+            retry_after: None,
+        }
+    }
 
     #[test]
     fn wait_hints_follow_retry_after_and_exhausted_rate_limits() {
@@ -242,7 +275,7 @@ mod tests {
 
     #[test]
     fn status_classes_follow_the_design_defaults() {
-        let c = |code: u16| classify(StatusCode::from_u16(code).unwrap(), b"", true, 1).outcome;
+        let c = |code: u16| classify(&ex(code, b""), true).outcome;
         assert_eq!(c(200), Outcome::Succeeded);
         assert_eq!(c(204), Outcome::Succeeded);
         for code in [408, 425, 429, 500, 502, 503] {
@@ -257,7 +290,7 @@ mod tests {
 
     #[test]
     fn async_success_stays_in_progress_with_a_log() {
-        let r = classify(StatusCode::ACCEPTED, b"", false, 3);
+        let r = classify(&ex(202, b""), false);
         assert_eq!(r.outcome, Outcome::Accepted);
         assert_eq!(r.log.as_deref(), Some("request accepted: HTTP 202"));
     }
@@ -265,7 +298,7 @@ mod tests {
     #[test]
     fn failure_summary_names_status_and_first_kib_of_body() {
         let body = "x".repeat(5000);
-        let r = classify(StatusCode::BAD_GATEWAY, body.as_bytes(), true, 3);
+        let r = classify(&ex(502, body.as_bytes()), true);
         assert!(
             r.summary.starts_with("HTTP 502 Bad Gateway: xxx"),
             "{}",
@@ -276,9 +309,9 @@ mod tests {
 
     #[test]
     fn sync_response_is_json_or_text() {
-        let r = classify(StatusCode::OK, br#"{"id": 77}"#, true, 1);
+        let r = classify(&ex(200, br#"{"id": 77}"#), true);
         assert_eq!(r.response, Some(serde_json::json!({"id": 77})));
-        let r = classify(StatusCode::OK, b"done", true, 1);
+        let r = classify(&ex(200, b"done"), true);
         assert_eq!(r.response, Some(Value::String("done".into())));
     }
 }

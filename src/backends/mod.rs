@@ -82,6 +82,10 @@ pub struct Report {
     pub error_class: Option<&'static str>,
     /// Remote work to follow to completion ([`crate::watch`]); the backend's own state.
     pub follow: Option<Value>,
+    /// The HTTP status behind a failure, for the pool's configurable status classes.
+    pub http_status: Option<u16>,
+    /// How long the destination asked us to wait before retrying (`Retry-After`).
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Report {
@@ -95,6 +99,8 @@ impl Report {
             external_run_id: None,
             error_class: None,
             follow: None,
+            http_status: None,
+            retry_after: None,
         }
     }
 

@@ -248,14 +248,14 @@ impl UpsertEntity {
             put = put.bearer_auth(t);
         }
         match http::exchange(put, "catalog").await {
-            Ok((status, _, _)) if status.is_success() => {
-                let summary = format!("{written}; catalog HTTP {}", status.as_u16());
+            Ok(ex) if ex.status.is_success() => {
+                let summary = format!("{written}; catalog HTTP {}", ex.status.as_u16());
                 let mut r = Report::new(Outcome::Succeeded, summary);
                 r.log = Some(written);
                 r
             }
-            Ok((status, body, _)) => {
-                let mut r = http::failure(status, &body, "catalog ");
+            Ok(ex) => {
+                let mut r = http::failure(&ex, "catalog ");
                 r.log = Some(written);
                 r
             }

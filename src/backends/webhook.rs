@@ -115,7 +115,7 @@ impl Webhook {
 
         let target = format!("{} {}", method, url.host_str().unwrap_or("?"));
         match http::exchange(request, &target).await {
-            Ok((status, body, ms)) => http::classify(status, &body, synchronized, ms),
+            Ok(ex) => http::classify(&ex, synchronized),
             Err(report) => report,
         }
     }

@@ -23,6 +23,7 @@ pub struct GithubConfig {
     pub concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub retry: RetryConfig,
     /// REST API root; GitHub Enterprise Server: `https://HOST/api/v3`.
     pub api_url: String,
     /// Secret holding a token with `actions: write` (and read, to follow runs).
@@ -43,6 +44,7 @@ impl Default for GithubConfig {
         GithubConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
+            retry: pool.retry,
             api_url: "https://api.github.com".into(),
             token_secret: None,
             app_id: None,
@@ -59,6 +61,7 @@ pub struct GitlabConfig {
     pub concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub retry: RetryConfig,
     /// GitLab base URL (self-managed instances: their own URL).
     pub base_url: String,
     /// Trigger-token secret per project path (`"group/sub/project" = "secret_name"`).
@@ -75,6 +78,7 @@ impl Default for GitlabConfig {
         GitlabConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
+            retry: pool.retry,
             base_url: "https://gitlab.com".into(),
             trigger_tokens: BTreeMap::new(),
             read_token_secret: None,
@@ -116,6 +120,7 @@ pub struct AzureDevopsConfig {
     pub concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub retry: RetryConfig,
     /// Organisation URLs are `{base_url}/{org}`; change it for Azure DevOps Server.
     pub base_url: String,
     /// Name of the secret (in `[secrets]`) that signs requests; unset sends no signature.
@@ -130,6 +135,7 @@ impl Default for AzureDevopsConfig {
         AzureDevopsConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
+            retry: pool.retry,
             base_url: "https://dev.azure.com".into(),
             secret: None,
             signature_header: "x-port-signature".into(),
@@ -144,6 +150,7 @@ pub struct KafkaBackendConfig {
     pub concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub retry: RetryConfig,
     /// Topic for actions that do not name one (`invocationMethod.topic`).
     pub topic: String,
 }
@@ -154,6 +161,7 @@ impl Default for KafkaBackendConfig {
         KafkaBackendConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
+            retry: pool.retry,
             topic: "switchyard.actions".into(),
         }
     }
@@ -166,6 +174,7 @@ pub struct UpsertEntityConfig {
     pub concurrency: usize,
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub retry: RetryConfig,
     /// Compacted topic, key `blueprint/identifier`; created (compacted) when missing.
     pub topic: String,
     /// Optional catalog API: `PUT {catalog_url}/blueprints/{bp}/entities/{id}`; when set,
@@ -181,6 +190,7 @@ impl Default for UpsertEntityConfig {
         UpsertEntityConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
+            retry: pool.retry,
             topic: "switchyard.entities".into(),
             catalog_url: None,
             catalog_token_secret: None,
@@ -197,6 +207,7 @@ pub struct PoolConfig {
     /// Limit of one attempt (connect, send, and read the response).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    pub retry: RetryConfig,
 }
 
 impl Default for PoolConfig {
@@ -204,7 +215,80 @@ impl Default for PoolConfig {
         PoolConfig {
             concurrency: 64,
             timeout: Duration::from_secs(30),
+            retry: RetryConfig::default(),
         }
+    }
+}
+
+/// In-memory retries of one backend's transient failures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (1 = no retries).
+    pub max_attempts: u32,
+    /// Backoff ceiling of the first retry; it doubles per retry up to `max_backoff`, and
+    /// each wait is drawn uniformly below its ceiling (full jitter).
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Longest single wait, also the cap on an honoured `Retry-After`.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// HTTP statuses that are retried: codes (`"409"`) or classes (`"5xx"`). 401 and 403
+    /// are credential failures and other statuses permanent.
+    pub retry_statuses: Vec<String>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 5,
+            initial_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(30),
+            retry_statuses: ["408", "425", "429", "5xx"].map(String::from).to_vec(),
+        }
+    }
+}
+
+impl RetryConfig {
+    /// Whether `code` is in `retry_statuses`.
+    pub fn retries(&self, code: u16) -> bool {
+        self.retry_statuses.iter().any(|p| status_matches(p, code))
+    }
+
+    /// Problems with this section, for validation.
+    pub fn problems(&self, section: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.max_attempts == 0 {
+            p.push(format!("{section}.retry.max_attempts: must be at least 1"));
+        }
+        if self.initial_backoff > self.max_backoff {
+            p.push(format!(
+                "{section}.retry.initial_backoff: must not exceed max_backoff"
+            ));
+        }
+        for s in &self.retry_statuses {
+            if !valid_status_pattern(s) {
+                p.push(format!(
+                    "{section}.retry.retry_statuses: {s:?} is not a status (\"503\") or class (\"5xx\")"
+                ));
+            }
+        }
+        p
+    }
+}
+
+fn valid_status_pattern(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.len() == 3
+        && (b'1'..=b'5').contains(&b[0])
+        && ((b[1].is_ascii_digit() && b[2].is_ascii_digit()) || (b[1] == b'x' && b[2] == b'x'))
+}
+
+fn status_matches(pattern: &str, code: u16) -> bool {
+    let text = code.to_string();
+    match pattern.strip_suffix("xx") {
+        Some(class) => text.starts_with(class),
+        None => text == pattern,
     }
 }
 
@@ -216,6 +300,7 @@ macro_rules! inline_pool {
                 PoolConfig {
                     concurrency: self.concurrency,
                     timeout: self.timeout,
+                    retry: self.retry.clone(),
                 }
             }
         }

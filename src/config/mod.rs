@@ -337,6 +337,7 @@ impl Config {
             ("github", b.github.pool()),
         ];
         for (name, pool) in pools {
+            p.extend(pool.retry.problems(&format!("backends.{name}")));
             if pool.concurrency == 0 {
                 p.push(format!("backends.{name}.concurrency: must be at least 1"));
             }

@@ -71,3 +71,24 @@ fn librdkafka_options_pass_through_but_offset_store_is_ours() {
     assert_eq!(errs.len(), 1);
     assert!(errs[0].contains("enable.auto.offset.store"));
 }
+
+#[test]
+fn retry_status_classes_parse_and_match() {
+    let r = RetryConfig::default();
+    assert!(r.retries(503) && r.retries(429) && r.retries(408) && r.retries(425));
+    assert!(!r.retries(400) && !r.retries(409) && !r.retries(401));
+    let text = "[backends.webhook.retry]\nretry_statuses = [\"409\", \"5xx\", \"6xx\", \"50\"]\nmax_attempts = 0\n";
+    let errs = Config::from_toml(text, no_env()).unwrap_err().0.join("\n");
+    assert!(errs.contains("\"6xx\" is not a status"), "{errs}");
+    assert!(errs.contains("\"50\" is not a status"), "{errs}");
+    assert!(
+        errs.contains("backends.webhook.retry.max_attempts"),
+        "{errs}"
+    );
+    let ok = Config::from_toml(
+        "[backends.webhook.retry]\nretry_statuses = [\"409\"]\n",
+        no_env(),
+    )
+    .unwrap();
+    assert!(ok.backends.webhook.retry.retries(409) && !ok.backends.webhook.retry.retries(503));
+}

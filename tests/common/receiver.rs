@@ -29,6 +29,8 @@ pub struct Seen {
 #[derive(Default)]
 struct State {
     seen: Mutex<Vec<Seen>>,
+    /// Requests so far per (URI, Idempotency-Key), for `fail_first`.
+    tries: Mutex<HashMap<(String, String), u32>>,
     in_flight: AtomicUsize,
     max_in_flight: AtomicUsize,
     default_delay_ms: AtomicU64,
@@ -136,6 +138,33 @@ async fn handle(
         .unwrap_or_else(|| s.default_delay_ms.load(Ordering::SeqCst));
     tokio::time::sleep(Duration::from_millis(delay)).await;
     s.in_flight.fetch_sub(1, Ordering::SeqCst);
+    // `fail_first=N&fail_status=503[&retry_after=S]`: the first N requests of each run
+    // (by Idempotency-Key) to this URI fail, then the request succeeds.
+    if let Some(n) = query.get("fail_first").and_then(|n| n.parse::<u32>().ok()) {
+        let run = headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let tries = {
+            let mut t = s.tries.lock().unwrap();
+            let c = t.entry((uri.to_string(), run)).or_insert(0);
+            *c += 1;
+            *c
+        };
+        if tries <= n {
+            let code = query
+                .get("fail_status")
+                .and_then(|c| c.parse().ok())
+                .and_then(|c| StatusCode::from_u16(c).ok())
+                .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+            let mut h = HeaderMap::new();
+            if let Some(ra) = query.get("retry_after") {
+                h.insert("retry-after", ra.parse().unwrap());
+            }
+            return (code, h, format!("scripted failure {tries}/{n}"));
+        }
+    }
     let default = match s.default_status.load(Ordering::SeqCst) {
         0 => 200,
         code => code as u16,
@@ -150,5 +179,5 @@ async fn handle(
         None if status.is_success() => json!({"ok": true, "path": uri.path()}).to_string(),
         None => "scripted failure".to_owned(),
     };
-    (status, text)
+    (status, HeaderMap::new(), text)
 }

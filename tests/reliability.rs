@@ -1,0 +1,104 @@
+//! Retries in the pool: transient failures are retried with backoff, `Retry-After` is
+//! honoured, every retry is announced on the run, and attempts run out into the DLQ.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::*;
+use switchyard::model::{RunStatus, UpdateKind};
+
+const WAIT: Duration = Duration::from_secs(60);
+const FAST_RETRIES: &str =
+    "[backends.webhook.retry]\nmax_attempts = 3\ninitial_backoff = \"100ms\"\nmax_backoff = \"5s\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_503_then_succeeds() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, FAST_RETRIES);
+    let url = rx.url("/flaky?fail_first=2&fail_status=503");
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &webhook_event("r_flaky", &url, true))],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let done = log.terminal("r_flaky")[0].clone();
+    assert_eq!(done.status, Some(RunStatus::Success));
+    assert_eq!(done.attempt, Some(3));
+    let notices: Vec<String> = log
+        .of("r_flaky")
+        .iter()
+        .filter(|u| u.kind == UpdateKind::Log)
+        .map(|u| u.message.clone().unwrap())
+        .collect();
+    println!("retry notices: {notices:?}");
+    assert_eq!(notices.len(), 2);
+    assert!(notices[0].starts_with("attempt 2/3 after HTTP 503 Service Unavailable, waiting "));
+    assert!(notices[1].starts_with("attempt 3/3 after HTTP 503 Service Unavailable, waiting "));
+    assert_eq!(rx.count(), 3);
+    assert!(rx
+        .requests()
+        .iter()
+        .all(|r| r.headers["idempotency-key"] == "r_flaky"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_after_429_is_honoured() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, FAST_RETRIES);
+    let url = rx.url("/limited?fail_first=1&fail_status=429&retry_after=2");
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &webhook_event("r_429", &url, true))],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 2);
+    let gap = reqs[1].at - reqs[0].at;
+    println!("429 with Retry-After: 2; next request after {gap:?}");
+    assert!(gap >= Duration::from_secs(2), "retried after {gap:?}");
+    let notice = log.of("r_429")[1].message.clone().unwrap();
+    assert_eq!(
+        notice,
+        "attempt 2/3 after HTTP 429 Too Many Requests, waiting 2.0 s"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_run_out_into_failure_and_the_dlq() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, FAST_RETRIES);
+    let url = rx.url("/down?status=503");
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &webhook_event("r_down", &url, true))],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let f = log.terminal("r_down")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert_eq!(f.attempt, Some(3));
+    assert!(f.summary.unwrap().starts_with("HTTP 503"));
+    let dlq = read_dlq(&kafka, &t, 1, WAIT).await;
+    assert_eq!(dlq[0].headers["switchyard-attempts"], "3");
+    assert_eq!(rx.count(), 3, "not retried forever");
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+}
