@@ -48,7 +48,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         watcher.clone(),
         publisher.clone(),
         secrets,
-        cfg.dispatch.ordering,
+        &cfg.dispatch,
     );
     let consumer = consumer::start(&cfg, Arc::new(pipeline), shutdown.clone())
         .context("starting the triggers consumer")?;

@@ -19,6 +19,8 @@ pub enum BadInput {
     UnknownBackend(String, String),
     #[error("template error in {0}")]
     Template(String),
+    #[error("expired: {0}")]
+    Expired(String),
 }
 
 impl BadInput {
@@ -31,6 +33,7 @@ impl BadInput {
             BadInput::InvalidEvent(_) => "invalid_event",
             BadInput::UnknownBackend(..) => "unknown_backend",
             BadInput::Template(_) => "template_error",
+            BadInput::Expired(_) => "expired",
         }
     }
 }

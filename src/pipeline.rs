@@ -30,6 +30,7 @@ pub struct Job {
 
 struct Inner {
     watcher: Arc<Watcher>,
+    max_event_age: Option<std::time::Duration>,
     renderer: Renderer,
     secrets: Map<String, Value>,
     publisher: Arc<Publisher>,
@@ -50,10 +51,12 @@ impl Pipeline {
         watcher: Arc<Watcher>,
         publisher: Arc<Publisher>,
         secrets: Map<String, Value>,
-        ordering: Ordering,
+        dispatch: &crate::config::DispatchConfig,
     ) -> Self {
+        let ordering = dispatch.ordering;
         let inner = Arc::new(Inner {
             watcher,
+            max_event_age: dispatch.max_event_age,
             renderer: Renderer::new(),
             secrets,
             publisher,
@@ -120,6 +123,9 @@ impl Inner {
             return;
         }
         let run_id = event.run.id.clone();
+        if let Err(bad) = self.check_expiry(&event, &record) {
+            return self.reject(record, ticket, Some(run_id), bad).await;
+        }
         let kind = event.backend_type().unwrap_or_default().to_owned();
         let Some(reg) = self.registry.get(&kind) else {
             let shown = if kind.is_empty() {
@@ -199,6 +205,30 @@ impl Inner {
             }
         }
         ticket.complete();
+    }
+
+    /// An event past its `deadline`, or older than `max_event_age`, is not dispatched.
+    fn check_expiry(&self, event: &TriggerEvent, record: &TriggerRecord) -> Result<(), BadInput> {
+        use time::format_description::well_known::Rfc3339;
+        let now = time::OffsetDateTime::now_utc();
+        if let Some(text) = &event.deadline {
+            let deadline = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+                BadInput::InvalidEvent(format!("deadline: {text:?} is not an RFC 3339 time ({e})"))
+            })?;
+            if now > deadline {
+                return Err(BadInput::Expired(format!("deadline {text} passed")));
+            }
+        }
+        if let (Some(max), Some(ts)) = (self.max_event_age, record.timestamp_ms) {
+            let age_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64 - ts;
+            if age_ms > max.as_millis() as i64 {
+                return Err(BadInput::Expired(format!(
+                    "the event is {:.1} s old; dispatch.max_event_age is {max:?}",
+                    age_ms as f64 / 1000.0
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// The run updates for one finished attempt.

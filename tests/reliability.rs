@@ -102,3 +102,52 @@ async fn attempts_run_out_into_failure_and_the_dlq() {
     assert_eq!(rx.count(), 3, "not retried forever");
     assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_events_are_not_dispatched() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let url = rx.url("/deploy");
+    let mut past = webhook_event("r_past_deadline", &url, true);
+    past["deadline"] = serde_json::json!("2020-01-01T00:00:00Z");
+    let mut future = webhook_event("r_future_deadline", &url, true);
+    future["deadline"] = serde_json::json!("2999-01-01T00:00:00Z");
+    let old = webhook_event("r_too_old", &url, true);
+    // Produced two seconds before a dispatcher with max_event_age = 1s starts.
+    kafka
+        .produce(
+            &t.triggers,
+            &[
+                record(None, &past),
+                record(None, &future),
+                record(None, &old),
+            ],
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let cfg = "[dispatch]\nmax_event_age = \"1s\"\n";
+    let _d = Dispatcher::start(&kafka, &t, cfg);
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "three terminal", |u| StatusLog::finished(u) >= 3)
+        .await;
+    let f = log.terminal("r_past_deadline")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert_eq!(
+        f.summary.as_deref(),
+        Some("expired: deadline 2020-01-01T00:00:00Z passed")
+    );
+    let old = log.terminal("r_too_old")[0].clone();
+    assert!(old
+        .summary
+        .unwrap()
+        .contains("dispatch.max_event_age is 1s"));
+    // The future deadline does not expire, but max_event_age applies to it as well.
+    let fut = log.terminal("r_future_deadline")[0].clone();
+    assert!(fut.summary.unwrap().starts_with("expired: the event is"));
+    assert_eq!(rx.count(), 0, "nothing expired was dispatched");
+    let dlq = read_dlq(&kafka, &t, 3, WAIT).await;
+    assert!(dlq
+        .iter()
+        .all(|d| d.headers["switchyard-error-class"] == "expired"));
+}

@@ -104,6 +104,10 @@ pub struct DispatchConfig {
     /// How long revoke and shutdown wait for in-flight runs before committing.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
+    /// Events whose record is older than this are not dispatched; they fail as
+    /// "expired". Unset: no limit (an event's own `deadline` still applies).
+    #[serde(with = "humantime_serde")]
+    pub max_event_age: Option<Duration>,
 }
 
 impl Default for DispatchConfig {
@@ -112,6 +116,7 @@ impl Default for DispatchConfig {
             ordering: Ordering::Key,
             partition_window: 512,
             shutdown_grace: Duration::from_secs(30),
+            max_event_age: None,
         }
     }
 }
