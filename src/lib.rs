@@ -15,6 +15,7 @@ pub mod kafka;
 pub mod model;
 pub mod pipeline;
 pub mod pool;
+pub mod replay;
 pub mod router;
 pub mod telemetry;
 pub mod template;

@@ -31,6 +31,11 @@ enum Command {
     /// Check a configuration file and list every problem (exit 78 when invalid).
     Validate,
     /// Publish a trigger event and print its run id.
+    /// Dead-letter queue tools.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     Trigger {
         /// File holding the event JSON; `-` or absent reads standard input.
         #[arg(long, short)]
@@ -38,6 +43,28 @@ enum Command {
         /// Publish even if switchyard would reject the event (to exercise the DLQ).
         #[arg(long)]
         no_validate: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Re-publish dead-lettered events to the triggers topic.
+    Replay {
+        /// Only these run ids (repeatable).
+        #[arg(long = "run")]
+        runs: Vec<String>,
+        /// Only these error classes, e.g. http_status (repeatable).
+        #[arg(long = "class")]
+        classes: Vec<String>,
+        /// Only records that failed at or after this time (RFC 3339, UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only records that failed at or before this time (RFC 3339, UTC).
+        #[arg(long)]
+        until: Option<String>,
+        /// List what would be replayed without publishing anything.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -91,8 +118,48 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Err(e) => report(Err(e)),
             }
         }
+        Command::Dlq {
+            command:
+                DlqCommand::Replay {
+                    runs,
+                    classes,
+                    since,
+                    until,
+                    dry_run,
+                },
+        } => {
+            let selection = switchyard::replay::Selection {
+                run_ids: runs.into_iter().collect(),
+                classes: classes.into_iter().collect(),
+                since,
+                until,
+            };
+            report(dlq_replay(&cfg, &selection, dry_run).await)
+        }
         Command::Demo => unreachable!("handled above"),
     }
+}
+
+async fn dlq_replay(
+    cfg: &Config,
+    selection: &switchyard::replay::Selection,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    let letters = switchyard::replay::select(&cfg.kafka, selection).await?;
+    for l in &letters {
+        println!("{}", l.describe(&cfg.kafka.dlq_topic));
+    }
+    if dry_run {
+        println!(
+            "{} records would be replayed to {} (dry run)",
+            letters.len(),
+            cfg.kafka.triggers_topic
+        );
+    } else {
+        let n = switchyard::replay::replay(&cfg.kafka, &letters).await?;
+        println!("replayed {n} records to {}", cfg.kafka.triggers_topic);
+    }
+    Ok(())
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config, ConfigErrors> {

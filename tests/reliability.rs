@@ -151,3 +151,66 @@ async fn expired_events_are_not_dispatched() {
         .iter()
         .all(|d| d.headers["switchyard-error-class"] == "expired"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_replay_selects_by_class_and_run_with_a_dry_run() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    rx.set_default_status(503);
+    let cfg = config_toml(&kafka, &t, "[backends.webhook.retry]\nmax_attempts = 1\n");
+    let path = scratch_dir().join("switchyard.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let _d = Dispatcher::start_with_config(&cfg, &[]);
+    let url = rx.url("/deploy");
+    kafka
+        .produce(
+            &t.triggers,
+            &[
+                record(Some("k1"), &webhook_event("r_rep_1", &url, true)),
+                record(Some("k2"), &webhook_event("r_rep_2", &url, true)),
+                (None, b"{ not json".to_vec()),
+            ],
+        )
+        .await;
+    read_dlq(&kafka, &t, 3, WAIT).await;
+    let replay = |args: &[&str]| {
+        let out = cmd()
+            .args(["dlq", "replay", "--config"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listed = replay(&["--class", "http_status", "--dry-run"]);
+    println!("{listed}");
+    assert!(
+        listed.contains("r_rep_1") && listed.contains("r_rep_2"),
+        "{listed}"
+    );
+    assert!(!listed.contains("malformed_json"), "{listed}");
+    assert!(listed.contains("2 records would be replayed"), "{listed}");
+
+    rx.set_default_status(200);
+    let before = rx.count();
+    let done = replay(&["--run", "r_rep_1"]);
+    assert!(done.contains("replayed 1 records"), "{done}");
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "replayed run succeeds", |u| {
+        u.iter()
+            .any(|u| u.run_id == "r_rep_1" && u.status == Some(RunStatus::Success))
+    })
+    .await;
+    log.settle(Duration::from_millis(500)).await;
+    assert_eq!(rx.count(), before + 1, "only the selected run was replayed");
+    assert!(log
+        .of("r_rep_2")
+        .iter()
+        .all(|u| u.status != Some(RunStatus::Success)));
+}

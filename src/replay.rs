@@ -1,0 +1,195 @@
+//! `switchyard dlq replay`: re-publish dead-lettered events to the triggers topic.
+//!
+//! Records are selected by run id, error class and failure time. The original key,
+//! value and headers are published again (our `switchyard-*` headers removed, a
+//! `switchyard-replayed-from` header added). `--dry-run` lists what would be replayed.
+//!
+//! The DLQ is read from the beginning until every partition has reached the high
+//! watermark read at start and no record arrived for a second (some brokers report the
+//! watermark late, so the watermark alone is not trusted to mean "the end").
+
+use std::collections::{BTreeSet, HashMap};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaConfig;
+use crate::dlq;
+
+/// Which DLQ records to replay. Empty sets select everything.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub run_ids: BTreeSet<String>,
+    pub classes: BTreeSet<String>,
+    /// Failure time bounds (RFC 3339 text compares in time order for UTC `…Z` values).
+    pub since: Option<String>,
+    pub until: Option<String>,
+}
+
+/// One DLQ record as read.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub payload: Option<Vec<u8>>,
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+impl DeadLetter {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The run id, from the payload when it still parses.
+    pub fn run_id(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_slice(self.payload.as_deref()?).ok()?;
+        v.pointer("/run/id")?.as_str().map(str::to_owned)
+    }
+
+    fn selected(&self, s: &Selection) -> bool {
+        let failed_at = self.header(dlq::H_FAILED_AT).unwrap_or_default();
+        (s.run_ids.is_empty() || self.run_id().is_some_and(|r| s.run_ids.contains(&r)))
+            && (s.classes.is_empty()
+                || self
+                    .header(dlq::H_CLASS)
+                    .is_some_and(|c| s.classes.contains(&c)))
+            && s.since
+                .as_ref()
+                .is_none_or(|t| failed_at.as_str() >= t.as_str())
+            && s.until
+                .as_ref()
+                .is_none_or(|t| failed_at.as_str() <= t.as_str())
+    }
+
+    /// One line for the listing.
+    pub fn describe(&self, topic: &str) -> String {
+        format!(
+            "{topic}/{}@{}  {}  [{}]  {}  (failed at {})",
+            self.partition,
+            self.offset,
+            self.run_id().unwrap_or_else(|| "(no run id)".into()),
+            self.header(dlq::H_CLASS).unwrap_or_default(),
+            self.header(dlq::H_ERROR).unwrap_or_default(),
+            self.header(dlq::H_FAILED_AT).unwrap_or_default(),
+        )
+    }
+}
+
+/// Read every DLQ record and return the selected ones.
+pub async fn select(cfg: &KafkaConfig, s: &Selection) -> anyhow::Result<Vec<DeadLetter>> {
+    let consumer: StreamConsumer = crate::kafka::client_config(cfg)
+        .set("group.id", format!("{}.dlq-replay", cfg.group_id))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topic = cfg.dlq_topic.clone();
+    let (tpl, ends) = tokio::task::spawn_blocking({
+        let consumer_cfg = crate::kafka::client_config(cfg);
+        let topic = topic.clone();
+        move || -> anyhow::Result<(TopicPartitionList, HashMap<i32, i64>)> {
+            let probe: rdkafka::consumer::BaseConsumer = consumer_cfg.create()?;
+            let md = probe
+                .fetch_metadata(Some(&topic), Duration::from_secs(15))
+                .with_context(|| format!("reading metadata of {topic}"))?;
+            let mut tpl = TopicPartitionList::new();
+            let mut ends = HashMap::new();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
+                    let (_, high) =
+                        probe.fetch_watermarks(&topic, p.id(), Duration::from_secs(15))?;
+                    ends.insert(p.id(), high);
+                }
+            }
+            Ok((tpl, ends))
+        }
+    })
+    .await??;
+    consumer.assign(&tpl)?;
+    let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let caught_up = ends.iter().all(|(p, end)| position[p] >= *end);
+        let idle = if caught_up {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_secs(15)
+        };
+        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
+            Err(_) if caught_up => break,
+            Err(_) => anyhow::bail!("no DLQ records arrived for 15 s before reaching the end"),
+            Ok(m) => m?,
+        };
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "reading the DLQ took over 5 minutes"
+        );
+        position.insert(msg.partition(), msg.offset() + 1);
+        let letter = DeadLetter {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers: msg
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        if letter.selected(s) {
+            out.push(letter);
+        }
+    }
+    Ok(out)
+}
+
+/// Publish `letters` to the triggers topic; returns how many were published.
+pub async fn replay(cfg: &KafkaConfig, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+    let producer: FutureProducer = crate::kafka::client_config(cfg)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .create()?;
+    for l in letters {
+        let source = format!("{}/{}/{}", cfg.dlq_topic, l.partition, l.offset);
+        let mut headers = OwnedHeaders::new();
+        for (k, v) in l
+            .headers
+            .iter()
+            .filter(|(k, _)| !k.starts_with("switchyard-"))
+        {
+            headers = headers.insert(Header {
+                key: k,
+                value: v.as_deref(),
+            });
+        }
+        headers = headers.insert(Header {
+            key: "switchyard-replayed-from",
+            value: Some(source.as_str()),
+        });
+        let mut record = FutureRecord::<[u8], [u8]>::to(&cfg.triggers_topic).headers(headers);
+        if let Some(k) = &l.key {
+            record = record.key(k);
+        }
+        if let Some(p) = &l.payload {
+            record = record.payload(p);
+        }
+        producer
+            .send(record, Timeout::After(Duration::from_secs(10)))
+            .await
+            .map_err(|(e, _)| anyhow::anyhow!("replaying {source}: {e}"))?;
+    }
+    Ok(letters.len())
+}
