@@ -23,6 +23,8 @@ pub struct Pool {
     permits: Semaphore,
     timeout: Duration,
     retry: RetryConfig,
+    /// Set after a credential failure: no attempt starts before this instant.
+    paused_until: std::sync::Mutex<Option<Instant>>,
 }
 
 /// A finished run of attempts.
@@ -41,7 +43,44 @@ impl Pool {
             permits: Semaphore::new(cfg.concurrency),
             timeout: cfg.timeout,
             retry: cfg.retry.clone(),
+            paused_until: std::sync::Mutex::new(None),
         }
+    }
+
+    /// True while the backend is paused after a credential failure.
+    pub fn paused(&self) -> bool {
+        self.pause_deadline().is_some_and(|t| t > Instant::now())
+    }
+
+    fn pause_deadline(&self) -> Option<Instant> {
+        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait out a pause; `None` when `abandon` fires first.
+    async fn unpaused(&self, abandon: &CancellationToken) -> Option<()> {
+        while let Some(until) = self.pause_deadline().filter(|t| *t > Instant::now()) {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = abandon.cancelled() => return None,
+            }
+        }
+        Some(())
+    }
+
+    /// Pause the backend after a credential failure (extending a pause, never shortening).
+    fn pause(&self, why: &str) -> Instant {
+        let until = Instant::now() + self.retry.credentials_pause;
+        let mut p = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
+        if p.is_none_or(|t| t < until) {
+            *p = Some(until);
+            tracing::error!(
+                backend = self.name,
+                pause_s = self.retry.credentials_pause.as_secs_f64(),
+                reason = why,
+                "credentials rejected; backend paused, its runs wait"
+            );
+        }
+        p.expect("set above")
     }
 
     /// Attempt `req` until it settles or the attempts run out. Retries are announced
@@ -58,7 +97,29 @@ impl Pool {
         let max = self.retry.max_attempts.max(1);
         let mut attempt = 1;
         loop {
+            self.unpaused(abandon).await?;
             let report = self.reclassify(self.once(backend, req, abandon).await?);
+            if report.outcome == Outcome::CredentialsRejected {
+                // Do not burn the event: the backend pauses and this run waits to probe.
+                let until = self.pause(&report.summary);
+                let wait = until.saturating_duration_since(Instant::now());
+                let notice = format!(
+                    "{} paused: credentials rejected ({}); retrying in {:.0} s",
+                    self.name,
+                    report.summary.split(": ").next().unwrap_or(&report.summary),
+                    wait.as_secs_f64()
+                );
+                let u = RunUpdate::log(&req.run_id, LogLevel::Error, notice);
+                writer.emit(u).await.ok()?;
+                continue;
+            }
+            if self.pause_deadline().is_some() {
+                *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!(
+                    backend = self.name,
+                    "credentials accepted again; backend resumed"
+                );
+            }
             if report.outcome != Outcome::Retryable || attempt >= max {
                 return Some(Attempted {
                     report,

@@ -214,3 +214,49 @@ async fn dlq_replay_selects_by_class_and_run_with_a_dry_run() {
         .iter()
         .all(|u| u.status != Some(RunStatus::Success)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credential_failures_pause_the_backend_without_failing_runs() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let d = Dispatcher::start(
+        &kafka,
+        &t,
+        "[backends.webhook.retry]\ncredentials_pause = \"1s\"\n",
+    );
+    // The credentials are "fixed" after two rejections.
+    let url = rx.url("/secure?fail_first=2&fail_status=401");
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &webhook_event("r_401", &url, true))],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let updates = log.of("r_401");
+    assert!(
+        updates.iter().all(|u| u.status != Some(RunStatus::Failure)),
+        "{updates:#?}"
+    );
+    assert_eq!(log.terminal("r_401")[0].status, Some(RunStatus::Success));
+    let pauses: Vec<_> = updates
+        .iter()
+        .filter_map(|u| u.message.as_deref())
+        .filter(|m| m.starts_with("WEBHOOK paused: credentials rejected (HTTP 401 Unauthorized)"))
+        .collect();
+    assert_eq!(pauses.len(), 2, "{updates:#?}");
+    let reqs = rx.requests();
+    assert_eq!(reqs.len(), 3);
+    for w in reqs.windows(2) {
+        let gap = w[1].at - w[0].at;
+        assert!(
+            gap >= Duration::from_millis(950),
+            "probe came after {gap:?}"
+        );
+    }
+    assert!(d.logs().contains("backend paused"), "{}", d.logs());
+    assert!(d.logs().contains("backend resumed"), "{}", d.logs());
+}

@@ -236,6 +236,10 @@ pub struct RetryConfig {
     /// HTTP statuses that are retried: codes (`"409"`) or classes (`"5xx"`). 401 and 403
     /// are credential failures and other statuses permanent.
     pub retry_statuses: Vec<String>,
+    /// After a credential failure (401, 403) the whole backend pauses this long; its runs
+    /// wait instead of failing, and the first attempt after the pause probes again.
+    #[serde(with = "humantime_serde")]
+    pub credentials_pause: Duration,
 }
 
 impl Default for RetryConfig {
@@ -245,6 +249,7 @@ impl Default for RetryConfig {
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
             retry_statuses: ["408", "425", "429", "5xx"].map(String::from).to_vec(),
+            credentials_pause: Duration::from_secs(60),
         }
     }
 }
@@ -260,6 +265,11 @@ impl RetryConfig {
         let mut p = Vec::new();
         if self.max_attempts == 0 {
             p.push(format!("{section}.retry.max_attempts: must be at least 1"));
+        }
+        if self.credentials_pause.is_zero() {
+            p.push(format!(
+                "{section}.retry.credentials_pause: must be greater than 0"
+            ));
         }
         if self.initial_backoff > self.max_backoff {
             p.push(format!(
