@@ -87,7 +87,7 @@ impl DeadLetter {
 
 /// Read every DLQ record and return the selected ones.
 pub async fn select(cfg: &KafkaConfig, s: &Selection) -> anyhow::Result<Vec<DeadLetter>> {
-    let consumer: StreamConsumer = crate::kafka::client_config(cfg)
+    let consumer: StreamConsumer = crate::kafka::consumer_config(cfg)
         .set("group.id", format!("{}.dlq-replay", cfg.group_id))
         .set("enable.auto.commit", "false")
         .create()?;

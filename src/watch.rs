@@ -249,7 +249,7 @@ impl Watcher {
     /// Start tailing the watches topic (all partitions, from the beginning) into the
     /// table, resuming owned runs as their records arrive.
     pub fn load(self: &Arc<Self>, kafka: &KafkaConfig) -> anyhow::Result<()> {
-        let consumer: StreamConsumer = crate::kafka::client_config(kafka)
+        let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
             .set("group.id", format!("{}.watches", kafka.group_id))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")

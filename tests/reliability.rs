@@ -1,5 +1,5 @@
-//! Retries in the pool: transient failures are retried with backoff, `Retry-After` is
-//! honoured, every retry is announced on the run, and attempts run out into the DLQ.
+//! Reliability: retries with backoff and `Retry-After`, attempts running out into the
+//! DLQ, credential pauses, deadlines, DLQ replay, and a hanging backend.
 
 mod common;
 
@@ -259,4 +259,56 @@ async fn credential_failures_pause_the_backend_without_failing_runs() {
     }
     assert!(d.logs().contains("backend paused"), "{}", d.logs());
     assert!(d.logs().contains("backend resumed"), "{}", d.logs());
+}
+
+/// A receiver that hangs: the attempt timeout fires, other lanes keep flowing meanwhile,
+/// and the consumer stays in the group for longer than `max.poll.interval.ms`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_backend_times_out_while_other_lanes_flow() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let cfg = "[backends.webhook]\ntimeout = \"8s\"\n[backends.webhook.retry]\nmax_attempts = 1\n";
+    let cfg = config_toml(&kafka, &t, cfg);
+    // The hanging attempt (8 s) outlasts max.poll.interval.ms (6 s).
+    let env = [("SWITCHYARD_KAFKA__CONSUMER__MAX.POLL.INTERVAL.MS", "6000")];
+    let d = Dispatcher::start_with_config(&cfg, &env);
+    let hang = rx.url("/hang?delay_ms=60000");
+    let ok = rx.url("/ok");
+    let mut records = vec![record(None, &webhook_event("r_hang", &hang, true))];
+    records
+        .extend((0..20).map(|n| record(None, &webhook_event(&format!("r_flow_{n}"), &ok, true))));
+    kafka.produce(&t.triggers, &records).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "20 flowing runs", |u| {
+        (0..20).all(|n| {
+            u.iter()
+                .any(|u| u.run_id == format!("r_flow_{n}") && u.is_terminal())
+        })
+    })
+    .await;
+    assert!(
+        log.terminal("r_hang").is_empty(),
+        "the hanging run is still in flight"
+    );
+    log.wait_until(WAIT, "hang times out", |u| StatusLog::finished(u) >= 21)
+        .await;
+    let f = log.terminal("r_hang")[0].clone();
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    assert_eq!(
+        f.summary.as_deref(),
+        Some("WEBHOOK attempt timed out after 8s")
+    );
+    assert!(f.duration_ms.unwrap() >= 8000);
+    // Committed past everything, and never kicked out of the group meanwhile.
+    assert_eq!(kafka.wait_committed(&t, 21, WAIT).await, 21);
+    let logs = d.logs();
+    assert!(
+        !logs.contains("partitions revoked"),
+        "left the group:\n{logs}"
+    );
+    assert!(
+        !logs.contains("MAXPOLL"),
+        "max.poll.interval.ms exceeded:\n{logs}"
+    );
 }

@@ -440,6 +440,8 @@ pub fn start<S: Sink>(
         .set("auto.commit.interval.ms", "250")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
+    // The operator's consumer options win over these defaults (validation keeps
+    // enable.auto.offset.store and group.id ours).
     for (key, v) in &k.consumer {
         c.set(key, v);
     }

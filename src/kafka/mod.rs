@@ -20,6 +20,15 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     c
 }
 
+/// Settings of a consumer: [`client_config`] plus `kafka.consumer`.
+pub fn consumer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    for (k, v) in &cfg.consumer {
+        c.set(k, v);
+    }
+    c
+}
+
 /// A record read from the triggers topic, detached from librdkafka's buffers.
 #[derive(Debug, Clone)]
 pub struct TriggerRecord {
