@@ -1,0 +1,137 @@
+//! Chaos against a real broker: a broker restart mid-run. The test starts its own Tansu
+//! (file-backed SQLite storage, so data survives the restart) and runs only in the
+//! real-broker pass, where `tansu` is installed.
+//!
+//! Ignored for now: Tansu 0.6.0's SQLite engine panics while serving the consumer
+//! group's OffsetCommit (`tansu-storage` service.rs:337 `unreachable!()` under
+//! `update_group`, then lite.rs:503 "more or less than one row"), after which produce
+//! requests fail with UNKNOWN_SERVER_ERROR. The memory engine loses every topic on a
+//! restart, so it cannot stand in. Run it with `cargo test --test chaos -- --ignored`
+//! against a broker whose file-backed storage works.
+
+mod common;
+
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::receiver::Receiver;
+use common::*;
+
+struct Tansu {
+    child: Option<Child>,
+    port: u16,
+    db: std::path::PathBuf,
+    log: std::path::PathBuf,
+}
+
+impl Tansu {
+    fn start(port: u16, dir: &std::path::Path) -> Tansu {
+        let mut t = Tansu {
+            child: None,
+            port,
+            db: dir.join("tansu.db"),
+            log: dir.join("tansu.log"),
+        };
+        t.spawn();
+        t
+    }
+
+    fn spawn(&mut self) {
+        let url = format!("tcp://127.0.0.1:{}", self.port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = Command::new("tansu")
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // Tansu reads the SQLite path relative to its working directory.
+            .args(["--storage-engine", "sqlite://tansu.db"])
+            .current_dir(self.db.parent().unwrap())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("tansu on PATH (the real-broker pass installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "Tansu 0.6.0 SQLite engine panics on OffsetCommit; see the module comment"]
+async fn broker_restart_mid_run_loses_no_run() {
+    if std::env::var("SWITCHYARD_TEST_BROKERS").is_err() {
+        println!("runs in the real-broker pass (it starts its own Tansu)");
+        return;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = scratch_dir();
+    let mut broker = Tansu::start(port, &dir);
+    let kafka = Kafka::at(&format!("127.0.0.1:{port}"));
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    rx.set_default_delay(Duration::from_millis(20));
+    let _d = Dispatcher::start(&kafka, &t, "");
+    let url = rx.url("/deploy");
+    let runs: Vec<String> = (0..300).map(|n| format!("r_brk_{n}")).collect();
+    let records: Vec<_> = runs
+        .iter()
+        .map(|r| record(Some(r), &webhook_event(r, &url, true)))
+        .collect();
+    kafka.produce_refetchable(&t.triggers, &records).await;
+    rx.wait_requests(100, Duration::from_secs(60)).await;
+
+    broker.stop();
+    let down_at = rx.count();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    broker.spawn();
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(Duration::from_secs(180), "300 terminal runs", |u| {
+        StatusLog::finished(u) >= 300
+    })
+    .await;
+    let missing: Vec<_> = runs.iter().filter(|r| log.terminal(r).is_empty()).collect();
+    let requests = rx.count();
+    println!(
+        "broker restart: runs 300, requests before the restart {down_at}, requests {requests}, \
+         duplicates {}, lost {}",
+        requests.saturating_sub(300),
+        missing.len()
+    );
+    assert!(missing.is_empty(), "{missing:?}");
+}
