@@ -43,9 +43,20 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     watcher
         .load(&cfg.kafka)
         .context("starting the watches reader")?;
+    let (ledger, ledger_task) = if cfg.dedup.enabled {
+        let l = crate::ledger::Ledger::new(cfg.dedup.max_runs);
+        let task = l
+            .start(k, cfg.dedup.catch_up, hard_stop.clone())
+            .await
+            .context("starting the duplicate ledger")?;
+        (Some(l), Some(task))
+    } else {
+        (None, None)
+    };
     let pipeline = Pipeline::new(
         registry,
         watcher.clone(),
+        ledger,
         publisher.clone(),
         secrets,
         &cfg.dispatch,
@@ -57,6 +68,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     consumer.join().await;
     hard_stop.cancel();
     watcher.closed().await;
+    if let Some(t) = ledger_task {
+        let _ = t.await;
+    }
     let p = publisher.clone();
     tokio::task::spawn_blocking(move || p.flush(Duration::from_secs(10)))
         .await?

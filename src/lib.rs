@@ -12,6 +12,7 @@ pub mod demo;
 pub mod display;
 pub mod dlq;
 pub mod kafka;
+pub mod ledger;
 pub mod model;
 pub mod pipeline;
 pub mod pool;

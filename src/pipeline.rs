@@ -16,6 +16,7 @@ use crate::dlq;
 use crate::kafka::consumer::{Sink, Ticket};
 use crate::kafka::publisher::{Publisher, RunWriter, Stopped};
 use crate::kafka::TriggerRecord;
+use crate::ledger::Ledger;
 use crate::model::{LogLevel, RunStatus, RunUpdate, TriggerEvent};
 use crate::router::{lane_key, Lanes};
 use crate::template::{Context, Renderer};
@@ -30,6 +31,7 @@ pub struct Job {
 
 struct Inner {
     watcher: Arc<Watcher>,
+    ledger: Option<Arc<Ledger>>,
     max_event_age: Option<std::time::Duration>,
     renderer: Renderer,
     secrets: Map<String, Value>,
@@ -49,6 +51,7 @@ impl Pipeline {
     pub fn new(
         registry: Registry,
         watcher: Arc<Watcher>,
+        ledger: Option<Arc<Ledger>>,
         publisher: Arc<Publisher>,
         secrets: Map<String, Value>,
         dispatch: &crate::config::DispatchConfig,
@@ -56,6 +59,7 @@ impl Pipeline {
         let ordering = dispatch.ordering;
         let inner = Arc::new(Inner {
             watcher,
+            ledger,
             max_event_age: dispatch.max_event_age,
             renderer: Renderer::new(),
             secrets,
@@ -123,6 +127,10 @@ impl Inner {
             return;
         }
         let run_id = event.run.id.clone();
+        if self.is_duplicate(&run_id, &record) {
+            ticket.complete();
+            return;
+        }
         if let Err(bad) = self.check_expiry(&event, &record) {
             return self.reject(record, ticket, Some(run_id), bad).await;
         }
@@ -205,6 +213,28 @@ impl Inner {
             }
         }
         ticket.complete();
+    }
+
+    /// A redelivered run that is finished, or whose non-idempotent dispatch happened, is
+    /// not dispatched again (replays from the DLQ are always dispatched).
+    fn is_duplicate(&self, run_id: &str, record: &TriggerRecord) -> bool {
+        let Some(ledger) = &self.ledger else {
+            return false;
+        };
+        if record
+            .headers
+            .iter()
+            .any(|(k, _)| k == "switchyard-replayed-from")
+        {
+            return false;
+        }
+        let Some(seen) = ledger.seen(run_id) else {
+            return false;
+        };
+        let total = ledger.suppressed();
+        tracing::info!(run_id, seen = ?seen, suppressed_total = total, source = %record.source(),
+            "duplicate run suppressed; not dispatched again");
+        true
     }
 
     /// An event past its `deadline`, or older than `max_event_age`, is not dispatched.

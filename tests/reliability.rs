@@ -312,3 +312,48 @@ async fn a_hanging_backend_times_out_while_other_lanes_flow() {
         "max.poll.interval.ms exceeded:\n{logs}"
     );
 }
+
+/// A redelivered event whose run already finished is not dispatched again — also by an
+/// instance that did not dispatch it — and a replay from the DLQ still is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_runs_are_not_dispatched_again() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let first = Dispatcher::start(&kafka, &t, "");
+    let ev = webhook_event("r_once", &rx.url("/deploy"), true);
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    drop(first);
+
+    // A fresh instance (new group, so it reads the event again) and a second copy.
+    let mut t2 = t.clone();
+    t2.group = unique("group");
+    let second = Dispatcher::start(&kafka, &t2, "");
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+    let deadline = std::time::Instant::now() + WAIT;
+    while !second
+        .logs()
+        .matches("duplicate run suppressed")
+        .count()
+        .eq(&2)
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", second.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    log.settle(Duration::from_millis(500)).await;
+    println!(
+        "dedup: requests {}, terminal updates {}",
+        rx.count(),
+        log.terminal("r_once").len()
+    );
+    assert_eq!(rx.count(), 1, "dispatched once");
+    assert_eq!(log.terminal("r_once").len(), 1, "one terminal status");
+    assert_eq!(
+        kafka.wait_committed(&t2, 2, WAIT).await,
+        2,
+        "duplicates still complete"
+    );
+}

@@ -26,6 +26,7 @@ pub struct Config {
     pub dispatch: DispatchConfig,
     pub backends: BackendsConfig,
     pub watch: WatchConfig,
+    pub dedup: DedupConfig,
     /// Secrets available to templates as `.secrets.NAME`, each read from an environment
     /// variable or a file at start. Events can never supply secrets.
     pub secrets: BTreeMap<String, SecretSource>,
@@ -78,6 +79,29 @@ impl Default for KafkaConfig {
             common: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+        }
+    }
+}
+
+/// Duplicate suppression: a redelivered event whose run is already finished (or whose
+/// non-idempotent dispatch already happened) is not dispatched again.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DedupConfig {
+    pub enabled: bool,
+    /// Most runs remembered; the oldest are forgotten first.
+    pub max_runs: usize,
+    /// Longest wait at start for the view of the status topic to catch up.
+    #[serde(with = "humantime_serde")]
+    pub catch_up: Duration,
+}
+
+impl Default for DedupConfig {
+    fn default() -> Self {
+        DedupConfig {
+            enabled: true,
+            max_runs: 200_000,
+            catch_up: Duration::from_secs(60),
         }
     }
 }
@@ -328,6 +352,9 @@ impl Config {
                     "kafka.consumer.\"{key}\": cannot be overridden ({owner})"
                 ));
             }
+        }
+        if self.dedup.max_runs == 0 {
+            p.push("dedup.max_runs: must be at least 1".into());
         }
         if self.dispatch.partition_window == 0 {
             p.push("dispatch.partition_window: must be at least 1".into());

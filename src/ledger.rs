@@ -1,0 +1,195 @@
+//! Duplicate suppression: a view of the status topic that says which runs are finished,
+//! and which non-idempotent dispatches (GITHUB, GITLAB, AZURE_DEVOPS) already happened.
+//!
+//! Every instance tails the status topic from the beginning into the view, so any
+//! instance can tell whether a redelivered event's run is done, whoever dispatched it.
+//! Before the consumer starts, the view catches up with the watermarks read at start.
+//! Memory is bounded by `dedup.max_runs` (oldest entries are forgotten first).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::KafkaConfig;
+use crate::model::RunUpdate;
+
+/// Backends whose dispatch must not be repeated once it happened.
+const NON_IDEMPOTENT: [&str; 3] = ["GITHUB", "GITLAB", "AZURE_DEVOPS"];
+
+/// What the status topic says about a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// It has a terminal status.
+    Finished,
+    /// A non-idempotent dispatch of it happened (the run may still be open).
+    Dispatched,
+}
+
+#[derive(Default)]
+struct View {
+    runs: HashMap<String, Seen>,
+    order: VecDeque<String>,
+}
+
+pub struct Ledger {
+    view: Mutex<View>,
+    max_runs: usize,
+    suppressed: AtomicU64,
+}
+
+impl Ledger {
+    pub fn new(max_runs: usize) -> Arc<Self> {
+        Arc::new(Ledger {
+            view: Mutex::new(View::default()),
+            max_runs: max_runs.max(1),
+            suppressed: AtomicU64::new(0),
+        })
+    }
+
+    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+        self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// What is known about `run_id`.
+    pub fn seen(&self, run_id: &str) -> Option<Seen> {
+        self.view().runs.get(run_id).copied()
+    }
+
+    /// Count a suppressed duplicate; returns the running total.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Fold one run update into the view.
+    pub fn observe(&self, u: &RunUpdate) {
+        let seen = if u.is_terminal() {
+            Seen::Finished
+        } else if u.seq >= 2
+            && u.backend
+                .as_deref()
+                .is_some_and(|b| NON_IDEMPOTENT.contains(&b))
+        {
+            // Updates after the first ("dispatching …") come after the dispatch call.
+            Seen::Dispatched
+        } else {
+            return;
+        };
+        let mut v = self.view();
+        match v.runs.get(&u.run_id) {
+            Some(Seen::Finished) => return,
+            Some(Seen::Dispatched) if seen == Seen::Dispatched => return,
+            Some(_) => {}
+            None => v.order.push_back(u.run_id.clone()),
+        }
+        v.runs.insert(u.run_id.clone(), seen);
+        while v.runs.len() > self.max_runs {
+            let Some(old) = v.order.pop_front() else {
+                break;
+            };
+            v.runs.remove(&old);
+        }
+    }
+
+    /// Tail the status topic into the view; returns once the view has caught up with the
+    /// watermarks read now (or after `catch_up` at most), and keeps tailing until `stop`.
+    pub async fn start(
+        self: &Arc<Self>,
+        kafka: &KafkaConfig,
+        catch_up: Duration,
+        stop: CancellationToken,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let topic = kafka.status_topic.clone();
+        let probe: BaseConsumer = crate::kafka::consumer_config(kafka).create()?;
+        let (tpl, ends) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+            let md = probe.fetch_metadata(Some(&topic), Duration::from_secs(15))?;
+            let mut tpl = TopicPartitionList::new();
+            let mut ends = HashMap::new();
+            for t in md.topics() {
+                for p in t.partitions() {
+                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
+                    let (_, high) =
+                        probe.fetch_watermarks(&topic, p.id(), Duration::from_secs(15))?;
+                    ends.insert(p.id(), high);
+                }
+            }
+            Ok((tpl, ends))
+        })?;
+        let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
+            .set("group.id", format!("{}.ledger", kafka.group_id))
+            .set("enable.auto.commit", "false")
+            .create()?;
+        consumer.assign(&tpl)?;
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+            loop {
+                if ready.is_some() && ends.iter().all(|(p, end)| position[p] >= *end) {
+                    let _ = ready.take().map(|r| r.send(()));
+                }
+                let msg = tokio::select! {
+                    m = consumer.recv() => m,
+                    _ = stop.cancelled() => return,
+                };
+                match msg {
+                    Ok(m) => {
+                        position.insert(m.partition(), m.offset() + 1);
+                        if let Some(u) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                            this.observe(&u);
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "reading the status topic failed"),
+                }
+            }
+        });
+        if tokio::time::timeout(catch_up, ready_rx).await.is_err() {
+            tracing::warn!(wait = ?catch_up, "the duplicate ledger has not caught up with the status topic; starting anyway");
+        }
+        Ok(task)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::RunStatus;
+
+    fn update(run: &str, seq: u64, backend: &str, status: RunStatus) -> RunUpdate {
+        let mut u = RunUpdate::status(run, status);
+        u.seq = seq;
+        u.backend = Some(backend.into());
+        u
+    }
+
+    #[test]
+    fn finished_runs_and_started_non_idempotent_dispatches_are_remembered() {
+        let l = Ledger::new(10);
+        l.observe(&update("a", 1, "WEBHOOK", RunStatus::InProgress));
+        assert_eq!(l.seen("a"), None);
+        l.observe(&update("a", 3, "WEBHOOK", RunStatus::Success));
+        assert_eq!(l.seen("a"), Some(Seen::Finished));
+        l.observe(&update("g", 1, "GITHUB", RunStatus::InProgress));
+        assert_eq!(l.seen("g"), None, "seq 1 comes before the dispatch call");
+        l.observe(&update("g", 2, "GITHUB", RunStatus::InProgress));
+        assert_eq!(l.seen("g"), Some(Seen::Dispatched));
+        l.observe(&update("g", 5, "GITHUB", RunStatus::Failure));
+        assert_eq!(l.seen("g"), Some(Seen::Finished));
+    }
+
+    #[test]
+    fn memory_is_bounded_oldest_first() {
+        let l = Ledger::new(3);
+        for r in ["a", "b", "c", "d"] {
+            l.observe(&update(r, 2, "WEBHOOK", RunStatus::Success));
+        }
+        assert_eq!(l.seen("a"), None);
+        assert_eq!(l.seen("d"), Some(Seen::Finished));
+    }
+}
