@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
@@ -104,22 +103,7 @@ impl Ledger {
         catch_up: Duration,
         stop: CancellationToken,
     ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let topic = kafka.status_topic.clone();
-        let probe: BaseConsumer = crate::kafka::consumer_config(kafka).create()?;
-        let (tpl, ends) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
-            let md = probe.fetch_metadata(Some(&topic), Duration::from_secs(15))?;
-            let mut tpl = TopicPartitionList::new();
-            let mut ends = HashMap::new();
-            for t in md.topics() {
-                for p in t.partitions() {
-                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
-                    let (_, high) =
-                        probe.fetch_watermarks(&topic, p.id(), Duration::from_secs(15))?;
-                    ends.insert(p.id(), high);
-                }
-            }
-            Ok((tpl, ends))
-        })?;
+        let (tpl, ends) = crate::kafka::topics::from_start(kafka, &kafka.status_topic).await?;
         let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
             .set("group.id", format!("{}.ledger", kafka.group_id))
             .set("enable.auto.commit", "false")

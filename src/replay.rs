@@ -11,12 +11,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use anyhow::Context as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaConfig;
 use crate::dlq;
@@ -91,29 +89,7 @@ pub async fn select(cfg: &KafkaConfig, s: &Selection) -> anyhow::Result<Vec<Dead
         .set("group.id", format!("{}.dlq-replay", cfg.group_id))
         .set("enable.auto.commit", "false")
         .create()?;
-    let topic = cfg.dlq_topic.clone();
-    let (tpl, ends) = tokio::task::spawn_blocking({
-        let consumer_cfg = crate::kafka::client_config(cfg);
-        let topic = topic.clone();
-        move || -> anyhow::Result<(TopicPartitionList, HashMap<i32, i64>)> {
-            let probe: rdkafka::consumer::BaseConsumer = consumer_cfg.create()?;
-            let md = probe
-                .fetch_metadata(Some(&topic), Duration::from_secs(15))
-                .with_context(|| format!("reading metadata of {topic}"))?;
-            let mut tpl = TopicPartitionList::new();
-            let mut ends = HashMap::new();
-            for t in md.topics() {
-                for p in t.partitions() {
-                    tpl.add_partition_offset(&topic, p.id(), Offset::Beginning)?;
-                    let (_, high) =
-                        probe.fetch_watermarks(&topic, p.id(), Duration::from_secs(15))?;
-                    ends.insert(p.id(), high);
-                }
-            }
-            Ok((tpl, ends))
-        }
-    })
-    .await??;
+    let (tpl, ends) = crate::kafka::topics::from_start(cfg, &cfg.dlq_topic).await?;
     consumer.assign(&tpl)?;
     let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
     let mut out = Vec::new();

@@ -175,3 +175,34 @@ impl TopicGuard {
         self.cfg.create_topics
     }
 }
+
+/// Every partition of `topic` from the beginning, with its high watermark now: what a
+/// reader must reach to have seen everything written before this call. (Some brokers
+/// report watermarks late; readers also wait for a quiet moment, see `replay`.)
+pub async fn from_start(
+    cfg: &KafkaConfig,
+    topic: &str,
+) -> anyhow::Result<(
+    rdkafka::TopicPartitionList,
+    std::collections::HashMap<i32, i64>,
+)> {
+    let probe: rdkafka::consumer::BaseConsumer = super::consumer_config(cfg).create()?;
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        let md = probe
+            .fetch_metadata(Some(&topic), ADMIN_TIMEOUT)
+            .map_err(|e| anyhow::anyhow!("reading metadata of {topic}: {e}"))?;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        let mut ends = std::collections::HashMap::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                tpl.add_partition_offset(&topic, p.id(), rdkafka::Offset::Beginning)?;
+                let (_, high) = probe.fetch_watermarks(&topic, p.id(), ADMIN_TIMEOUT)?;
+                ends.insert(p.id(), high);
+            }
+        }
+        Ok((tpl, ends))
+    })
+    .await?
+}
