@@ -19,14 +19,15 @@ use crate::watch::Watcher;
 /// Run the dispatcher until `shutdown` fires, then stop cleanly.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let k = &cfg.kafka;
-    let mut required = [
-        &k.triggers_topic,
-        &k.status_topic,
-        &k.dlq_topic,
-        &k.watches_topic,
-    ]
-    .map(|t| topics::TopicSpec::plain(t));
-    required[3].compacted = true;
+    let required = [
+        topics::TopicSpec::plain(&k.triggers_topic),
+        topics::TopicSpec::plain(&k.status_topic),
+        topics::TopicSpec::plain(&k.dlq_topic),
+        topics::TopicSpec {
+            name: &k.watches_topic,
+            compacted: true,
+        },
+    ];
     topics::ensure_topics(k, &required, k.create_topics).await?;
     let secrets = cfg.resolve_secrets()?;
     let hard_stop = CancellationToken::new();

@@ -9,6 +9,8 @@ pub const H_CLASS: &str = "switchyard-error-class";
 pub const H_ATTEMPTS: &str = "switchyard-attempts";
 pub const H_SOURCE: &str = "switchyard-source";
 pub const H_FAILED_AT: &str = "switchyard-failed-at";
+/// Set on events that `dlq replay` re-published: `dlq-topic/partition/offset`.
+pub const H_REPLAYED_FROM: &str = "switchyard-replayed-from";
 
 /// Build the DLQ record for `record`: original key, value and headers, then ours.
 pub fn record(source: &TriggerRecord, error: &str, class: &str, attempts: u32) -> DlqRecord {

@@ -224,7 +224,7 @@ impl Inner {
         if record
             .headers
             .iter()
-            .any(|(k, _)| k == "switchyard-replayed-from")
+            .any(|(k, _)| k == dlq::H_REPLAYED_FROM)
         {
             return false;
         }

@@ -106,7 +106,7 @@ impl Pool {
                 let notice = format!(
                     "{} paused: credentials rejected ({}); retrying in {:.0} s",
                     self.name,
-                    report.summary.split(": ").next().unwrap_or(&report.summary),
+                    cause(&report.summary),
                     wait.as_secs_f64()
                 );
                 let u = RunUpdate::log(&req.run_id, LogLevel::Error, notice);
@@ -128,7 +128,7 @@ impl Pool {
                 });
             }
             let wait = self.backoff(attempt, report.retry_after);
-            let cause = report.summary.split(": ").next().unwrap_or(&report.summary);
+            let cause = cause(&report.summary);
             let notice = format!(
                 "attempt {}/{max} after {cause}, waiting {:.1} s",
                 attempt + 1,
@@ -202,6 +202,12 @@ impl Pool {
     pub fn name(&self) -> &'static str {
         self.name
     }
+}
+
+/// The head of a failure summary ("HTTP 503 Service Unavailable" of
+/// "HTTP 503 Service Unavailable: <body>"), for one-line notices.
+fn cause(summary: &str) -> &str {
+    summary.split(": ").next().unwrap_or(summary)
 }
 
 #[cfg(test)]

@@ -152,7 +152,7 @@ pub async fn replay(cfg: &KafkaConfig, letters: &[DeadLetter]) -> anyhow::Result
             });
         }
         headers = headers.insert(Header {
-            key: "switchyard-replayed-from",
+            key: dlq::H_REPLAYED_FROM,
             value: Some(source.as_str()),
         });
         let mut record = FutureRecord::<[u8], [u8]>::to(&cfg.triggers_topic).headers(headers);

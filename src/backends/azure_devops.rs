@@ -30,12 +30,7 @@ impl AzureDevops {
                 .build()?,
             base: cfg.base_url.trim_end_matches('/').to_owned(),
             header: cfg.signature_header.clone(),
-            secret: cfg
-                .secret
-                .as_ref()
-                .and_then(|name| secrets.get(name))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            secret: super::secret(secrets, cfg.secret.as_ref()),
         })
     }
 }

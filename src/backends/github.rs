@@ -53,12 +53,7 @@ impl Github {
             .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
             .build()?;
         let api = cfg.api_url.trim_end_matches('/').to_owned();
-        let secret = |n: &Option<String>| {
-            n.as_ref()
-                .and_then(|n| secrets.get(n))
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        };
+        let secret = |n: &Option<String>| super::secret(secrets, n.as_ref());
         let auth = match (
             &cfg.app_id,
             secret(&cfg.app_private_key_secret),

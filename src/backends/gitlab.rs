@@ -39,7 +39,7 @@ pub struct Gitlab {
 
 impl Gitlab {
     pub fn new(cfg: &GitlabConfig, secrets: &Map<String, Value>) -> anyhow::Result<Self> {
-        let secret = |name: &String| secrets.get(name).and_then(Value::as_str).map(str::to_owned);
+        let secret = |name: &String| super::secret(secrets, Some(name));
         Ok(Gitlab {
             client: reqwest::Client::builder()
                 .connect_timeout(cfg.timeout)
@@ -52,7 +52,7 @@ impl Gitlab {
                 .filter_map(|(project, name)| Some((project.clone(), secret(name)?)))
                 .collect(),
             secrets: secrets.clone(),
-            read_token: cfg.read_token_secret.as_ref().and_then(secret),
+            read_token: super::secret(secrets, cfg.read_token_secret.as_ref()),
         })
     }
 

@@ -264,6 +264,14 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     s
 }
 
+/// The value of the secret named `name` (config names it; `[secrets]` resolved it).
+pub fn secret(secrets: &Map<String, Value>, name: Option<&String>) -> Option<String> {
+    secrets
+        .get(name?)
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+}
+
 /// A required, non-empty string field of the invocation.
 pub fn required_str<'a>(inv: &'a Map<String, Value>, field: &str) -> Result<&'a str, Invalid> {
     match inv.get(field) {

@@ -45,12 +45,7 @@ impl UpsertEntity {
                     .connect_timeout(cfg.timeout)
                     .build()?,
                 url: url.trim_end_matches('/').to_owned(),
-                token: cfg
-                    .catalog_token_secret
-                    .as_ref()
-                    .and_then(|name| secrets.get(name))
-                    .and_then(Value::as_str)
-                    .map(str::to_owned),
+                token: super::secret(secrets, cfg.catalog_token_secret.as_ref()),
             }),
         };
         Ok(UpsertEntity {
