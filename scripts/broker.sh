@@ -5,7 +5,9 @@
 #   scripts/broker.sh stop
 #   scripts/broker.sh status
 #
-# Environment: BROKER_PORT (default 19092), BROKER_DIR (default target/broker: pid, log).
+# Environment: BROKER_PORT (default 19092), BROKER_DIR (default target/broker: pid, log,
+# and schemas/, Tansu's schema registry: a `TOPIC.json` JSON schema there makes the broker
+# reject records of TOPIC that do not match; tests use it to make one topic unwritable).
 # Tansu is built from crates.io the first time (~12-20 min on 2 cores); later runs reuse
 # the installed binary.
 set -euo pipefail
@@ -32,15 +34,17 @@ running() {
 
 start() {
   install
-  mkdir -p "$DIR"
+  mkdir -p "$DIR/schemas"
   if running; then
     echo "127.0.0.1:$PORT"
     return
   fi
-  tansu broker \
+  # Tansu resolves a file:// registry relative to its working directory.
+  (cd "$DIR" && exec tansu broker \
     --listener-url "tcp://127.0.0.1:$PORT" \
     --advertised-listener-url "tcp://127.0.0.1:$PORT" \
-    --storage-engine memory://tansu/ >"$LOG" 2>&1 &
+    --storage-engine memory://tansu/ \
+    --schema-registry "file://./schemas") >"$LOG" 2>&1 &
   echo $! >"$PIDFILE"
   # Ready when the port accepts connections (bounded: 15 s).
   for _ in $(seq 1 150); do

@@ -33,6 +33,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let hard_stop = CancellationToken::new();
     let publisher =
         Arc::new(Publisher::new(k, hard_stop.clone()).context("creating the status producer")?);
+    let http_stop = CancellationToken::new();
+    if !cfg.http.listen.is_empty() {
+        crate::server::start(&cfg.http.listen, publisher.clone(), http_stop.clone()).await?;
+    }
+    let _stop_http = http_stop.clone().drop_guard();
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
     let watcher = Watcher::new(
         registry.backends(),

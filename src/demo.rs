@@ -34,6 +34,7 @@ pub async fn run(color: bool) -> anyhow::Result<()> {
     cfg.kafka.group_id = "switchyard-demo".into();
     cfg.kafka.create_topics = false;
     cfg.log.format = LogFormat::Text;
+    cfg.http.listen = "127.0.0.1:0".into();
     // Quick retries, so the failing sample shows them within the demo's few seconds.
     cfg.backends.webhook.retry.max_attempts = 3;
     cfg.backends.webhook.retry.initial_backoff = std::time::Duration::from_millis(200);

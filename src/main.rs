@@ -30,12 +30,12 @@ enum Command {
     Demo,
     /// Check a configuration file and list every problem (exit 78 when invalid).
     Validate,
-    /// Publish a trigger event and print its run id.
     /// Dead-letter queue tools.
     Dlq {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Publish a trigger event and print its run id.
     Trigger {
         /// File holding the event JSON; `-` or absent reads standard input.
         #[arg(long, short)]

@@ -183,6 +183,11 @@ impl Inner {
             return;
         };
         let report = done.report;
+        let kind = reg.backend.kind();
+        crate::metrics::get()
+            .dispatches
+            .with_label_values(&[kind, report.outcome.as_str()])
+            .inc();
         tracing::info!(run_id = %run_id, backend = reg.backend.kind(), outcome = report.outcome.as_str(),
             duration_ms = done.duration.as_millis() as u64, summary = %report.summary, "attempt finished");
         if self
@@ -191,6 +196,9 @@ impl Inner {
             .is_err()
         {
             return;
+        }
+        if report.outcome != Outcome::Accepted {
+            observe_end_to_end(kind, &record);
         }
         if report.outcome.is_failure() {
             let class = report.error_class.unwrap_or(report.outcome.as_str());
@@ -232,6 +240,7 @@ impl Inner {
             return false;
         };
         let total = ledger.suppressed();
+        crate::metrics::get().duplicates_suppressed.inc();
         tracing::info!(run_id, seen = ?seen, suppressed_total = total, source = %record.source(),
             "duplicate run suppressed; not dispatched again");
         true
@@ -323,5 +332,16 @@ impl Inner {
             return;
         }
         ticket.complete();
+    }
+}
+
+/// Record timestamp → now (the terminal update was just acknowledged).
+fn observe_end_to_end(backend: &'static str, record: &TriggerRecord) {
+    if let Some(ts) = record.timestamp_ms {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        crate::metrics::get()
+            .end_to_end_seconds
+            .with_label_values(&[backend])
+            .observe((now_ms - ts).max(0) as f64 / 1000.0);
     }
 }

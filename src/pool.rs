@@ -6,6 +6,10 @@
 //! jitter capped at `max_backoff`, or after the destination's `Retry-After` (also capped).
 //! A concurrency permit is held only while an attempt runs, never while waiting, and each
 //! retry is announced on the run ("attempt 2/5 after HTTP 503, waiting 1.8 s").
+//!
+//! Before an attempt, the destination's circuit breaker and the rate limit are consulted
+//! ([`crate::protect`]): an open breaker refuses the attempt without a request (a retryable
+//! failure that waits for the next probe), and the rate limit delays it.
 
 use std::time::{Duration, Instant};
 
@@ -16,7 +20,10 @@ use tokio_util::sync::CancellationToken;
 use crate::backends::{Backend, Outcome, Report, Request};
 use crate::config::{PoolConfig, RetryConfig};
 use crate::kafka::publisher::RunWriter;
+use crate::metrics;
 use crate::model::{LogLevel, RunUpdate};
+use crate::protect::{Breakers, RateLimiter};
+use crate::util::scopeguard;
 
 pub struct Pool {
     name: &'static str,
@@ -25,6 +32,8 @@ pub struct Pool {
     retry: RetryConfig,
     /// Set after a credential failure: no attempt starts before this instant.
     paused_until: std::sync::Mutex<Option<Instant>>,
+    breakers: Breakers,
+    limiter: Option<RateLimiter>,
 }
 
 /// A finished run of attempts.
@@ -44,6 +53,8 @@ impl Pool {
             timeout: cfg.timeout,
             retry: cfg.retry.clone(),
             paused_until: std::sync::Mutex::new(None),
+            breakers: Breakers::new(name, &cfg.breaker),
+            limiter: RateLimiter::new(&cfg.rate_limit),
         }
     }
 
@@ -73,6 +84,10 @@ impl Pool {
         let mut p = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
         if p.is_none_or(|t| t < until) {
             *p = Some(until);
+            metrics::get()
+                .backend_paused
+                .with_label_values(&[self.name])
+                .set(1);
             tracing::error!(
                 backend = self.name,
                 pause_s = self.retry.credentials_pause.as_secs_f64(),
@@ -96,9 +111,12 @@ impl Pool {
         let start = Instant::now();
         let max = self.retry.max_attempts.max(1);
         let mut attempt = 1;
+        let in_flight = metrics::get().in_flight.with_label_values(&[self.name]);
+        in_flight.inc();
+        let _done = scopeguard(move || in_flight.dec());
         loop {
             self.unpaused(abandon).await?;
-            let report = self.reclassify(self.once(backend, req, abandon).await?);
+            let report = self.once(backend, req, abandon).await?;
             if report.outcome == Outcome::CredentialsRejected {
                 // Do not burn the event: the backend pauses and this run waits to probe.
                 let until = self.pause(&report.summary);
@@ -115,6 +133,10 @@ impl Pool {
             }
             if self.pause_deadline().is_some() {
                 *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                metrics::get()
+                    .backend_paused
+                    .with_label_values(&[self.name])
+                    .set(0);
                 tracing::info!(
                     backend = self.name,
                     "credentials accepted again; backend resumed"
@@ -135,6 +157,7 @@ impl Pool {
                 wait.as_secs_f64()
             );
             tracing::warn!(run_id = %req.run_id, backend = self.name, "{notice}");
+            metrics::get().retries.with_label_values(&[self.name]).inc();
             let u = RunUpdate::log(&req.run_id, LogLevel::Warn, notice);
             writer.emit(u).await.ok()?;
             tokio::select! {
@@ -145,29 +168,82 @@ impl Pool {
         }
     }
 
-    /// One attempt under a concurrency permit and the timeout.
+    /// One attempt: past the destination's breaker and the rate limit, under a
+    /// concurrency permit and the timeout; classified with this backend's status classes.
     async fn once(
         &self,
         backend: &dyn Backend,
         req: &Request,
         abandon: &CancellationToken,
     ) -> Option<Report> {
+        let m = metrics::get();
+        let dest = backend.destination(req);
+        let refused = |d: &str, r: crate::protect::Refused| {
+            m.breaker_rejections.with_label_values(&[self.name]).inc();
+            let mut rep = Report::new(
+                Outcome::Retryable,
+                format!(
+                    "circuit open for {d} after {} consecutive failures",
+                    r.failures
+                ),
+            );
+            rep.error_class = Some("circuit_open");
+            rep.retry_after = Some(r.wait);
+            rep
+        };
+        // Turn the attempt away early when the breaker is open, rather than after it
+        // queued for a token and a permit.
+        if let Some(d) = &dest {
+            if let Err(r) = self.breakers.check(d) {
+                return Some(refused(d, r));
+            }
+        }
+        if let Some(limiter) = &self.limiter {
+            let wait = limiter.reserve(dest.as_deref());
+            if !wait.is_zero() {
+                m.rate_limited.with_label_values(&[self.name]).inc();
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = abandon.cancelled() => return None,
+                }
+            }
+        }
         let _permit = tokio::select! {
             p = self.permits.acquire() => p.expect("pool semaphores are never closed"),
             _ = abandon.cancelled() => return None,
         };
+        // The breaker may have opened while this attempt waited; this also picks the
+        // half-open probe.
+        if let Some(d) = &dest {
+            if let Err(r) = self.breakers.admit(d) {
+                return Some(refused(d, r));
+            }
+        }
+        let started = Instant::now();
         let result = tokio::select! {
             r = tokio::time::timeout(self.timeout, backend.attempt(req)) => r,
             _ = abandon.cancelled() => return None,
         };
-        Some(result.unwrap_or_else(|_| {
+        m.dispatch_seconds
+            .with_label_values(&[self.name])
+            .observe(started.elapsed().as_secs_f64());
+        let report = self.reclassify(result.unwrap_or_else(|_| {
             let mut r = Report::new(
                 Outcome::Retryable,
                 format!("{} attempt timed out after {:?}", self.name, self.timeout),
             );
             r.error_class = Some("timeout");
             r
-        }))
+        }));
+        if let Some(d) = &dest {
+            match report.outcome {
+                // 429 asks us to slow down; Retry-After handles it, the host is healthy.
+                Outcome::Retryable => self.breakers.record(d, report.http_status != Some(429)),
+                Outcome::CredentialsRejected => {}
+                _ => self.breakers.record(d, false),
+            }
+        }
+        Some(report)
     }
 
     /// Apply this backend's status classes to an HTTP failure.

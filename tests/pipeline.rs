@@ -375,19 +375,21 @@ async fn sigterm_drains_in_flight_runs_and_commits() {
 }
 
 /// While the DLQ cannot be written, the partition does not advance past the bad record;
-/// once it can, the record lands in the DLQ and the offset completes. Fault injection
-/// uses the mock cluster's API, so this runs in the mock pass only.
+/// once it can, the record lands in the DLQ and the offset completes. On the mock the
+/// DLQ topic refuses writes (fault injection). On the real broker a JSON schema for the
+/// DLQ topic in Tansu's schema registry makes the broker reject the record (INVALID_RECORD),
+/// until the schema is removed. (Deleting the topic does not work there: Tansu 0.6.0
+/// acknowledges writes to a deleted topic.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
     use rdkafka::types::RDKafkaRespErr;
     let kafka = Kafka::start();
-    let Some(mock) = kafka.mock() else {
-        println!("real broker: no fault injection available; covered by the mock pass");
-        return;
-    };
     let t = kafka.topics(1).await;
     let rx = Receiver::start().await;
-    let d = Dispatcher::start(&kafka, &t, "");
+    let cfg = config_toml(&kafka, &t, "");
+    // Delivery failures surface after 3 s instead of librdkafka's default 300 s.
+    let env = [("SWITCHYARD_KAFKA__PRODUCER__MESSAGE.TIMEOUT.MS", "3000")];
+    let d = Dispatcher::start_with_config(&cfg, &env);
     let good = webhook_event("r_before", &rx.url("/ok"), true);
     kafka.produce(&t.triggers, &[record(None, &good)]).await;
     let mut log = StatusLog::new(&kafka, &t);
@@ -395,16 +397,55 @@ async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
         .await;
     assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
 
-    // From now on the DLQ topic's metadata says the producer may not write to it.
-    mock.topic_error(
-        &t.dlq,
-        RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
-    )
-    .unwrap();
+    let how = match kafka.mock() {
+        Some(mock) => {
+            // From now on the DLQ topic's metadata says the producer may not write to it.
+            mock.topic_error(
+                &t.dlq,
+                RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+            )
+            .unwrap();
+            "refused writes (mock fault injection)"
+        }
+        None => {
+            let Some(dir) = std::env::var_os("SWITCHYARD_TEST_SCHEMA_DIR") else {
+                println!("real broker without SWITCHYARD_TEST_SCHEMA_DIR: cannot make the DLQ unwritable; skipped");
+                return;
+            };
+            let schema = r#"{"type": "object", "properties": {"value": {"type": "object"}}}"#;
+            std::fs::write(
+                std::path::Path::new(&dir).join(format!("{}.json", t.dlq)),
+                schema,
+            )
+            .unwrap();
+            "rejecting writes (Tansu schema validation)"
+        }
+    };
+    // The poisoned record, then a good one behind it.
+    let after = webhook_event("r_after", &rx.url("/ok"), true);
     kafka
-        .produce(&t.triggers, &[(None, b"not json".to_vec())])
+        .produce_each(
+            &t.triggers,
+            &[(None, b"not json".to_vec()), record(None, &after)],
+        )
         .await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    log.wait_until(WAIT, "the run behind the poisoned record", |u| {
+        u.iter().any(|u| u.run_id == "r_after" && u.is_terminal())
+    })
+    .await;
+    let deadline = std::time::Instant::now() + WAIT;
+    let page = loop {
+        let page = http_get(&format!("{}/metrics", d.http_base())).await.1;
+        if sample(&page, "switchyard_dlq_write_failures_total") >= Some(1.0)
+            || std::time::Instant::now() > deadline
+        {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let failures = sample(&page, "switchyard_dlq_write_failures_total");
+    assert!(failures >= Some(1.0), "{page}");
+    assert_eq!(sample(&page, "switchyard_dlq_blocked"), Some(1.0));
     let blocked = kafka.committed_total(&t.group, &t.triggers, 1);
     assert_eq!(blocked, 1, "committed past a record whose DLQ write failed");
     assert!(
@@ -413,11 +454,25 @@ async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
         d.logs()
     );
 
-    mock.topic_error(&t.dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
-        .unwrap();
+    match kafka.mock() {
+        Some(mock) => mock
+            .topic_error(&t.dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
+            .unwrap(),
+        None => {
+            let dir = std::env::var_os("SWITCHYARD_TEST_SCHEMA_DIR").unwrap();
+            std::fs::remove_file(std::path::Path::new(&dir).join(format!("{}.json", t.dlq)))
+                .unwrap();
+        }
+    }
     let dlq = read_dlq(&kafka, &t, 1, WAIT).await;
     assert_eq!(dlq[0].headers["switchyard-error-class"], "malformed_json");
-    let after = kafka.wait_committed(&t, 2, WAIT).await;
-    println!("committed while the DLQ failed: {blocked}; after it recovered: {after}");
-    assert_eq!(after, 2);
+    let committed = kafka.wait_committed(&t, 3, WAIT).await;
+    println!(
+        "DLQ {how}: committed {blocked} while it failed ({} failed writes, dlq_blocked 1; \
+         the run behind it finished but did not commit); after it came back: {} DLQ record, \
+         committed {committed}",
+        failures.unwrap(),
+        dlq.len()
+    );
+    assert_eq!(committed, 3);
 }

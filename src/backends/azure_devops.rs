@@ -43,6 +43,10 @@ impl Backend for AzureDevops {
     fn attempt<'a>(&'a self, req: &'a Request) -> AttemptFuture<'a> {
         Box::pin(self.trigger(req))
     }
+
+    fn destination(&self, _req: &Request) -> Option<String> {
+        super::host_port(&self.base)
+    }
 }
 
 /// `sha1=<hex of HMAC-SHA1(secret, body)>`, the Incoming WebHook signature format.

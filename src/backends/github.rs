@@ -93,6 +93,10 @@ impl Backend for Github {
         Box::pin(self.dispatch(req))
     }
 
+    fn destination(&self, _req: &Request) -> Option<String> {
+        super::host_port(&self.api)
+    }
+
     fn follow<'a>(&'a self, state: &'a Value) -> FollowFuture<'a> {
         Box::pin(self.poll(state))
     }

@@ -82,6 +82,10 @@ impl Backend for Gitlab {
         Box::pin(self.trigger(req))
     }
 
+    fn destination(&self, _req: &Request) -> Option<String> {
+        super::host_port(&self.base)
+    }
+
     fn follow<'a>(&'a self, state: &'a Value) -> FollowFuture<'a> {
         Box::pin(self.poll(state))
     }

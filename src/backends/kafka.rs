@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+
+use crate::kafka::publisher::SharedProducer;
 use rdkafka::util::Timeout;
 use serde_json::Value;
 
@@ -19,7 +21,7 @@ use crate::config::KafkaBackendConfig;
 use crate::kafka::topics::{TopicGuard, TopicSpec};
 
 pub struct KafkaBackend {
-    producer: FutureProducer,
+    producer: SharedProducer,
     default_topic: String,
     topics: Arc<TopicGuard>,
 }
@@ -27,7 +29,7 @@ pub struct KafkaBackend {
 impl KafkaBackend {
     pub fn new(
         cfg: &KafkaBackendConfig,
-        producer: FutureProducer,
+        producer: SharedProducer,
         topics: Arc<TopicGuard>,
     ) -> Self {
         KafkaBackend {
@@ -93,11 +95,14 @@ impl KafkaBackend {
             .key(&req.run_id)
             .payload(&bytes)
             .headers(headers);
-        match self
-            .producer
+        let producer = self.producer.get();
+        let sent = producer
             .send(record, Timeout::After(Duration::from_secs(5)))
-            .await
-        {
+            .await;
+        if let Err((e, _)) = &sent {
+            self.producer.recover(&producer, e);
+        }
+        match sent {
             Ok(d) => {
                 let line = format!("published to {topic}/{}@{}", d.partition, d.offset);
                 let outcome = if synchronized {

@@ -137,6 +137,11 @@ pub trait Backend: Send + Sync + 'static {
     fn kind(&self) -> &'static str;
     /// Perform one attempt.
     fn attempt<'a>(&'a self, req: &'a Request) -> AttemptFuture<'a>;
+    /// The destination (`host:port`) an attempt of `req` talks to, for the pool's
+    /// per-destination breaker and rate limit. `None`: no such protection applies.
+    fn destination(&self, _req: &Request) -> Option<String> {
+        None
+    }
     /// Poll remote work this backend started (only called with the `follow` state its
     /// own report returned).
     fn follow<'a>(&'a self, _state: &'a Value) -> FollowFuture<'a> {
@@ -148,6 +153,12 @@ pub trait Backend: Send + Sync + 'static {
             }
         })
     }
+}
+
+/// `host:port` of an http(s) URL (the port explicit or the scheme's default).
+pub fn host_port(url: &str) -> Option<String> {
+    let u = reqwest::Url::parse(url).ok()?;
+    Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
 }
 
 /// A backend with its worker pool.
@@ -165,7 +176,7 @@ impl Registry {
     /// Build every backend from the configuration. Adding a backend is one line here.
     pub fn from_config(
         cfg: &Config,
-        producer: rdkafka::producer::FutureProducer,
+        producer: crate::kafka::publisher::SharedProducer,
         secrets: &Map<String, Value>,
     ) -> anyhow::Result<Registry> {
         let b = &cfg.backends;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::FutureRecord;
+
+use crate::kafka::publisher::SharedProducer;
 use rdkafka::util::Timeout;
 use serde_json::{json, Map, Value};
 
@@ -19,7 +21,7 @@ use crate::config::UpsertEntityConfig;
 use crate::kafka::topics::{TopicGuard, TopicSpec};
 
 pub struct UpsertEntity {
-    producer: FutureProducer,
+    producer: SharedProducer,
     topic: String,
     topics: Arc<TopicGuard>,
     catalog: Option<Catalog>,
@@ -34,7 +36,7 @@ struct Catalog {
 impl UpsertEntity {
     pub fn new(
         cfg: &UpsertEntityConfig,
-        producer: FutureProducer,
+        producer: SharedProducer,
         topics: Arc<TopicGuard>,
         secrets: &Map<String, Value>,
     ) -> anyhow::Result<Self> {
@@ -64,6 +66,10 @@ impl Backend for UpsertEntity {
 
     fn attempt<'a>(&'a self, req: &'a Request) -> AttemptFuture<'a> {
         Box::pin(self.upsert(req))
+    }
+
+    fn destination(&self, _req: &Request) -> Option<String> {
+        super::host_port(&self.catalog.as_ref()?.url)
     }
 }
 
@@ -204,11 +210,14 @@ impl UpsertEntity {
             .key(&key)
             .payload(&bytes)
             .headers(headers);
-        let delivery = match self
-            .producer
+        let producer = self.producer.get();
+        let sent = producer
             .send(record, Timeout::After(Duration::from_secs(5)))
-            .await
-        {
+            .await;
+        if let Err((e, _)) = &sent {
+            self.producer.recover(&producer, e);
+        }
+        let delivery = match sent {
             Ok(d) => d,
             Err((e, _)) => {
                 let mut r = Report::new(

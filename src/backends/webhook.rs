@@ -37,6 +37,10 @@ impl Backend for Webhook {
     fn attempt<'a>(&'a self, req: &'a Request) -> AttemptFuture<'a> {
         Box::pin(self.call(req))
     }
+
+    fn destination(&self, req: &Request) -> Option<String> {
+        super::host_port(req.invocation.get("url")?.as_str()?)
+    }
 }
 
 impl Webhook {

@@ -24,6 +24,8 @@ pub struct GithubConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: RateLimitConfig,
     /// REST API root; GitHub Enterprise Server: `https://HOST/api/v3`.
     pub api_url: String,
     /// Secret holding a token with `actions: write` (and read, to follow runs).
@@ -45,6 +47,8 @@ impl Default for GithubConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
             retry: pool.retry,
+            breaker: pool.breaker,
+            rate_limit: pool.rate_limit,
             api_url: "https://api.github.com".into(),
             token_secret: None,
             app_id: None,
@@ -62,6 +66,8 @@ pub struct GitlabConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: RateLimitConfig,
     /// GitLab base URL (self-managed instances: their own URL).
     pub base_url: String,
     /// Trigger-token secret per project path (`"group/sub/project" = "secret_name"`).
@@ -79,6 +85,8 @@ impl Default for GitlabConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
             retry: pool.retry,
+            breaker: pool.breaker,
+            rate_limit: pool.rate_limit,
             base_url: "https://gitlab.com".into(),
             trigger_tokens: BTreeMap::new(),
             read_token_secret: None,
@@ -121,6 +129,8 @@ pub struct AzureDevopsConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: RateLimitConfig,
     /// Organisation URLs are `{base_url}/{org}`; change it for Azure DevOps Server.
     pub base_url: String,
     /// Name of the secret (in `[secrets]`) that signs requests; unset sends no signature.
@@ -136,6 +146,8 @@ impl Default for AzureDevopsConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
             retry: pool.retry,
+            breaker: pool.breaker,
+            rate_limit: pool.rate_limit,
             base_url: "https://dev.azure.com".into(),
             secret: None,
             signature_header: "x-port-signature".into(),
@@ -151,6 +163,8 @@ pub struct KafkaBackendConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: RateLimitConfig,
     /// Topic for actions that do not name one (`invocationMethod.topic`).
     pub topic: String,
 }
@@ -162,6 +176,8 @@ impl Default for KafkaBackendConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
             retry: pool.retry,
+            breaker: pool.breaker,
+            rate_limit: pool.rate_limit,
             topic: "switchyard.actions".into(),
         }
     }
@@ -175,6 +191,8 @@ pub struct UpsertEntityConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: RateLimitConfig,
     /// Compacted topic, key `blueprint/identifier`; created (compacted) when missing.
     pub topic: String,
     /// Optional catalog API: `PUT {catalog_url}/blueprints/{bp}/entities/{id}`; when set,
@@ -191,6 +209,8 @@ impl Default for UpsertEntityConfig {
             concurrency: pool.concurrency,
             timeout: pool.timeout,
             retry: pool.retry,
+            breaker: pool.breaker,
+            rate_limit: pool.rate_limit,
             topic: "switchyard.entities".into(),
             catalog_url: None,
             catalog_token_secret: None,
@@ -208,6 +228,8 @@ pub struct PoolConfig {
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: RateLimitConfig,
 }
 
 impl Default for PoolConfig {
@@ -216,7 +238,68 @@ impl Default for PoolConfig {
             concurrency: 64,
             timeout: Duration::from_secs(30),
             retry: RetryConfig::default(),
+            breaker: BreakerConfig::default(),
+            rate_limit: RateLimitConfig::default(),
         }
+    }
+}
+
+/// A circuit breaker per destination (`host:port`) of one backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct BreakerConfig {
+    pub enabled: bool,
+    /// Consecutive transient failures (timeouts, connection errors, 5xx) that open it.
+    pub failures: u32,
+    /// How long it stays open before one probe attempt is let through.
+    #[serde(with = "humantime_serde")]
+    pub open_for: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            enabled: true,
+            failures: 5,
+            open_for: Duration::from_secs(30),
+        }
+    }
+}
+
+/// A token-bucket rate limit on one backend's attempts.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RateLimitConfig {
+    /// Attempts per second; 0 (the default) means no limit.
+    pub per_second: f64,
+    /// Attempts allowed at once after an idle spell; default: `per_second` (at least 1).
+    pub burst: Option<u32>,
+    /// One bucket per destination (`host:port`) instead of one for the whole backend.
+    pub per_host: bool,
+}
+
+impl PoolConfig {
+    /// Problems with the protection settings, for validation.
+    pub fn protection_problems(&self, section: &str) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.breaker.failures == 0 {
+            p.push(format!("{section}.breaker.failures: must be at least 1"));
+        }
+        if self.breaker.open_for.is_zero() {
+            p.push(format!(
+                "{section}.breaker.open_for: must be greater than 0"
+            ));
+        }
+        let r = &self.rate_limit;
+        if !(r.per_second >= 0.0 && r.per_second.is_finite()) {
+            p.push(format!(
+                "{section}.rate_limit.per_second: must be a number ≥ 0 (0 = no limit)"
+            ));
+        }
+        if r.burst == Some(0) {
+            p.push(format!("{section}.rate_limit.burst: must be at least 1"));
+        }
+        p
     }
 }
 
@@ -311,6 +394,8 @@ macro_rules! inline_pool {
                     concurrency: self.concurrency,
                     timeout: self.timeout,
                     retry: self.retry.clone(),
+                    breaker: self.breaker.clone(),
+                    rate_limit: self.rate_limit.clone(),
                 }
             }
         }

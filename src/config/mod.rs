@@ -31,6 +31,24 @@ pub struct Config {
     /// variable or a file at start. Events can never supply secrets.
     pub secrets: BTreeMap<String, SecretSource>,
     pub log: LogConfig,
+    pub http: HttpConfig,
+}
+
+/// The HTTP listener (metrics and health; the status API later).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// Address to listen on, `host:port`; empty disables the listener. In a container,
+    /// use `0.0.0.0:8080`.
+    pub listen: String,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -353,6 +371,13 @@ impl Config {
                 ));
             }
         }
+        if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            p.push(format!(
+                "http.listen: {:?} is not an address such as 127.0.0.1:8080 (empty disables it)",
+                self.http.listen
+            ));
+        }
         if self.dedup.max_runs == 0 {
             p.push("dedup.max_runs: must be at least 1".into());
         }
@@ -370,6 +395,7 @@ impl Config {
         ];
         for (name, pool) in pools {
             p.extend(pool.retry.problems(&format!("backends.{name}")));
+            p.extend(pool.protection_problems(&format!("backends.{name}")));
             if pool.concurrency == 0 {
                 p.push(format!("backends.{name}.concurrency: must be at least 1"));
             }

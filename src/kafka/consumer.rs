@@ -15,7 +15,7 @@
 //! Polling runs on its own OS thread because the rebalance callback blocks while it drains;
 //! on a tokio worker that would stall the very tasks it waits for.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
@@ -30,9 +30,13 @@ use tokio_util::sync::CancellationToken;
 use super::offsets::{PartitionTracker, Tracked};
 use super::TriggerRecord;
 use crate::config::Config;
+use crate::metrics;
 
 /// How long one `poll` may block; bounds how late completions are applied when idle.
 const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// How often the per-partition gauges are refreshed.
+const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Receives the records of one partition, in offset order, from that partition's task.
 pub trait Sink: Send + Sync + 'static {
@@ -112,6 +116,8 @@ struct PartState {
     tracker: PartitionTracker,
     /// Tickets handed out and not yet returned.
     live: usize,
+    /// When each in-flight offset was handed out (for the oldest-in-flight age).
+    started: BTreeMap<i64, Instant>,
     paused: bool,
     tx: Option<tmpsc::Sender<(TriggerRecord, Ticket)>>,
     intake: CancellationToken,
@@ -138,6 +144,22 @@ impl<S: Sink> ClientContext for Ctx<S> {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "kafka client error");
     }
+
+    /// librdkafka statistics (`statistics.interval.ms`): consumer lag per partition.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let m = metrics::get();
+        let st = self.lock();
+        for (topic, t) in &stats.topics {
+            for (partition, p) in &t.partitions {
+                let tp = (topic.clone(), *partition);
+                if p.consumer_lag >= 0 && st.parts.contains_key(&tp) {
+                    m.consumer_lag
+                        .with_label_values(&[topic.as_str(), &partition.to_string()])
+                        .set(p.consumer_lag);
+                }
+            }
+        }
+    }
 }
 
 impl<S: Sink> ConsumerContext for Ctx<S> {
@@ -160,6 +182,7 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
                     tracing::warn!(error = %e, "resuming newly assigned partitions failed");
                 }
                 self.assign(&tps);
+                crate::server::mark_joined();
                 self.sink.assigned(&tps);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
@@ -197,6 +220,7 @@ impl<S: Sink> Ctx<S> {
                     generation,
                     tracker: PartitionTracker::new(),
                     live: 0,
+                    started: BTreeMap::new(),
                     paused: false,
                     tx: Some(tx),
                     intake: CancellationToken::new(),
@@ -220,6 +244,11 @@ impl<S: Sink> Ctx<S> {
             return;
         }
         part.live += 1;
+        part.started.insert(record.offset, Instant::now());
+        metrics::get()
+            .events_consumed
+            .with_label_values(&[&tp.0])
+            .inc();
         if part.tracker.in_flight() >= self.window && !part.paused {
             match consumer.pause(&single(&tp)) {
                 Ok(()) => {
@@ -262,6 +291,7 @@ impl<S: Sink> Ctx<S> {
             return None; // completion of a revoked generation: dropped
         }
         part.live -= 1;
+        part.started.remove(&c.offset);
         let wm = if c.done {
             part.tracker.complete(c.offset)
         } else {
@@ -295,6 +325,12 @@ impl<S: Sink> Ctx<S> {
             if let Err(e) = consumer.store_offsets(&tpl) {
                 // Happens when a partition was revoked between completion and store.
                 tracing::warn!(error = %e, "storing offsets failed");
+            }
+            let m = metrics::get();
+            for ((topic, partition), wm) in &stores {
+                m.committed_watermark
+                    .with_label_values(&[topic, &partition.to_string()])
+                    .set(*wm);
             }
         }
         for tp in resume {
@@ -351,6 +387,7 @@ impl<S: Sink> Ctx<S> {
             let mut st = self.lock();
             for tp in tps {
                 if let Some(p) = st.parts.remove(tp) {
+                    metrics::get().forget_partition(&tp.0, tp.1);
                     p.hard.cancel();
                     if let Some(wm) = p.tracker.published() {
                         let _ = tpl.add_partition_offset(&tp.0, tp.1, Offset::Offset(wm));
@@ -368,6 +405,30 @@ impl<S: Sink> Ctx<S> {
 
     fn assigned(&self) -> Vec<Tp> {
         self.lock().parts.keys().cloned().collect()
+    }
+
+    /// Refresh the per-partition gauges.
+    fn export(&self) {
+        let m = metrics::get();
+        let st = self.lock();
+        let now = Instant::now();
+        m.assigned_partitions.set(st.parts.len() as i64);
+        m.paused_partitions
+            .set(st.parts.values().filter(|p| p.paused).count() as i64);
+        for ((topic, partition), p) in &st.parts {
+            let labels = [topic.as_str(), &partition.to_string()];
+            m.partition_in_flight
+                .with_label_values(&labels)
+                .set(p.tracker.in_flight() as i64);
+            let oldest = p
+                .started
+                .values()
+                .next()
+                .map_or(0, |t| now.duration_since(*t).as_secs());
+            m.oldest_in_flight_seconds
+                .with_label_values(&labels)
+                .set(oldest as i64);
+        }
     }
 }
 
@@ -439,7 +500,9 @@ pub fn start<S: Sink>(
         // the group is rebalancing).
         .set("auto.commit.interval.ms", "250")
         .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
+        .set("auto.offset.reset", "earliest")
+        // Feeds the consumer-lag metric.
+        .set("statistics.interval.ms", "5000");
     // The operator's consumer options win over these defaults (validation keeps
     // enable.auto.offset.store and group.id ours).
     for (key, v) in &k.consumer {
@@ -468,7 +531,12 @@ pub fn start<S: Sink>(
 }
 
 fn poll_loop<S: Sink>(consumer: BaseConsumer<Ctx<S>>, shutdown: CancellationToken) {
+    let mut exported = Instant::now();
     while !shutdown.is_cancelled() {
+        if exported.elapsed() >= EXPORT_INTERVAL {
+            consumer.context().export();
+            exported = Instant::now();
+        }
         match consumer.poll(POLL_INTERVAL) {
             Some(Ok(m)) => {
                 let record = detach(&m);

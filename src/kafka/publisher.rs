@@ -12,8 +12,11 @@ use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::KafkaConfig;
 use std::sync::Arc;
+
+use crate::config::KafkaConfig;
+use crate::metrics;
+use crate::util::scopeguard;
 
 use crate::model::{now_rfc3339, RunUpdate, SourceRef};
 
@@ -30,8 +33,81 @@ pub struct DlqRecord {
     pub headers: Vec<(String, Option<Vec<u8>>)>,
 }
 
+/// The idempotent producer, replaced when librdkafka reports a fatal error.
+///
+/// An idempotent producer that hits a fatal error (for example a broker that answers the
+/// epoch bump after a rejected batch with `PRODUCER_FENCED`) fails every later send. A
+/// sender that sees a failure calls [`SharedProducer::recover`], which swaps in a new
+/// producer (a new producer id) once; the sender's retry then goes through it.
+#[derive(Clone)]
+pub struct SharedProducer {
+    inner: Arc<SharedInner>,
+}
+
+struct SharedInner {
+    config: rdkafka::ClientConfig,
+    current: std::sync::RwLock<FutureProducer>,
+}
+
+impl SharedProducer {
+    fn new(config: rdkafka::ClientConfig) -> rdkafka::error::KafkaResult<Self> {
+        let producer = config.create()?;
+        Ok(SharedProducer {
+            inner: Arc::new(SharedInner {
+                config,
+                current: std::sync::RwLock::new(producer),
+            }),
+        })
+    }
+
+    /// The producer to send with now.
+    pub fn get(&self) -> FutureProducer {
+        self.inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// After a send through `used` failed with `err`: when `used` is in a fatal state,
+    /// or the broker fenced its producer id, replace it (unless another sender already
+    /// did).
+    pub fn recover(&self, used: &FutureProducer, err: &rdkafka::error::KafkaError) {
+        use rdkafka::error::RDKafkaErrorCode as C;
+        let (code, reason) = match used.client().fatal_error() {
+            Some(fatal) => fatal,
+            None => match err.rdkafka_error_code() {
+                Some(
+                    c @ (C::ProducerFenced
+                    | C::InvalidProducerEpoch
+                    | C::OutOfOrderSequenceNumber
+                    | C::UnknownProducerId),
+                ) => (c, err.to_string()),
+                _ => return,
+            },
+        };
+        let mut current = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        if current.client().native_ptr() != used.client().native_ptr() {
+            return; // already replaced
+        }
+        match self.inner.config.create::<FutureProducer>() {
+            Ok(fresh) => {
+                *current = fresh;
+                tracing::error!(error = ?code, reason, "producer hit a fatal error; replaced it with a new producer (pending sends are retried through it)");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "producer hit a fatal error and a new one could not be created; retrying")
+            }
+        }
+    }
+}
+
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: SharedProducer,
     status_topic: String,
     dlq_topic: String,
     stop: CancellationToken,
@@ -49,7 +125,7 @@ impl Publisher {
             c.set(k, v);
         }
         Ok(Publisher {
-            producer: c.create()?,
+            producer: SharedProducer::new(c)?,
             status_topic: cfg.status_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
             stop,
@@ -68,8 +144,11 @@ impl Publisher {
             Some(update.run_id.as_bytes()),
             Some(&payload),
             headers,
+            Target::Status,
         )
-        .await
+        .await?;
+        metrics::get().run_updates.inc();
+        Ok(())
     }
 
     /// Publish a DLQ record; returns once the broker acknowledged it.
@@ -86,8 +165,17 @@ impl Publisher {
             record.key.as_deref(),
             record.payload.as_deref(),
             headers,
+            Target::Dlq,
         )
-        .await
+        .await?;
+        let class = record
+            .headers
+            .iter()
+            .find(|(k, _)| k == crate::dlq::H_CLASS)
+            .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
+            .unwrap_or("unknown");
+        metrics::get().dlq_records.with_label_values(&[class]).inc();
+        Ok(())
     }
 
     /// Publish a JSON record (or a tombstone, with `payload` None) to `topic`; returns
@@ -98,8 +186,14 @@ impl Publisher {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<(), Stopped> {
-        self.send(topic, Some(key.as_bytes()), payload, OwnedHeaders::new())
-            .await
+        self.send(
+            topic,
+            Some(key.as_bytes()),
+            payload,
+            OwnedHeaders::new(),
+            Target::Other,
+        )
+        .await
     }
 
     /// Send one record, retrying every failure with capped exponential backoff.
@@ -109,8 +203,11 @@ impl Publisher {
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         headers: OwnedHeaders,
+        target: Target,
     ) -> Result<(), Stopped> {
         let mut backoff = Duration::from_millis(100);
+        // While a DLQ write keeps failing, its partition cannot commit past the event.
+        let mut blocked = None;
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
             if let Some(k) = key {
@@ -121,9 +218,8 @@ impl Publisher {
             }
             // The queue timeout makes `send` wait (instead of failing) while the local
             // queue is full; the delivery itself is bounded by `message.timeout.ms`.
-            let send = self
-                .producer
-                .send(record, Timeout::After(Duration::from_secs(5)));
+            let producer = self.producer.get();
+            let send = producer.send(record, Timeout::After(Duration::from_secs(5)));
             let result = tokio::select! {
                 r = send => r,
                 _ = self.stop.cancelled() => return Err(Stopped),
@@ -131,8 +227,21 @@ impl Publisher {
             match result {
                 Ok(_) => return Ok(()),
                 Err((err, _)) => {
+                    let m = metrics::get();
+                    match target {
+                        Target::Dlq => {
+                            m.dlq_failures.inc();
+                            blocked.get_or_insert_with(|| {
+                                m.dlq_blocked.inc();
+                                scopeguard(|| metrics::get().dlq_blocked.dec())
+                            });
+                        }
+                        Target::Status => m.publish_failures.inc(),
+                        Target::Other => {}
+                    }
                     tracing::warn!(topic, error = %err, retry_in_ms = backoff.as_millis() as u64,
-                        "publish failed; retrying");
+                        "publish failed; retrying (the event's offset is not committed meanwhile)");
+                    self.producer.recover(&producer, &err);
                 }
             }
             tokio::select! {
@@ -145,17 +254,25 @@ impl Publisher {
 
     /// Wait until every queued record is delivered, up to `timeout`.
     pub fn flush(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
-        self.producer.flush(Timeout::After(timeout))
+        self.producer.get().flush(Timeout::After(timeout))
     }
 
     /// The shared idempotent producer, for backends that produce (KAFKA, UPSERT_ENTITY).
-    pub fn producer(&self) -> FutureProducer {
+    pub fn producer(&self) -> SharedProducer {
         self.producer.clone()
     }
 
     pub fn status_topic(&self) -> &str {
         &self.status_topic
     }
+}
+
+/// What a send is for, for metrics.
+#[derive(Clone, Copy)]
+enum Target {
+    Status,
+    Dlq,
+    Other,
 }
 
 /// Writes the updates of one run in order, numbering them (`seq`) and stamping time,

@@ -456,6 +456,9 @@ create_topics = false
 format = "text"
 level = "info,librdkafka=warn"
 
+[http]
+listen = "127.0.0.1:0"
+
 [secrets]
 token = {{ env = "SWITCHYARD_TEST_TOKEN" }}
 
@@ -551,6 +554,40 @@ impl Dispatcher {
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// `http://ADDR` of the dispatcher's HTTP listener, once it logged it.
+    pub fn http_base(&self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logs = self.logs();
+            if let Some(rest) = logs.split("http listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap();
+                return format!("http://{addr}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no http listener logged:\n{logs}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// GET `url`: status and body.
+pub async fn http_get(url: &str) -> (u16, String) {
+    let r = reqwest::get(url).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The value of one sample (`name{labels}`, labels as printed) in a Prometheus text page.
+pub fn sample(page: &str, series: &str) -> Option<f64> {
+    page.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 impl Drop for Dispatcher {

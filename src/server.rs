@@ -1,0 +1,95 @@
+//! The HTTP listener: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`.
+//!
+//! `/readyz` answers 200 once the consumer has joined its group and the producer can
+//! reach a broker (a metadata request, bounded to 2 s); otherwise 503 with the reason.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use rdkafka::producer::Producer as _;
+use tokio_util::sync::CancellationToken;
+
+use crate::kafka::publisher::Publisher;
+use crate::metrics;
+
+static JOINED: AtomicBool = AtomicBool::new(false);
+
+/// The consumer has joined its group (called on every assignment, even an empty one).
+pub fn mark_joined() {
+    JOINED.store(true, Ordering::Relaxed);
+}
+
+struct Shared {
+    publisher: Arc<Publisher>,
+}
+
+/// Bind `listen` and serve until `stop` fires. Returns the bound address.
+pub async fn start(
+    listen: &str,
+    publisher: Arc<Publisher>,
+    stop: CancellationToken,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Arc::new(Shared { publisher }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http listener failed");
+        }
+    });
+    tracing::info!("http listening on {addr} (/metrics, /healthz, /readyz)");
+    Ok(addr)
+}
+
+async fn metrics_text() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        metrics::get().render(),
+    )
+}
+
+async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
+    if !JOINED.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the consumer has not joined its group yet\n".into(),
+        );
+    }
+    let producer = s.publisher.producer().get();
+    let reach = tokio::task::spawn_blocking(move || {
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(2))
+            .map(|md| md.brokers().len())
+    })
+    .await;
+    match reach {
+        Ok(Ok(n)) if n > 0 => (StatusCode::OK, "ready\n".into()),
+        Ok(Ok(_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the producer sees no broker\n".into(),
+        ),
+        Ok(Err(e)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: the producer cannot reach the brokers ({e})\n"),
+        ),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+    }
+}
