@@ -33,11 +33,6 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let hard_stop = CancellationToken::new();
     let publisher =
         Arc::new(Publisher::new(k, hard_stop.clone()).context("creating the status producer")?);
-    let http_stop = CancellationToken::new();
-    if !cfg.http.listen.is_empty() {
-        crate::server::start(&cfg.http.listen, publisher.clone(), http_stop.clone()).await?;
-    }
-    let _stop_http = http_stop.clone().drop_guard();
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
     let watcher = Watcher::new(
         registry.backends(),
@@ -49,15 +44,41 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     watcher
         .load(&cfg.kafka)
         .context("starting the watches reader")?;
-    let (ledger, ledger_task) = if cfg.dedup.enabled {
-        let l = crate::ledger::Ledger::new(cfg.dedup.max_runs);
-        let task = l
-            .start(k, cfg.dedup.catch_up, hard_stop.clone())
-            .await
-            .context("starting the duplicate ledger")?;
-        (Some(l), Some(task))
+    let ledger = cfg
+        .dedup
+        .enabled
+        .then(|| crate::ledger::Ledger::new(cfg.dedup.max_runs));
+    let tokens = cfg.api.resolve_tokens()?;
+    let view = (!tokens.is_empty()).then(|| {
+        Arc::new(crate::runview::RunView::new(
+            cfg.api.max_runs,
+            cfg.api.max_logs,
+        ))
+    });
+    let http_stop = CancellationToken::new();
+    if !cfg.http.listen.is_empty() {
+        let api = view
+            .clone()
+            .map(|v| Arc::new(crate::api::Api::new(v, publisher.clone(), tokens)));
+        crate::server::start(&cfg.http.listen, publisher.clone(), api, http_stop.clone()).await?;
+    }
+    let _stop_http = http_stop.clone().drop_guard();
+    // One tail of the status topic feeds the duplicate ledger and the run view.
+    let tail_task = if ledger.is_some() || view.is_some() {
+        let (l, v) = (ledger.clone(), view.clone());
+        let task = crate::ledger::tail(k, cfg.dedup.catch_up, hard_stop.clone(), move |u| {
+            if let Some(l) = &l {
+                l.observe(u);
+            }
+            if let Some(v) = &v {
+                v.observe(u);
+            }
+        })
+        .await
+        .context("starting the view of the status topic")?;
+        Some(task)
     } else {
-        (None, None)
+        None
     };
     let pipeline = Pipeline::new(
         registry,
@@ -74,7 +95,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     consumer.join().await;
     hard_stop.cancel();
     watcher.closed().await;
-    if let Some(t) = ledger_task {
+    if let Some(t) = tail_task {
         let _ = t.await;
     }
     let p = publisher.clone();

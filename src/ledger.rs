@@ -4,11 +4,13 @@
 //! Every instance tails the status topic from the beginning into the view, so any
 //! instance can tell whether a redelivered event's run is done, whoever dispatched it.
 //! Before the consumer starts, the view catches up with the watermarks read at start.
-//! Memory is bounded by `dedup.max_runs` (oldest entries are forgotten first).
+//! Memory is bounded by `dedup.max_runs` (oldest entries are forgotten first). The same
+//! tail ([`tail`]) feeds the run view of the status API.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -94,50 +96,50 @@ impl Ledger {
             v.runs.remove(&old);
         }
     }
+}
 
-    /// Tail the status topic into the view; returns once the view has caught up with the
-    /// watermarks read now (or after `catch_up` at most), and keeps tailing until `stop`.
-    pub async fn start(
-        self: &Arc<Self>,
-        kafka: &KafkaConfig,
-        catch_up: Duration,
-        stop: CancellationToken,
-    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-        let (tpl, ends) = crate::kafka::topics::from_start(kafka, &kafka.status_topic).await?;
-        let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
-            .set("group.id", format!("{}.ledger", kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .create()?;
-        consumer.assign(&tpl)?;
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-        let this = self.clone();
-        let task = tokio::spawn(async move {
-            let mut ready = Some(ready_tx);
-            let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
-            loop {
-                if ready.is_some() && ends.iter().all(|(p, end)| position[p] >= *end) {
-                    let _ = ready.take().map(|r| r.send(()));
-                }
-                let msg = tokio::select! {
-                    m = consumer.recv() => m,
-                    _ = stop.cancelled() => return,
-                };
-                match msg {
-                    Ok(m) => {
-                        position.insert(m.partition(), m.offset() + 1);
-                        if let Some(u) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
-                            this.observe(&u);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "reading the status topic failed"),
-                }
+/// Tail the status topic from the beginning, handing every run update to `observe`
+/// (the duplicate ledger, the run view). Returns once the tail has caught up with the
+/// watermarks read now (or after `catch_up` at most), and keeps tailing until `stop`.
+pub async fn tail(
+    kafka: &KafkaConfig,
+    catch_up: Duration,
+    stop: CancellationToken,
+    observe: impl Fn(&RunUpdate) + Send + 'static,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let (tpl, ends) = crate::kafka::topics::from_start(kafka, &kafka.status_topic).await?;
+    let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
+        .set("group.id", format!("{}.ledger", kafka.group_id))
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.assign(&tpl)?;
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+        loop {
+            if ready.is_some() && ends.iter().all(|(p, end)| position[p] >= *end) {
+                let _ = ready.take().map(|r| r.send(()));
             }
-        });
-        if tokio::time::timeout(catch_up, ready_rx).await.is_err() {
-            tracing::warn!(wait = ?catch_up, "the duplicate ledger has not caught up with the status topic; starting anyway");
+            let msg = tokio::select! {
+                m = consumer.recv() => m,
+                _ = stop.cancelled() => return,
+            };
+            match msg {
+                Ok(m) => {
+                    position.insert(m.partition(), m.offset() + 1);
+                    if let Some(u) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                        observe(&u);
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the status topic failed"),
+            }
         }
-        Ok(task)
+    });
+    if tokio::time::timeout(catch_up, ready_rx).await.is_err() {
+        tracing::warn!(wait = ?catch_up, "the view of the status topic has not caught up; starting anyway");
     }
+    Ok(task)
 }
 
 #[cfg(test)]

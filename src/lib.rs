@@ -4,6 +4,7 @@
 //! route → backend pool) to run updates on the status topic. See `README.md` and
 //! `DESIGN.md` for the contracts and delivery rules.
 
+pub mod api;
 pub mod app;
 pub mod backends;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod pool;
 pub mod protect;
 pub mod replay;
 pub mod router;
+pub mod runview;
 pub mod server;
 pub mod telemetry;
 pub mod template;

@@ -1,4 +1,5 @@
-//! The HTTP listener: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`.
+//! The HTTP listener: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`,
+//! and the status API ([`crate::api`]) when tokens are configured.
 //!
 //! `/readyz` answers 200 once the consumer has joined its group and the producer can
 //! reach a broker (a metadata request, bounded to 2 s); otherwise 503 with the reason.
@@ -35,17 +36,22 @@ struct Shared {
 pub async fn start(
     listen: &str,
     publisher: Arc<Publisher>,
+    api: Option<Arc<crate::api::Api>>,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
-    let app = Router::new()
+    let mut app = Router::new()
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .with_state(Arc::new(Shared { publisher }));
+    let with_api = api.is_some();
+    if let Some(api) = api {
+        app = app.merge(crate::api::routes(api));
+    }
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -54,7 +60,12 @@ pub async fn start(
             tracing::error!(error = %e, "http listener failed");
         }
     });
-    tracing::info!("http listening on {addr} (/metrics, /healthz, /readyz)");
+    let what = if with_api {
+        "/metrics, /healthz, /readyz, status API /v1/actions/runs"
+    } else {
+        "/metrics, /healthz, /readyz; status API disabled (no api.tokens)"
+    };
+    tracing::info!("http listening on {addr} ({what})");
     Ok(addr)
 }
 

@@ -142,7 +142,7 @@ async fn broker_restart_mid_run_loses_no_run() {
 async fn group_failover_keeps_exactly_one_terminal_per_run() {
     const RUNS: usize = 3000;
     let kafka = Kafka::start();
-    if kafka.is_real() {
+    if kafka.is_real() && std::env::var_os("SWITCHYARD_TEST_FAILOVER_ON_REAL").is_none() {
         // Tansu 0.6.0 does not reliably evict a SIGKILLed member: in one CI run the dead
         // member kept its two partitions through later rebalances for minutes, so their
         // events were never consumed (in another run it was evicted after the session

@@ -32,6 +32,50 @@ pub struct Config {
     pub secrets: BTreeMap<String, SecretSource>,
     pub log: LogConfig,
     pub http: HttpConfig,
+    pub api: ApiConfig,
+}
+
+/// The status API on the HTTP listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Bearer tokens the API accepts, each read like a secret (`{ env = "VAR" }` or
+    /// `{ file = "/path" }`). None: the API is disabled (its routes answer 404).
+    pub tokens: Vec<SecretSource>,
+    /// Most runs the run view remembers (oldest forgotten first).
+    pub max_runs: usize,
+    /// Most log lines kept per run in the view (later ones are counted, not kept).
+    pub max_logs: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            tokens: Vec::new(),
+            max_runs: 100_000,
+            max_logs: 1_000,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The configured tokens, read now.
+    pub fn resolve_tokens(&self) -> Result<Vec<String>, ConfigErrors> {
+        let mut out = Vec::new();
+        let mut problems = Vec::new();
+        for (i, source) in self.tokens.iter().enumerate() {
+            match source.resolve() {
+                Ok(t) if t.is_empty() => problems.push(format!("api.tokens[{i}]: is empty")),
+                Ok(t) => out.push(t),
+                Err(e) => problems.push(format!("api.tokens[{i}]: {e}")),
+            }
+        }
+        if problems.is_empty() {
+            Ok(out)
+        } else {
+            Err(ConfigErrors(problems))
+        }
+    }
 }
 
 /// The HTTP listener (metrics and health; the status API later).
@@ -377,6 +421,15 @@ impl Config {
                 "http.listen: {:?} is not an address such as 127.0.0.1:8080 (empty disables it)",
                 self.http.listen
             ));
+        }
+        if let Err(e) = self.api.resolve_tokens() {
+            p.extend(e.0);
+        }
+        if !self.api.tokens.is_empty() && self.http.listen.is_empty() {
+            p.push("api.tokens: the status API needs http.listen".into());
+        }
+        if self.api.max_runs == 0 {
+            p.push("api.max_runs: must be at least 1".into());
         }
         if self.dedup.max_runs == 0 {
             p.push("dedup.max_runs: must be at least 1".into());

@@ -1,0 +1,293 @@
+//! The status API: Port's reporting endpoints and rules, answered from the status topic
+//! by any instance.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::*;
+use serde_json::{json, Value};
+use switchyard::model::{RunStatus, UpdateKind};
+
+const WAIT: Duration = Duration::from_secs(60);
+const API: &str = "[api]\ntokens = [{ env = \"SWITCHYARD_TEST_TOKEN\" }]\n";
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    fn new(d: &Dispatcher) -> Client {
+        Client {
+            base: d.http_base(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        self.raw(method, path, body.map(|b| b.to_string()), Some(TEST_TOKEN))
+            .await
+    }
+
+    async fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        token: Option<&str>,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            r = r.header("content-type", "application/json").body(b);
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+}
+
+/// An async webhook run reported to completion through the API, as a workflow reporting
+/// to Port would: label and link, logs, the response, then a final status. Port's rules
+/// hold afterwards, and a second instance that did not dispatch the run answers for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_run_is_reported_through_the_api_with_ports_rules() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let a = Dispatcher::start(&kafka, &t, API);
+    let api = Client::new(&a);
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(
+                None,
+                &webhook_event("r_api", &rx.url("/accepted?status=202"), false),
+            )],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "the run accepted", |u| {
+        u.iter()
+            .any(|u| u.kind == UpdateKind::Log && u.run_id == "r_api")
+    })
+    .await;
+
+    let (code, body) = api
+        .send(
+            "PATCH",
+            "/v1/actions/runs/r_api",
+            Some(json!({"statusLabel": "deploying", "link": "https://ci.example/77", "externalRunId": "77"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["run"]["status"], "IN_PROGRESS");
+    assert_eq!(body["run"]["link"], json!(["https://ci.example/77"]));
+    let (code, _) = api
+        .send(
+            "POST",
+            "/v1/actions/runs/r_api/logs",
+            Some(json!({"message": "step 1 of 2 done"})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, _) = api
+        .send(
+            "PATCH",
+            "/v1/actions/runs/r_api/response",
+            Some(json!({"response": {"image": "checkout:1.4.2"}})),
+        )
+        .await;
+    assert_eq!(code, 200);
+    let (code, body) = api
+        .send(
+            "POST",
+            "/v1/actions/runs/r_api/logs",
+            Some(json!({"message": "deployed", "terminationStatus": "SUCCESS", "statusLabel": "live"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["run"]["status"], "SUCCESS");
+
+    // Every write is on the status topic.
+    log.wait_until(WAIT, "the reported SUCCESS", |u| {
+        StatusLog::finished(u) >= 1
+    })
+    .await;
+    let ups = log.of("r_api");
+    let done = log.terminal("r_api")[0].clone();
+    assert_eq!(done.status, Some(RunStatus::Success));
+    assert_eq!(done.status_label.as_deref(), Some("live"));
+    assert!(ups
+        .iter()
+        .any(|u| u.external_run_id.as_deref() == Some("77")));
+    assert!(ups
+        .iter()
+        .any(|u| u.response == Some(json!({"image": "checkout:1.4.2"}))));
+    let seqs: Vec<u64> = ups.iter().map(|u| u.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq grows: {seqs:?}");
+
+    // Port's rules once the run is finished.
+    let (code, body) = api
+        .send(
+            "PATCH",
+            "/v1/actions/runs/r_api",
+            Some(json!({"status": "FAILURE"})),
+        )
+        .await;
+    assert_eq!(code, 409, "{body}");
+    assert_eq!(
+        body["message"],
+        "run r_api is already SUCCESS; a finished run cannot be changed"
+    );
+    let (code, _) = api
+        .send(
+            "POST",
+            "/v1/actions/runs/r_api/logs",
+            Some(json!({"message": "again", "terminationStatus": "FAILURE"})),
+        )
+        .await;
+    assert_eq!(code, 409, "terminationStatus is accepted once");
+
+    // A second instance, which dispatched nothing, answers for the run.
+    let b = Dispatcher::start(&kafka, &t, API);
+    let other = Client::new(&b);
+    let (code, body) = other.send("GET", "/v1/actions/runs/r_api", None).await;
+    assert_eq!(code, 200, "{body}");
+    let run = &body["run"];
+    println!("GET from the other instance: {run}");
+    assert_eq!(run["status"], "SUCCESS");
+    assert_eq!(run["statusLabel"], "live");
+    assert_eq!(run["externalRunId"], "77");
+    assert_eq!(run["link"], json!(["https://ci.example/77"]));
+    assert_eq!(run["response"], json!({"image": "checkout:1.4.2"}));
+    assert_eq!(run["backend"], "WEBHOOK");
+    let logs: Vec<&str> = run["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    assert!(
+        logs.contains(&"step 1 of 2 done") && logs.contains(&"deployed"),
+        "{logs:?}"
+    );
+    assert!(run["endedAt"].is_string() && run["createdAt"].is_string());
+}
+
+/// 401 without or with a wrong token, 404 for an unknown run, 413 over 1 MiB, 400 naming
+/// the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_rejects_what_port_rejects() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let d = Dispatcher::start(&kafka, &t, API);
+    let api = Client::new(&d);
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(
+                None,
+                &webhook_event("r_rules", &rx.url("/a?status=202"), false),
+            )],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "accepted", |u| {
+        u.iter().any(|u| u.kind == UpdateKind::Log)
+    })
+    .await;
+    let path = "/v1/actions/runs/r_rules";
+    let body = Some(json!({"summary": "x"}).to_string());
+    assert_eq!(api.raw("PATCH", path, body.clone(), None).await.0, 401);
+    assert_eq!(
+        api.raw("PATCH", path, body.clone(), Some("wrong")).await.0,
+        401
+    );
+    let (code, b) = api.send("GET", "/v1/actions/runs/r_nobody", None).await;
+    assert_eq!(
+        (code, b["message"].as_str()),
+        (404, Some("run r_nobody was not found"))
+    );
+    let huge = json!({"response": "x".repeat(1024 * 1024 + 10)}).to_string();
+    let (code, _) = api
+        .raw(
+            "PATCH",
+            &format!("{path}/response"),
+            Some(huge),
+            Some(TEST_TOKEN),
+        )
+        .await;
+    assert_eq!(code, 413);
+    let (code, b) = api
+        .send("PATCH", path, Some(json!({"status": "DONE"})))
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("status: unknown variant `DONE`"),
+        "{b}"
+    );
+    let (code, b) = api
+        .send("PATCH", path, Some(json!({"colour": "red"})))
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `colour`"),
+        "{b}"
+    );
+    let (code, b) = api
+        .send(
+            "POST",
+            &format!("{path}/logs"),
+            Some(json!({"terminationStatus": "SUCCESS"})),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `message`"),
+        "{b}"
+    );
+    let (code, _) = api
+        .raw("PATCH", path, Some("{not json".into()), Some(TEST_TOKEN))
+        .await;
+    assert_eq!(code, 400);
+    // Still open after all the rejected writes.
+    let (code, b) = api.send("GET", path, None).await;
+    assert_eq!(
+        (code, b["run"]["status"].as_str()),
+        (200, Some("IN_PROGRESS"))
+    );
+}
+
+/// Without tokens in the config, the API is disabled, not open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_without_tokens_is_disabled() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let d = Dispatcher::start(&kafka, &t, "");
+    let api = Client::new(&d);
+    let (code, _) = api
+        .raw("GET", "/v1/actions/runs/r_any", None, Some(TEST_TOKEN))
+        .await;
+    assert_eq!(code, 404);
+    assert!(d.logs().contains("status API disabled"));
+}
