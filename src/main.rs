@@ -35,6 +35,11 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Read runs from the status topic.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Publish a trigger event and print its run id.
     Trigger {
         /// File holding the event JSON; `-` or absent reads standard input.
@@ -43,6 +48,27 @@ enum Command {
         /// Publish even if switchyard would reject the event (to exercise the DLQ).
         #[arg(long)]
         no_validate: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// Print run updates, one line each: time, run, status, label, summary, links.
+    Tail {
+        /// Only this run.
+        #[arg(long)]
+        run: Option<String>,
+        /// Keep printing new updates as they arrive (until Ctrl-C).
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Print one run's current state (exit 1 when the status topic has no such run).
+    Get {
+        /// The run id.
+        id: String,
+        /// Print the state as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -135,6 +161,33 @@ async fn async_main(cli: Cli) -> ExitCode {
                 until,
             };
             report(dlq_replay(&cfg, &selection, dry_run).await)
+        }
+        Command::Runs { command } => {
+            let color = std::io::stdout().is_terminal();
+            match command {
+                RunsCommand::Tail { run, follow } => {
+                    report(switchyard::runs::tail(&cfg.kafka, run.as_deref(), follow, color).await)
+                }
+                RunsCommand::Get { id, json } => match switchyard::runs::get(&cfg.kafka, &id).await
+                {
+                    Ok(Some(run)) if json => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&run).expect("serialisable")
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Ok(Some(run)) => {
+                        println!("{}", switchyard::runs::describe(&run, color));
+                        ExitCode::SUCCESS
+                    }
+                    Ok(None) => report(Err(anyhow::anyhow!(
+                        "run {id} not found on {}",
+                        cfg.kafka.status_topic
+                    ))),
+                    Err(e) => report(Err(e)),
+                },
+            }
         }
         Command::Demo => unreachable!("handled above"),
     }

@@ -116,8 +116,21 @@ impl Sink for Pipeline {
 }
 
 impl Inner {
-    /// Dispatch one decoded event.
+    /// Dispatch one decoded event inside its log span (every line about the run carries
+    /// `run_id`, `backend` and `action`) and its trace context.
     async fn run(&self, job: Job) {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "run",
+            run_id = %job.event.run.id,
+            backend = job.event.backend_type().unwrap_or_default(),
+            action = %job.event.action.identifier,
+        );
+        let traceparent = crate::trace::from_headers(&job.record.headers);
+        crate::trace::scope(traceparent, self.dispatch(job).instrument(span)).await
+    }
+
+    async fn dispatch(&self, job: Job) {
         let Job {
             record,
             ticket,
@@ -163,7 +176,8 @@ impl Inner {
             &run_id,
             Some(reg.backend.kind()),
             record.source(),
-        );
+        )
+        .traced(crate::trace::current());
         let started = RunUpdate::status(&run_id, RunStatus::InProgress)
             .with_summary(format!("dispatching to {}", reg.backend.kind()));
         if w.emit(started).await.is_err() {
@@ -321,7 +335,8 @@ impl Inner {
         tracing::warn!(run_id = run_id.as_deref().unwrap_or(""), class = bad.class(),
             source = %record.source(), error = %message, "rejected trigger event");
         if let Some(id) = &run_id {
-            let mut w = RunWriter::new(self.publisher.clone(), id, None, record.source());
+            let mut w = RunWriter::new(self.publisher.clone(), id, None, record.source())
+                .traced(crate::trace::from_headers(&record.headers));
             let u = RunUpdate::status(id, RunStatus::Failure).with_summary(message.clone());
             if w.emit(u).await.is_err() {
                 return;

@@ -239,3 +239,59 @@ async fn rebalance_drains_revoked_partitions_and_loses_nothing() {
         assert!(logs.contains("committed"), "no commit on revoke:\n{logs}");
     }
 }
+
+/// `runs tail` prints a run's updates one line each; `runs get` folds them into its state
+/// (text or JSON); an unknown run exits 1 and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_tail_and_get_read_the_status_topic() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "");
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(None, &webhook_event("r_cli", &rx.url("/ok"), true))],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let path = write_config(&config_toml(&kafka, &t, ""));
+    let run = |args: &[&str]| {
+        let out = cmd()
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["runs", "tail", "--run", "r_cli"]);
+    println!("runs tail:\n{out}");
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), log.of("r_cli").len(), "{out}");
+    assert!(lines[0].contains("r_cli") && lines[0].contains("IN_PROGRESS"));
+    assert!(lines.last().unwrap().contains("SUCCESS"), "{out}");
+    assert!(!out.contains('\x1b'), "no colour when not a terminal");
+
+    let (code, out, err) = run(&["runs", "get", "r_cli"]);
+    println!("runs get:\n{out}");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("status    SUCCESS"), "{out}");
+    assert!(out.contains("backend   WEBHOOK"), "{out}");
+    let (code, out, _) = run(&["runs", "get", "r_cli", "--json"]);
+    assert_eq!(code, Some(0));
+    let state: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(state["status"], "SUCCESS");
+    assert_eq!(state["response"]["ok"], true);
+
+    let (code, _, err) = run(&["runs", "get", "r_nobody"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("run r_nobody not found on"), "{err}");
+}

@@ -31,6 +31,10 @@ pub struct Exchange {
 
 pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange, Report> {
     let start = Instant::now();
+    let request = match crate::trace::current() {
+        Some(tp) => request.header(crate::trace::HEADER, tp),
+        None => request,
+    };
     let failed = |what: &str, e: &reqwest::Error| {
         let mut r = Report::new(
             Outcome::Retryable,

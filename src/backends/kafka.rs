@@ -78,7 +78,8 @@ impl KafkaBackend {
             return r;
         }
         let bytes = serde_json::to_vec(payload).expect("a JSON value always serialises");
-        let headers = OwnedHeaders::new()
+        let traceparent = crate::trace::current();
+        let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "switchyard-run-id",
                 value: Some(req.run_id.as_str()),
@@ -91,6 +92,12 @@ impl KafkaBackend {
                 key: "content-type",
                 value: Some("application/json"),
             });
+        if let Some(tp) = &traceparent {
+            headers = headers.insert(Header {
+                key: crate::trace::HEADER,
+                value: Some(tp.as_str()),
+            });
+        }
         let record = FutureRecord::<str, [u8]>::to(topic)
             .key(&req.run_id)
             .payload(&bytes)

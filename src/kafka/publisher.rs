@@ -134,11 +134,26 @@ impl Publisher {
 
     /// Publish a run update keyed by its run id; returns once the broker acknowledged it.
     pub async fn send_update(&self, update: &RunUpdate) -> Result<(), Stopped> {
+        self.send_update_traced(update, None).await
+    }
+
+    /// [`send_update`](Self::send_update) with the run's W3C `traceparent` as a header.
+    pub async fn send_update_traced(
+        &self,
+        update: &RunUpdate,
+        traceparent: Option<&str>,
+    ) -> Result<(), Stopped> {
         let payload = serde_json::to_vec(update).expect("a RunUpdate always serialises");
-        let headers = OwnedHeaders::new().insert(Header {
+        let mut headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
             value: Some("application/json"),
         });
+        if let Some(tp) = traceparent {
+            headers = headers.insert(Header {
+                key: crate::trace::HEADER,
+                value: Some(tp),
+            });
+        }
         self.send(
             &self.status_topic,
             Some(update.run_id.as_bytes()),
@@ -284,6 +299,8 @@ pub struct RunWriter {
     pub seq: u64,
     pub backend: Option<&'static str>,
     pub source: SourceRef,
+    /// W3C trace context of the trigger record, sent as a header on every update.
+    pub traceparent: Option<String>,
 }
 
 impl RunWriter {
@@ -299,7 +316,14 @@ impl RunWriter {
             seq: 0,
             backend,
             source,
+            traceparent: None,
         }
+    }
+
+    /// Carry the trigger record's trace context on this run's updates.
+    pub fn traced(mut self, traceparent: Option<String>) -> Self {
+        self.traceparent = traceparent;
+        self
     }
 
     /// Publish `u` as this run's next update; returns once the broker acknowledged it.
@@ -309,6 +333,8 @@ impl RunWriter {
         u.at = now_rfc3339();
         u.backend = self.backend.map(str::to_owned);
         u.source = Some(self.source.clone());
-        self.publisher.send_update(&u).await
+        self.publisher
+            .send_update_traced(&u, self.traceparent.as_deref())
+            .await
     }
 }
