@@ -48,7 +48,7 @@ pub async fn run(color: bool) -> anyhow::Result<()> {
             .create_topic(topic, partitions, 1)
             .with_context(|| format!("creating {topic}"))?;
     }
-    let receiver = start_receiver().await?;
+    let receiver = start_receiver("127.0.0.1:0").await?;
     println!("switchyard demo");
     println!("  mock Kafka cluster  {}", cfg.kafka.brokers);
     println!("  sample receiver     http://{receiver}");
@@ -124,7 +124,9 @@ fn samples(receiver: SocketAddr) -> Vec<(&'static str, String)> {
     ]
 }
 
-async fn start_receiver() -> anyhow::Result<SocketAddr> {
+/// The sample receiver (also `switchyard receiver`, for docker compose): `POST /deploy`
+/// answers 200 with a deployment, `POST /fail` 503, `POST /async` 202.
+pub async fn start_receiver(listen: &str) -> anyhow::Result<SocketAddr> {
     let app = Router::new()
         .route(
             "/deploy",
@@ -142,7 +144,9 @@ async fn start_receiver() -> anyhow::Result<SocketAddr> {
             }),
         )
         .route("/async", post(|| async { StatusCode::ACCEPTED }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
     let addr = listener.local_addr()?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {

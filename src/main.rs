@@ -35,6 +35,12 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Serve the demo's sample webhook receiver (POST /deploy, /fail, /async) until
+    /// Ctrl-C; docker compose runs it next to switchyard.
+    Receiver {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: String,
+    },
     /// Read runs from the status topic.
     Runs {
         #[command(subcommand)]
@@ -113,6 +119,19 @@ async fn async_main(cli: Cli) -> ExitCode {
         switchyard::telemetry::init(&log);
         return report(switchyard::demo::run(std::io::stdout().is_terminal()).await);
     }
+    if let Command::Receiver { listen } = &cli.command {
+        return match switchyard::demo::start_receiver(listen).await {
+            Ok(addr) => {
+                println!("sample receiver on http://{addr} (POST /deploy, /fail, /async)");
+                use tokio::signal::unix::{signal, SignalKind};
+                let mut term =
+                    signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+                tokio::select! { _ = term.recv() => {}, _ = tokio::signal::ctrl_c() => {} }
+                ExitCode::SUCCESS
+            }
+            Err(e) => report(Err(e)),
+        };
+    }
     let cfg = match load_config(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -189,7 +208,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 },
             }
         }
-        Command::Demo => unreachable!("handled above"),
+        Command::Demo | Command::Receiver { .. } => unreachable!("handled above"),
     }
 }
 

@@ -63,15 +63,19 @@ shutdown_grace = "soon"
         assert!(err.contains(needle), "{needle} missing from:\n{err}");
     }
 
-    let out = cmd()
-        .args(["validate", "--config", "examples/switchyard.toml"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // The shipped configurations stay valid: the annotated example and docker compose's.
+    for shipped in ["examples/switchyard.toml", "deploy/compose/switchyard.toml"] {
+        let out = cmd()
+            .args(["validate", "--config", shipped])
+            .env("SWITCHYARD_API_TOKEN", "compose-demo-token")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{shipped}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 #[test]
