@@ -31,8 +31,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     topics::ensure_topics(k, &required, k.create_topics).await?;
     let secrets = cfg.resolve_secrets()?;
     let hard_stop = CancellationToken::new();
-    let publisher =
-        Arc::new(Publisher::new(k, hard_stop.clone()).context("creating the status producer")?);
+    let publisher = Arc::new(
+        Publisher::new(k, crate::avro::Codec::from_config(&cfg), hard_stop.clone())
+            .context("creating the status producer")?,
+    );
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
     let watcher = Watcher::new(
         registry.backends(),
@@ -66,7 +68,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     // One tail of the status topic feeds the duplicate ledger and the run view.
     let tail_task = if ledger.is_some() || view.is_some() {
         let (l, v) = (ledger.clone(), view.clone());
-        let task = crate::ledger::tail(k, cfg.dedup.catch_up, hard_stop.clone(), move |u| {
+        let codec = publisher.codec().clone();
+        let task = crate::ledger::tail(k, codec, cfg.dedup.catch_up, hard_stop.clone(), move |u| {
             if let Some(l) = &l {
                 l.observe(u);
             }

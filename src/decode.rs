@@ -21,6 +21,8 @@ pub enum BadInput {
     Template(String),
     #[error("expired: {0}")]
     Expired(String),
+    #[error("unreadable Avro record: {0}")]
+    Avro(String),
 }
 
 impl BadInput {
@@ -34,6 +36,7 @@ impl BadInput {
             BadInput::UnknownBackend(..) => "unknown_backend",
             BadInput::Template(_) => "template_error",
             BadInput::Expired(_) => "expired",
+            BadInput::Avro(_) => "avro",
         }
     }
 }

@@ -63,7 +63,7 @@ pub async fn run(color: bool) -> anyhow::Result<()> {
 
     for (name, event) in samples(receiver) {
         let bytes = event.as_bytes();
-        crate::trigger::publish(&cfg.kafka, bytes, false)
+        crate::trigger::publish(&cfg, bytes, false)
             .await
             .with_context(|| format!("publishing the {name} sample"))?;
         println!("published  {name}");

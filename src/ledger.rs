@@ -103,6 +103,7 @@ impl Ledger {
 /// watermarks read now (or after `catch_up` at most), and keeps tailing until `stop`.
 pub async fn tail(
     kafka: &KafkaConfig,
+    codec: Arc<crate::avro::Codec>,
     catch_up: Duration,
     stop: CancellationToken,
     observe: impl Fn(&RunUpdate) + Send + 'static,
@@ -128,7 +129,7 @@ pub async fn tail(
             match msg {
                 Ok(m) => {
                     position.insert(m.partition(), m.offset() + 1);
-                    if let Some(u) = m.payload().and_then(|p| serde_json::from_slice(p).ok()) {
+                    if let Some(u) = codec.decode_update(m.payload().unwrap_or_default()).await {
                         observe(&u);
                     }
                 }

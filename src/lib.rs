@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod app;
+pub mod avro;
 pub mod backends;
 pub mod config;
 pub mod decode;

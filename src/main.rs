@@ -155,7 +155,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return report(Err(e)),
             };
-            match switchyard::trigger::publish(&cfg.kafka, &bytes, !no_validate).await {
+            match switchyard::trigger::publish(&cfg, &bytes, !no_validate).await {
                 Ok(run_id) => {
                     println!("{run_id}");
                     ExitCode::SUCCESS
@@ -185,10 +185,9 @@ async fn async_main(cli: Cli) -> ExitCode {
             let color = std::io::stdout().is_terminal();
             match command {
                 RunsCommand::Tail { run, follow } => {
-                    report(switchyard::runs::tail(&cfg.kafka, run.as_deref(), follow, color).await)
+                    report(switchyard::runs::tail(&cfg, run.as_deref(), follow, color).await)
                 }
-                RunsCommand::Get { id, json } => match switchyard::runs::get(&cfg.kafka, &id).await
-                {
+                RunsCommand::Get { id, json } => match switchyard::runs::get(&cfg, &id).await {
                     Ok(Some(run)) if json => {
                         println!(
                             "{}",

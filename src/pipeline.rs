@@ -89,8 +89,17 @@ impl Sink for Pipeline {
         if ticket.intake_stopped() {
             return; // not started: the next owner gets it
         }
-        let payload = record.payload.as_deref().unwrap_or_default();
-        match decode_json(payload) {
+        let raw = record.payload.as_deref().unwrap_or_default();
+        let json = match self.inner.publisher.codec().trigger_json(raw).await {
+            Ok(json) => json,
+            Err(e) => {
+                let inner = self.inner.clone();
+                let bad = BadInput::Avro(e.to_string());
+                tokio::spawn(async move { inner.reject(record, ticket, None, bad).await });
+                return;
+            }
+        };
+        match decode_json(&json) {
             Err((bad, run_id)) => {
                 let inner = self.inner.clone();
                 // Bounded: the ticket holds a slot of the partition window.

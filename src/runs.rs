@@ -8,7 +8,8 @@ use anyhow::Context as _;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
-use crate::config::KafkaConfig;
+use crate::avro::Codec;
+use crate::config::{Config, KafkaConfig};
 use crate::model::{RunStatus, RunUpdate};
 use crate::runview::{RunState, RunView};
 
@@ -20,6 +21,7 @@ const QUIET: Duration = Duration::from_millis(500);
 /// when given). Stops at the end, or never with `follow`.
 async fn scan(
     kafka: &KafkaConfig,
+    codec: &Codec,
     run: Option<&str>,
     follow: bool,
     mut each: impl FnMut(&RunUpdate),
@@ -44,10 +46,7 @@ async fn scan(
         match next {
             Ok(Ok(m)) => {
                 position.insert(m.partition(), m.offset() + 1);
-                let Some(u) = m
-                    .payload()
-                    .and_then(|p| serde_json::from_slice::<RunUpdate>(p).ok())
-                else {
+                let Some(u) = codec.decode_update(m.payload().unwrap_or_default()).await else {
                     continue;
                 };
                 if run.is_none_or(|r| r == u.run_id) {
@@ -63,14 +62,16 @@ async fn scan(
 
 /// Print run updates, one line each.
 pub async fn tail(
-    kafka: &KafkaConfig,
+    cfg: &Config,
     run: Option<&str>,
     follow: bool,
     color: bool,
 ) -> anyhow::Result<()> {
+    let kafka = &cfg.kafka;
+    let codec = Codec::from_config(cfg);
     let mut out = std::io::stdout().lock();
     let mut n = 0usize;
-    scan(kafka, run, follow, |u| {
+    scan(kafka, &codec, run, follow, |u| {
         n += 1;
         let _ = writeln!(out, "{}", crate::display::line(u, color));
     })
@@ -85,9 +86,10 @@ pub async fn tail(
 }
 
 /// One run's state, folded from the status topic; `None` when it has no updates.
-pub async fn get(kafka: &KafkaConfig, run: &str) -> anyhow::Result<Option<RunState>> {
+pub async fn get(cfg: &Config, run: &str) -> anyhow::Result<Option<RunState>> {
     let view = RunView::new(1, 10_000);
-    scan(kafka, Some(run), false, |u| view.observe(u)).await?;
+    let codec = Codec::from_config(cfg);
+    scan(&cfg.kafka, &codec, Some(run), false, |u| view.observe(u)).await?;
     Ok(view.get(run))
 }
 

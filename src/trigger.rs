@@ -6,13 +6,15 @@ use anyhow::{bail, Context as _};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::config::KafkaConfig;
+use crate::config::{Config, Format};
 use crate::decode::decode_json;
 
 /// Publish one trigger event to the triggers topic, keyed by its ordering key or run id.
 /// Returns the run id. With `validate`, an event that switchyard would reject is refused
-/// here, with the same message.
-pub async fn publish(cfg: &KafkaConfig, payload: &[u8], validate: bool) -> anyhow::Result<String> {
+/// here, with the same message. On an Avro triggers topic the JSON event is encoded in the
+/// Avro wire format first.
+pub async fn publish(config: &Config, payload: &[u8], validate: bool) -> anyhow::Result<String> {
+    let cfg = &config.kafka;
     let (key, run_id) = match decode_json(payload) {
         Ok(ev) => {
             let key = ev.ordering_key.clone().unwrap_or_else(|| ev.run.id.clone());
@@ -27,6 +29,18 @@ pub async fn publish(cfg: &KafkaConfig, payload: &[u8], validate: bool) -> anyho
         .set("message.timeout.ms", "30000")
         .create()
         .context("creating the producer")?;
+    let encoded;
+    let payload = if cfg.triggers_format == Format::Avro {
+        let event: serde_json::Value =
+            serde_json::from_slice(payload).context("an Avro trigger is written from JSON")?;
+        encoded = crate::avro::Codec::from_config(config)
+            .encode_trigger(&event)
+            .await
+            .map_err(|e| anyhow::anyhow!("encoding the event as Avro: {e}"))?;
+        &encoded[..]
+    } else {
+        payload
+    };
     let mut record = FutureRecord::<str, [u8]>::to(&cfg.triggers_topic).payload(payload);
     if let Some(k) = key.as_deref() {
         record = record.key(k);

@@ -33,6 +33,40 @@ pub struct Config {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub api: ApiConfig,
+    pub avro: AvroConfig,
+}
+
+/// Record format of a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+    Avro,
+}
+
+/// The Avro wire format: schema ids and the optional schema registry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AvroConfig {
+    /// Confluent-compatible schema registry (`GET /schemas/ids/{id}`, `POST
+    /// /subjects/{topic}-value/versions`). Unset: the bundled schemas are used under the
+    /// ids below.
+    pub registry_url: Option<String>,
+    /// Id of the bundled trigger schema when there is no registry.
+    pub trigger_schema_id: u32,
+    /// Id of the bundled run-update schema when there is no registry.
+    pub run_update_schema_id: u32,
+}
+
+impl Default for AvroConfig {
+    fn default() -> Self {
+        AvroConfig {
+            registry_url: None,
+            trigger_schema_id: 1,
+            run_update_schema_id: 2,
+        }
+    }
 }
 
 /// The status API on the HTTP listener.
@@ -115,6 +149,11 @@ pub struct KafkaConfig {
     pub topic_partitions: i32,
     /// Replication factor of topics that switchyard creates.
     pub topic_replication: i32,
+    /// Wire format of the triggers topic: `json`, or `avro` (Confluent framing; see
+    /// `[avro]`).
+    pub triggers_format: Format,
+    /// Wire format of the run updates switchyard writes; readers accept both.
+    pub status_format: Format,
     /// librdkafka options for every client, passed through unchanged.
     #[serde(deserialize_with = "options")]
     pub common: BTreeMap<String, String>,
@@ -136,6 +175,8 @@ impl Default for KafkaConfig {
             dlq_topic: "switchyard.dlq".into(),
             watches_topic: "switchyard.watches".into(),
             create_topics: false,
+            triggers_format: Format::Json,
+            status_format: Format::Json,
             topic_partitions: 6,
             topic_replication: 1,
             common: BTreeMap::new(),
@@ -421,6 +462,13 @@ impl Config {
                 "http.listen: {:?} is not an address such as 127.0.0.1:8080 (empty disables it)",
                 self.http.listen
             ));
+        }
+        if let Some(url) = &self.avro.registry_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(format!("avro.registry_url: {url:?} is not an http(s) URL"));
+            }
+        } else if self.avro.trigger_schema_id == self.avro.run_update_schema_id {
+            p.push("avro: trigger_schema_id and run_update_schema_id must differ".into());
         }
         if let Err(e) = self.api.resolve_tokens() {
             p.extend(e.0);

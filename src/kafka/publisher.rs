@@ -108,6 +108,7 @@ impl SharedProducer {
 
 pub struct Publisher {
     producer: SharedProducer,
+    codec: Arc<crate::avro::Codec>,
     status_topic: String,
     dlq_topic: String,
     stop: CancellationToken,
@@ -116,7 +117,11 @@ pub struct Publisher {
 impl Publisher {
     /// Create the producer. `stop` is the hard-stop token: once it fires, pending
     /// publishes give up with [`Stopped`].
-    pub fn new(cfg: &KafkaConfig, stop: CancellationToken) -> rdkafka::error::KafkaResult<Self> {
+    pub fn new(
+        cfg: &KafkaConfig,
+        codec: Arc<crate::avro::Codec>,
+        stop: CancellationToken,
+    ) -> rdkafka::error::KafkaResult<Self> {
         let mut c = super::client_config(cfg);
         c.set("enable.idempotence", "true")
             .set("acks", "all")
@@ -126,6 +131,7 @@ impl Publisher {
         }
         Ok(Publisher {
             producer: SharedProducer::new(c)?,
+            codec,
             status_topic: cfg.status_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
             stop,
@@ -143,10 +149,14 @@ impl Publisher {
         update: &RunUpdate,
         traceparent: Option<&str>,
     ) -> Result<(), Stopped> {
-        let payload = serde_json::to_vec(update).expect("a RunUpdate always serialises");
+        let payload = self.encoded(update).await?;
+        let content_type = match payload.first() {
+            Some(0) => "application/vnd.switchyard.run-update.v1+avro",
+            _ => "application/json",
+        };
         let mut headers = OwnedHeaders::new().insert(Header {
             key: "content-type",
-            value: Some("application/json"),
+            value: Some(content_type),
         });
         if let Some(tp) = traceparent {
             headers = headers.insert(Header {
@@ -164,6 +174,32 @@ impl Publisher {
         .await?;
         metrics::get().run_updates.inc();
         Ok(())
+    }
+
+    /// The update in the status topic's format; an encoding failure (the schema registry
+    /// unreachable) is retried like a failed publish.
+    async fn encoded(&self, update: &RunUpdate) -> Result<Vec<u8>, Stopped> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.codec.encode_update(update).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(e) => {
+                    metrics::get().publish_failures.inc();
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                        "encoding a run update failed; retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.stop.cancelled() => return Err(Stopped),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    /// The codec of the triggers and status topics.
+    pub fn codec(&self) -> &Arc<crate::avro::Codec> {
+        &self.codec
     }
 
     /// Publish a DLQ record; returns once the broker acknowledged it.

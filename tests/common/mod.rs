@@ -7,6 +7,7 @@
 pub mod github;
 pub mod gitlab;
 pub mod receiver;
+pub mod registry;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
