@@ -8,6 +8,7 @@ pub mod api;
 pub mod app;
 pub mod avro;
 pub mod backends;
+pub mod bench;
 pub mod config;
 pub mod decode;
 pub mod demo;

@@ -41,6 +41,55 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:9000")]
         listen: String,
     },
+    /// Measure end-to-end throughput and latency against the pipe limit (see BENCHMARKS.md).
+    Bench {
+        /// Broker to use; unset starts librdkafka's in-process mock cluster.
+        #[arg(long)]
+        brokers: Option<String>,
+        /// Trigger events to send (throughput mode).
+        #[arg(long, default_value_t = 100_000)]
+        events: usize,
+        /// Partitions of the triggers and status topics.
+        #[arg(long, default_value_t = 6)]
+        partitions: i32,
+        /// Hot keys (0: every event its own key).
+        #[arg(long, default_value_t = 0)]
+        keys: usize,
+        /// Latency of the webhook sink, in milliseconds.
+        #[arg(long, default_value_t = 0)]
+        sink_latency_ms: u64,
+        /// Webhook concurrency of both systems.
+        #[arg(long, default_value_t = 64)]
+        concurrency: usize,
+        /// Offered rate in events/s for --duration (latency mode) instead of --events.
+        #[arg(long)]
+        rate: Option<u64>,
+        /// Length of a latency-mode run.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+        /// Systems to measure, in order: switchyard, pipe (comma-separated).
+        #[arg(long, default_value = "pipe,switchyard", value_delimiter = ',')]
+        systems: Vec<String>,
+        /// Give up on a system after this long.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
+    /// The bench's pipe limit (run by `bench`, not by hand).
+    #[command(hide = true)]
+    BenchPipe {
+        #[arg(long)]
+        brokers: String,
+        #[arg(long)]
+        group: String,
+        #[arg(long)]
+        triggers: String,
+        #[arg(long)]
+        status: String,
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        concurrency: usize,
+    },
     /// Read runs from the status topic.
     Runs {
         #[command(subcommand)]
@@ -118,6 +167,48 @@ async fn async_main(cli: Cli) -> ExitCode {
         log.level = "error".into();
         switchyard::telemetry::init(&log);
         return report(switchyard::demo::run(std::io::stdout().is_terminal()).await);
+    }
+    match cli.command {
+        Command::Bench {
+            brokers,
+            events,
+            partitions,
+            keys,
+            sink_latency_ms,
+            concurrency,
+            rate,
+            duration,
+            systems,
+            timeout,
+        } => {
+            let opts = switchyard::bench::Options {
+                brokers,
+                events,
+                partitions,
+                keys,
+                sink_latency_ms,
+                concurrency,
+                rate,
+                duration,
+                systems,
+                timeout,
+            };
+            return report(switchyard::bench::run(opts).await.map(|_| ()));
+        }
+        Command::BenchPipe {
+            brokers,
+            group,
+            triggers,
+            status,
+            url,
+            concurrency,
+        } => {
+            return report(
+                switchyard::bench::pipe(&brokers, &group, &triggers, &status, &url, concurrency)
+                    .await,
+            )
+        }
+        _ => {}
     }
     if let Command::Receiver { listen } = &cli.command {
         return match switchyard::demo::start_receiver(listen).await {
@@ -207,7 +298,10 @@ async fn async_main(cli: Cli) -> ExitCode {
                 },
             }
         }
-        Command::Demo | Command::Receiver { .. } => unreachable!("handled above"),
+        Command::Demo
+        | Command::Receiver { .. }
+        | Command::Bench { .. }
+        | Command::BenchPipe { .. } => unreachable!("handled above"),
     }
 }
 
