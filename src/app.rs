@@ -69,14 +69,22 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let tail_task = if ledger.is_some() || view.is_some() {
         let (l, v) = (ledger.clone(), view.clone());
         let codec = publisher.codec().clone();
-        let task = crate::ledger::tail(k, codec, cfg.dedup.catch_up, hard_stop.clone(), move |u| {
-            if let Some(l) = &l {
-                l.observe(u);
-            }
-            if let Some(v) = &v {
-                v.observe(u);
-            }
-        })
+        let full = view.is_some();
+        let task = crate::ledger::tail(
+            k,
+            codec,
+            full,
+            cfg.dedup.catch_up,
+            hard_stop.clone(),
+            move |u| {
+                if let Some(l) = &l {
+                    l.observe(u);
+                }
+                if let Some(v) = &v {
+                    v.observe(u);
+                }
+            },
+        )
         .await
         .context("starting the view of the status topic")?;
         Some(task)

@@ -231,9 +231,6 @@ level = "warn,librdkafka=error"
     };
     let pid = child.id();
     let reader = status_reader(brokers, &run.status, opts.partitions)?;
-    // Let the child join its group before the clock starts.
-    wait_joined(brokers, &group, opts.timeout.min(Duration::from_secs(60))).await;
-    let cpu_before = cpu_seconds(pid);
     let hook = url.clone();
     let body = move |n: usize| {
         serde_json::json!({
@@ -255,6 +252,35 @@ level = "warn,librdkafka=error"
         pc.set("batch.num.messages", "1");
     }
     let producer: FutureProducer = pc.create()?;
+    // Warm up before the clock starts: one event through the whole path (the child has
+    // joined its group, its connections are open).
+    let warm = body(usize::MAX).replace(&format!("r{}", usize::MAX), "rwarmup");
+    producer
+        .send(
+            FutureRecord::to(&run.triggers).key("warmup").payload(&warm),
+            Timeout::After(Duration::from_secs(30)),
+        )
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("producing the warm-up event: {e}"))?;
+    let warm_deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        anyhow::ensure!(
+            Instant::now() < warm_deadline,
+            "{system}: the warm-up event did not finish within 90 s (see {})",
+            dir.join("child.log").display()
+        );
+        let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(1), reader.recv()).await else {
+            continue;
+        };
+        let done = m
+            .payload()
+            .and_then(|p| serde_json::from_slice::<RunUpdate>(p).ok())
+            .is_some_and(|u| u.run_id == "rwarmup" && u.is_terminal());
+        if done {
+            break;
+        }
+    }
+    let cpu_before = cpu_seconds(pid);
     let deadline = Instant::now() + opts.timeout;
     let total = match opts.rate {
         Some(r) => (r as usize) * opts.duration.as_secs() as usize,
@@ -412,31 +438,6 @@ fn status_reader(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<
     }
     c.assign(&tpl)?;
     Ok(c)
-}
-
-/// Wait until the group has a member with partitions assigned (bounded).
-async fn wait_joined(brokers: &str, group: &str, limit: Duration) {
-    let c: rdkafka::consumer::BaseConsumer = match client(brokers).create() {
-        Ok(c) => c,
-        Err(_) => return,
-    };
-    let group = group.to_owned();
-    let _ = tokio::task::spawn_blocking(move || {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(list) = c.fetch_group_list(Some(&group), Duration::from_secs(2)) {
-                if list
-                    .groups()
-                    .iter()
-                    .any(|g| g.state() == "Stable" && !g.members().is_empty())
-                {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    })
-    .await;
 }
 
 /// Resident set size of `pid` now, in kB (`/proc/PID/status` VmRSS); 0 when unknown.

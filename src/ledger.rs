@@ -104,6 +104,7 @@ impl Ledger {
 pub async fn tail(
     kafka: &KafkaConfig,
     codec: Arc<crate::avro::Codec>,
+    full: bool,
     catch_up: Duration,
     stop: CancellationToken,
     observe: impl Fn(&RunUpdate) + Send + 'static,
@@ -129,7 +130,13 @@ pub async fn tail(
             match msg {
                 Ok(m) => {
                     position.insert(m.partition(), m.offset() + 1);
-                    if let Some(u) = codec.decode_update(m.payload().unwrap_or_default()).await {
+                    let bytes = m.payload().unwrap_or_default();
+                    let u = match (full, bytes.first()) {
+                        // The ledger alone needs five fields: skip the rest unparsed.
+                        (false, Some(b'{')) => brief(bytes),
+                        _ => codec.decode_update(bytes).await,
+                    };
+                    if let Some(u) = u {
                         observe(&u);
                     }
                 }
@@ -141,6 +148,28 @@ pub async fn tail(
         tracing::warn!(wait = ?catch_up, "the view of the status topic has not caught up; starting anyway");
     }
     Ok(task)
+}
+
+/// The fields the ledger reads, parsed from a JSON run update without the rest (a
+/// response body, a summary) being built.
+fn brief(bytes: &[u8]) -> Option<RunUpdate> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Brief {
+        run_id: String,
+        seq: u64,
+        kind: crate::model::UpdateKind,
+        #[serde(default)]
+        status: Option<crate::model::RunStatus>,
+        #[serde(default)]
+        backend: Option<String>,
+    }
+    let b: Brief = serde_json::from_slice(bytes).ok()?;
+    let mut u = RunUpdate::new(b.run_id, b.kind);
+    u.seq = b.seq;
+    u.status = b.status;
+    u.backend = b.backend;
+    Some(u)
 }
 
 #[cfg(test)]

@@ -189,7 +189,8 @@ impl Inner {
         .traced(crate::trace::current());
         let started = RunUpdate::status(&run_id, RunStatus::InProgress)
             .with_summary(format!("dispatching to {}", reg.backend.kind()));
-        if w.emit(started).await.is_err() {
+        // Not awaited here: it is acknowledged (settled) before the event completes.
+        if w.emit_nowait(started).await.is_err() {
             return;
         }
         let req = Request {
@@ -303,11 +304,12 @@ impl Inner {
     ) -> Result<(), Stopped> {
         if let Some(resp) = &report.response {
             if !report.outcome.is_failure() {
-                w.emit(RunUpdate::response(&w.run_id, resp.clone())).await?;
+                w.emit_nowait(RunUpdate::response(&w.run_id, resp.clone()))
+                    .await?;
             }
         }
         if let Some(line) = &report.log {
-            w.emit(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
+            w.emit_nowait(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
                 .await?;
         }
         let status = match report.outcome {
@@ -326,9 +328,10 @@ impl Inner {
                 u.link = Some(report.link.clone());
             }
             u.external_run_id = report.external_run_id.clone();
-            w.emit(u).await?;
+            w.emit_nowait(u).await?;
         }
-        Ok(())
+        // Response, log and status travel together: one wait for all of them.
+        w.settle().await
     }
 
     /// Bad input: a FAILURE update when the run id is known, a DLQ record, then the

@@ -176,6 +176,40 @@ impl Publisher {
         Ok(())
     }
 
+    /// Hand a run update to the producer without waiting for the broker: the returned
+    /// [`Pending`] is awaited later ([`RunWriter::settle`]). The record is queued before
+    /// this returns, so updates enqueued one after another keep their order.
+    pub async fn enqueue_update(
+        &self,
+        update: RunUpdate,
+        traceparent: Option<String>,
+    ) -> Result<Pending, Stopped> {
+        let payload = self.encoded(&update).await?;
+        let mut headers = OwnedHeaders::new().insert(Header {
+            key: "content-type",
+            value: Some(match payload.first() {
+                Some(0) => "application/vnd.switchyard.run-update.v1+avro",
+                _ => "application/json",
+            }),
+        });
+        if let Some(tp) = &traceparent {
+            headers = headers.insert(Header {
+                key: crate::trace::HEADER,
+                value: Some(tp.as_str()),
+            });
+        }
+        let record = FutureRecord::<[u8], [u8]>::to(&self.status_topic)
+            .key(update.run_id.as_bytes())
+            .payload(&payload)
+            .headers(headers);
+        let delivery = self.producer.get().send_result(record).ok();
+        Ok(Pending {
+            update,
+            traceparent,
+            delivery,
+        })
+    }
+
     /// The update in the status topic's format; an encoding failure (the schema registry
     /// unreachable) is retried like a failed publish.
     async fn encoded(&self, update: &RunUpdate) -> Result<Vec<u8>, Stopped> {
@@ -318,6 +352,14 @@ impl Publisher {
     }
 }
 
+/// A run update handed to the producer and not yet acknowledged.
+pub struct Pending {
+    update: RunUpdate,
+    traceparent: Option<String>,
+    /// `None` when the local queue refused it (it is then sent the slow way).
+    delivery: Option<rdkafka::producer::DeliveryFuture>,
+}
+
 /// What a send is for, for metrics.
 #[derive(Clone, Copy)]
 enum Target {
@@ -337,6 +379,8 @@ pub struct RunWriter {
     pub source: SourceRef,
     /// W3C trace context of the trigger record, sent as a header on every update.
     pub traceparent: Option<String>,
+    /// Updates enqueued by [`emit_nowait`](Self::emit_nowait), oldest first.
+    pending: Vec<Pending>,
 }
 
 impl RunWriter {
@@ -353,6 +397,7 @@ impl RunWriter {
             backend,
             source,
             traceparent: None,
+            pending: Vec::new(),
         }
     }
 
@@ -362,15 +407,54 @@ impl RunWriter {
         self
     }
 
-    /// Publish `u` as this run's next update; returns once the broker acknowledged it.
-    pub async fn emit(&mut self, mut u: RunUpdate) -> Result<(), Stopped> {
+    fn stamp(&mut self, mut u: RunUpdate) -> RunUpdate {
         self.seq += 1;
         u.seq = self.seq;
         u.at = now_rfc3339();
         u.backend = self.backend.map(str::to_owned);
         u.source = Some(self.source.clone());
+        u
+    }
+
+    /// Publish `u` as this run's next update; returns once the broker acknowledged it
+    /// (and every update enqueued before it).
+    pub async fn emit(&mut self, u: RunUpdate) -> Result<(), Stopped> {
+        self.settle().await?;
+        let u = self.stamp(u);
         self.publisher
             .send_update_traced(&u, self.traceparent.as_deref())
             .await
+    }
+
+    /// Enqueue `u` as this run's next update without waiting for the broker; the caller
+    /// must [`settle`](Self::settle) before it treats the update as written (before the
+    /// event's offset may complete).
+    pub async fn emit_nowait(&mut self, u: RunUpdate) -> Result<(), Stopped> {
+        let u = self.stamp(u);
+        let p = self
+            .publisher
+            .enqueue_update(u, self.traceparent.clone())
+            .await?;
+        self.pending.push(p);
+        Ok(())
+    }
+
+    /// Wait until every enqueued update is acknowledged; a failed one is re-sent with
+    /// the retrying path (its `seq` keeps the logical order).
+    pub async fn settle(&mut self) -> Result<(), Stopped> {
+        for p in std::mem::take(&mut self.pending) {
+            let delivered = match p.delivery {
+                Some(d) => matches!(d.await, Ok(Ok(_))),
+                None => false,
+            };
+            if delivered {
+                metrics::get().run_updates.inc();
+            } else {
+                self.publisher
+                    .send_update_traced(&p.update, p.traceparent.as_deref())
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }
