@@ -1,8 +1,9 @@
 # switchyard: multi-stage build; the runtime image holds the binary and the example
 # configuration and runs as a non-root user.
-FROM rust:1.85-bookworm AS build
+# The latest stable toolchain: some dependencies need a newer rustc than rust-version.
+FROM rust:1-bookworm AS build
 RUN apt-get update \
- && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev libsasl2-dev \
+ && apt-get install -y --no-install-recommends cmake pkg-config libssl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
@@ -13,7 +14,7 @@ RUN cargo build --release --locked --bin switchyard
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates libssl3 libsasl2-2 \
+ && apt-get install -y --no-install-recommends ca-certificates libssl3 zlib1g \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --uid 10001 --no-create-home switchyard
 COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard

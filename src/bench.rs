@@ -47,6 +47,9 @@ pub struct Options {
     /// `switchyard`, `pipe` or `both`.
     pub systems: Vec<String>,
     pub timeout: Duration,
+    /// `fetch.wait.max.ms` of both systems' consumers (librdkafka's default is 500, and
+    /// the mock cluster holds every fetch that long).
+    pub fetch_wait_ms: u64,
 }
 
 /// One system's measurements.
@@ -76,13 +79,14 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Measured>> {
     };
     let sink = Sink::start(opts.sink_latency_ms).await?;
     println!(
-        "bench: brokers {brokers}{}, sink http://{} ({} ms), {} partitions, keys {}, concurrency {}",
+        "bench: brokers {brokers}{}, sink http://{} ({} ms), {} partitions, keys {}, concurrency {}, fetch.wait.max.ms {}",
         if opts.brokers.is_none() { " (mock cluster)" } else { "" },
         sink.addr,
         opts.sink_latency_ms,
         opts.partitions,
         if opts.keys == 0 { "distinct".to_owned() } else { opts.keys.to_string() },
-        opts.concurrency
+        opts.concurrency,
+        opts.fetch_wait_ms
     );
     let mut results = Vec::new();
     for system in &opts.systems {
@@ -199,6 +203,8 @@ triggers_topic = "{t}"
 status_topic = "{s}"
 dlq_topic = "{dlq}"
 watches_topic = "{watches}"
+[kafka.consumer]
+"fetch.wait.max.ms" = {fw}
 [backends.webhook]
 concurrency = {c}
 [http]
@@ -209,7 +215,8 @@ level = "warn,librdkafka=error"
 "#,
                 t = run.triggers,
                 s = run.status,
-                c = opts.concurrency
+                c = opts.concurrency,
+                fw = opts.fetch_wait_ms
             );
             let path = dir.join("switchyard.toml");
             std::fs::write(&path, cfg)?;
@@ -224,7 +231,8 @@ level = "warn,librdkafka=error"
                 .args(["--brokers", brokers, "--group", &group])
                 .args(["--triggers", &run.triggers, "--status", &run.status])
                 .args(["--url", &url])
-                .args(["--concurrency", &opts.concurrency.to_string()]),
+                .args(["--concurrency", &opts.concurrency.to_string()])
+                .args(["--fetch-wait-ms", &opts.fetch_wait_ms.to_string()]),
             &dir,
         )?,
         other => bail!("unknown system {other:?} (switchyard, pipe)"),
@@ -244,7 +252,8 @@ level = "warn,librdkafka=error"
         .to_string()
     };
     let mut pc = client(brokers);
-    pc.set("linger.ms", "5")
+    // Latency mode sends at once; throughput mode batches.
+    pc.set("linger.ms", if opts.rate.is_some() { "0" } else { "5" })
         .set("queue.buffering.max.messages", "1000000");
     if mock.is_none() {
         // One record per batch: Tansu 0.6.0 returns nothing for a fetch that starts
@@ -323,7 +332,7 @@ level = "warn,librdkafka=error"
                     Err((e, _)) => return Err(anyhow::anyhow!("producing: {e}")),
                 }
                 sent_at.push(ts);
-                if pending.len() >= 1024 || rate.is_some() {
+                if pending.len() >= 1024 {
                     for f in pending.drain(..) {
                         f.await?
                             .map_err(|(e, _)| anyhow::anyhow!("producing: {e}"))?;
@@ -504,9 +513,11 @@ pub async fn pipe(
     status: &str,
     url: &str,
     concurrency: usize,
+    fetch_wait_ms: u64,
 ) -> anyhow::Result<()> {
     let consumer: StreamConsumer = client(brokers)
         .set("group.id", group)
+        .set("fetch.wait.max.ms", fetch_wait_ms.to_string())
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")
         .create()?;

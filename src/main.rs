@@ -78,6 +78,9 @@ enum Command {
         /// Give up on a system after this long.
         #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
+        /// fetch.wait.max.ms of both systems' consumers.
+        #[arg(long, default_value_t = 10)]
+        fetch_wait_ms: u64,
     },
     /// The bench's pipe limit (run by `bench`, not by hand).
     #[command(hide = true)]
@@ -94,6 +97,8 @@ enum Command {
         url: String,
         #[arg(long)]
         concurrency: usize,
+        #[arg(long, default_value_t = 10)]
+        fetch_wait_ms: u64,
     },
     /// Read runs from the status topic.
     Runs {
@@ -185,6 +190,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             duration,
             systems,
             timeout,
+            fetch_wait_ms,
         } => {
             let opts = switchyard::bench::Options {
                 brokers,
@@ -197,6 +203,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 duration,
                 systems,
                 timeout,
+                fetch_wait_ms,
             };
             return report(switchyard::bench::run(opts).await.map(|_| ()));
         }
@@ -207,10 +214,19 @@ async fn async_main(cli: Cli) -> ExitCode {
             status,
             url,
             concurrency,
+            fetch_wait_ms,
         } => {
             return report(
-                switchyard::bench::pipe(&brokers, &group, &triggers, &status, &url, concurrency)
-                    .await,
+                switchyard::bench::pipe(
+                    &brokers,
+                    &group,
+                    &triggers,
+                    &status,
+                    &url,
+                    concurrency,
+                    fetch_wait_ms,
+                )
+                .await,
             )
         }
         _ => {}

@@ -92,3 +92,19 @@ fn retry_status_classes_parse_and_match() {
     .unwrap();
     assert!(ok.backends.webhook.retry.retries(409) && !ok.backends.webhook.retry.retries(503));
 }
+
+#[test]
+fn env_overrides_reach_dotted_librdkafka_keys() {
+    let env = [(
+        "SWITCHYARD_KAFKA__CONSUMER__FETCH.WAIT.MAX.MS".to_owned(),
+        "10".to_owned(),
+    )];
+    let cfg = Config::from_toml("", env).unwrap();
+    assert_eq!(
+        cfg.kafka
+            .consumer
+            .get("fetch.wait.max.ms")
+            .map(String::as_str),
+        Some("10")
+    );
+}
