@@ -13,7 +13,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use crate::kafka::publisher::SharedProducer;
-use rdkafka::util::Timeout;
 use serde_json::Value;
 
 use super::{flag, AttemptFuture, Backend, Outcome, Report, Request};
@@ -102,13 +101,7 @@ impl KafkaBackend {
             .key(&req.run_id)
             .payload(&bytes)
             .headers(headers);
-        let producer = self.producer.get();
-        let sent = producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
-            .await;
-        if let Err((e, _)) = &sent {
-            self.producer.recover(&producer, e);
-        }
+        let sent = self.producer.send(record, Duration::from_secs(5)).await;
         match sent {
             Ok(d) => {
                 let line = format!("published to {topic}/{}@{}", d.partition, d.offset);

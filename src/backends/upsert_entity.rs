@@ -13,7 +13,6 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 
 use crate::kafka::publisher::SharedProducer;
-use rdkafka::util::Timeout;
 use serde_json::{json, Map, Value};
 
 use super::{http, required_str, AttemptFuture, Backend, Invalid, Outcome, Report, Request};
@@ -210,13 +209,7 @@ impl UpsertEntity {
             .key(&key)
             .payload(&bytes)
             .headers(headers);
-        let producer = self.producer.get();
-        let sent = producer
-            .send(record, Timeout::After(Duration::from_secs(5)))
-            .await;
-        if let Err((e, _)) = &sent {
-            self.producer.recover(&producer, e);
-        }
+        let sent = self.producer.send(record, Duration::from_secs(5)).await;
         let delivery = match sent {
             Ok(d) => d,
             Err((e, _)) => {

@@ -69,6 +69,25 @@ impl SharedProducer {
             .clone()
     }
 
+    /// Send one record (waiting up to `queue_timeout` for room in the local queue) and
+    /// replace the producer when the failure says it is fenced or fatal.
+    pub async fn send<K, P>(
+        &self,
+        record: FutureRecord<'_, K, P>,
+        queue_timeout: Duration,
+    ) -> rdkafka::producer::future_producer::OwnedDeliveryResult
+    where
+        K: rdkafka::message::ToBytes + ?Sized,
+        P: rdkafka::message::ToBytes + ?Sized,
+    {
+        let producer = self.get();
+        let sent = producer.send(record, Timeout::After(queue_timeout)).await;
+        if let Err((e, _)) = &sent {
+            self.recover(&producer, e);
+        }
+        sent
+    }
+
     /// After a send through `used` failed with `err`: when `used` is in a fatal state,
     /// or the broker fenced its producer id, replace it (unless another sender already
     /// did).
