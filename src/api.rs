@@ -275,19 +275,16 @@ async fn post_log(
     let _guard = api.lock_for(&id).lock().await;
     let run = known_run(&api, &id).await?;
     let mut updates = vec![RunUpdate::log(&id, LogLevel::Info, req.message)];
-    if let Some(t) = req.termination_status {
+    // A termination status closes the run; a label alone changes it while it is open.
+    if req.termination_status.is_some() || req.status_label.is_some() {
         if run.is_terminal() {
             return Err(finished(&run));
         }
-        let mut u = RunUpdate::status(&id, t.into());
+        let status = req
+            .termination_status
+            .map_or(RunStatus::InProgress, RunStatus::from);
+        let mut u = RunUpdate::status(&id, status);
         u.status_label = req.status_label;
-        updates.push(u);
-    } else if let Some(label) = req.status_label {
-        if run.is_terminal() {
-            return Err(finished(&run));
-        }
-        let mut u = RunUpdate::status(&id, RunStatus::InProgress);
-        u.status_label = Some(label);
         updates.push(u);
     }
     Ok(ok(write(&api, &run, updates).await?))

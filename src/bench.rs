@@ -31,24 +31,42 @@ use tokio::sync::Semaphore;
 
 use crate::model::{RunStatus, RunUpdate};
 
-/// What to measure (the `bench` command's flags).
-#[derive(Debug, Clone)]
+/// What to measure: the `bench` command's flags.
+#[derive(Debug, Clone, clap::Args)]
 pub struct Options {
+    /// Broker to use; unset starts librdkafka's in-process mock cluster.
+    #[arg(long)]
     pub brokers: Option<String>,
+    /// Trigger events to send (throughput mode).
+    #[arg(long, default_value_t = 100_000)]
     pub events: usize,
+    /// Partitions of the triggers and status topics.
+    #[arg(long, default_value_t = 6)]
     pub partitions: i32,
-    /// 0: every event has its own key; K: K hot keys.
+    /// Hot keys (0: every event its own key).
+    #[arg(long, default_value_t = 0)]
     pub keys: usize,
+    /// Latency of the webhook sink, in milliseconds.
+    #[arg(long, default_value_t = 0)]
     pub sink_latency_ms: u64,
+    /// Webhook concurrency of both systems.
+    #[arg(long, default_value_t = 64)]
     pub concurrency: usize,
-    /// Fixed offered rate (events/s) for `duration`; unset: as fast as possible.
+    /// Offered rate in events/s for --duration (latency mode) instead of --events.
+    #[arg(long)]
     pub rate: Option<u64>,
+    /// Length of a latency-mode run.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// `switchyard`, `pipe` or `both`.
+    /// Systems to measure, in order: switchyard, pipe (comma-separated).
+    #[arg(long, default_value = "pipe,switchyard", value_delimiter = ',')]
     pub systems: Vec<String>,
+    /// Give up on a system after this long.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// `fetch.wait.max.ms` of both systems' consumers (librdkafka's default is 500, and
     /// the mock cluster holds every fetch that long).
+    #[arg(long, default_value_t = 10)]
     pub fetch_wait_ms: u64,
 }
 
@@ -449,17 +467,14 @@ fn status_reader(brokers: &str, topic: &str, partitions: i32) -> anyhow::Result<
     Ok(c)
 }
 
-/// Resident set size of `pid` now, in kB (`/proc/PID/status` VmRSS); 0 when unknown.
+/// Peak resident set size of `pid` so far, in kB (`/proc/PID/status` VmHWM); 0 when
+/// unknown.
 fn rss_kb(pid: u32) -> u64 {
-    proc_status(pid, "VmHWM:").max(proc_status(pid, "VmRSS:"))
-}
-
-fn proc_status(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix(field))
+                .find_map(|l| l.strip_prefix("VmHWM:"))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)

@@ -47,41 +47,7 @@ enum Command {
         listen: String,
     },
     /// Measure end-to-end throughput and latency against the pipe limit (see BENCHMARKS.md).
-    Bench {
-        /// Broker to use; unset starts librdkafka's in-process mock cluster.
-        #[arg(long)]
-        brokers: Option<String>,
-        /// Trigger events to send (throughput mode).
-        #[arg(long, default_value_t = 100_000)]
-        events: usize,
-        /// Partitions of the triggers and status topics.
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
-        /// Hot keys (0: every event its own key).
-        #[arg(long, default_value_t = 0)]
-        keys: usize,
-        /// Latency of the webhook sink, in milliseconds.
-        #[arg(long, default_value_t = 0)]
-        sink_latency_ms: u64,
-        /// Webhook concurrency of both systems.
-        #[arg(long, default_value_t = 64)]
-        concurrency: usize,
-        /// Offered rate in events/s for --duration (latency mode) instead of --events.
-        #[arg(long)]
-        rate: Option<u64>,
-        /// Length of a latency-mode run.
-        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
-        duration: std::time::Duration,
-        /// Systems to measure, in order: switchyard, pipe (comma-separated).
-        #[arg(long, default_value = "pipe,switchyard", value_delimiter = ',')]
-        systems: Vec<String>,
-        /// Give up on a system after this long.
-        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
-        timeout: std::time::Duration,
-        /// fetch.wait.max.ms of both systems' consumers.
-        #[arg(long, default_value_t = 10)]
-        fetch_wait_ms: u64,
-    },
+    Bench(switchyard::bench::Options),
     /// The bench's pipe limit (run by `bench`, not by hand).
     #[command(hide = true)]
     BenchPipe {
@@ -179,32 +145,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         return report(switchyard::demo::run(std::io::stdout().is_terminal()).await);
     }
     match cli.command {
-        Command::Bench {
-            brokers,
-            events,
-            partitions,
-            keys,
-            sink_latency_ms,
-            concurrency,
-            rate,
-            duration,
-            systems,
-            timeout,
-            fetch_wait_ms,
-        } => {
-            let opts = switchyard::bench::Options {
-                brokers,
-                events,
-                partitions,
-                keys,
-                sink_latency_ms,
-                concurrency,
-                rate,
-                duration,
-                systems,
-                timeout,
-                fetch_wait_ms,
-            };
+        Command::Bench(opts) => {
             return report(switchyard::bench::run(opts).await.map(|_| ()));
         }
         Command::BenchPipe {
@@ -321,7 +262,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         }
         Command::Demo
         | Command::Receiver { .. }
-        | Command::Bench { .. }
+        | Command::Bench(_)
         | Command::BenchPipe { .. } => unreachable!("handled above"),
     }
 }

@@ -169,20 +169,7 @@ impl Publisher {
         traceparent: Option<&str>,
     ) -> Result<(), Stopped> {
         let payload = self.encoded(update).await?;
-        let content_type = match payload.first() {
-            Some(0) => "application/vnd.switchyard.run-update.v1+avro",
-            _ => "application/json",
-        };
-        let mut headers = OwnedHeaders::new().insert(Header {
-            key: "content-type",
-            value: Some(content_type),
-        });
-        if let Some(tp) = traceparent {
-            headers = headers.insert(Header {
-                key: crate::trace::HEADER,
-                value: Some(tp),
-            });
-        }
+        let headers = update_headers(&payload, traceparent);
         self.send(
             &self.status_topic,
             Some(update.run_id.as_bytes()),
@@ -204,19 +191,7 @@ impl Publisher {
         traceparent: Option<String>,
     ) -> Result<Pending, Stopped> {
         let payload = self.encoded(&update).await?;
-        let mut headers = OwnedHeaders::new().insert(Header {
-            key: "content-type",
-            value: Some(match payload.first() {
-                Some(0) => "application/vnd.switchyard.run-update.v1+avro",
-                _ => "application/json",
-            }),
-        });
-        if let Some(tp) = &traceparent {
-            headers = headers.insert(Header {
-                key: crate::trace::HEADER,
-                value: Some(tp.as_str()),
-            });
-        }
+        let headers = update_headers(&payload, traceparent.as_deref());
         let record = FutureRecord::<[u8], [u8]>::to(&self.status_topic)
             .key(update.run_id.as_bytes())
             .payload(&payload)
@@ -368,6 +343,26 @@ impl Publisher {
 
     pub fn status_topic(&self) -> &str {
         &self.status_topic
+    }
+}
+
+/// Headers of a run-update record: its content type (from the encoded payload's first
+/// byte) and the run's trace context.
+fn update_headers(payload: &[u8], traceparent: Option<&str>) -> OwnedHeaders {
+    let content_type = match payload.first() {
+        Some(0) => "application/vnd.switchyard.run-update.v1+avro",
+        _ => "application/json",
+    };
+    let headers = OwnedHeaders::new().insert(Header {
+        key: "content-type",
+        value: Some(content_type),
+    });
+    match traceparent {
+        Some(tp) => headers.insert(Header {
+            key: crate::trace::HEADER,
+            value: Some(tp),
+        }),
+        None => headers,
     }
 }
 
