@@ -32,9 +32,23 @@ pub struct TemplateError {
     pub message: String,
 }
 
+/// Where the jq programs of a [`Renderer`] come from, which decides what they may read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Trust {
+    /// Templates carried by events: anyone who can publish a trigger writes them, so they
+    /// see the event and `.secrets` only. jq's `env` (the process environment, which
+    /// holds credentials) does not exist for them.
+    #[default]
+    Event,
+    /// Programs from the operator's own files (the Port payload mapping): `env` and
+    /// `$ENV` read the process environment, as in jq and Port's agent.
+    Operator,
+}
+
 /// Compiles, caches and evaluates templates. Cheap to share (`Arc`).
 #[derive(Default)]
 pub struct Renderer {
+    trust: Trust,
     cache: Mutex<HashMap<String, Arc<Program>>>,
 }
 
@@ -52,8 +66,17 @@ impl Context {
 }
 
 impl Renderer {
+    /// A renderer of event templates ([`Trust::Event`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A renderer of operator programs ([`Trust::Operator`]).
+    pub fn operator() -> Self {
+        Renderer {
+            trust: Trust::Operator,
+            ..Self::default()
+        }
     }
 
     /// Render every template in `value`. `path` names the root field in error messages.
@@ -138,15 +161,29 @@ impl Renderer {
 
     /// Evaluate one jq program and return its first output.
     fn eval(&self, code: &str, ctx: &Context, field: &str) -> Result<Value, TemplateError> {
+        self.eval_val(code, &ctx.0, field)
+    }
+
+    /// Evaluate one jq program against a JSON input and return its first output (`null`
+    /// when it yields none), as Port's agent does (`jq.first`).
+    pub fn first(&self, code: &str, input: &Value, field: &str) -> Result<Value, TemplateError> {
+        self.eval_val(code, &json_to_val(input), field)
+    }
+
+    fn eval_val(&self, code: &str, input: &Val, field: &str) -> Result<Value, TemplateError> {
         let err = |message: String| TemplateError {
             field: field.to_owned(),
             message,
         };
         let program = self.program(code).map_err(err)?;
-        let jq_ctx = Ctx::<data::JustLut<Val>>::new(&program.lut, Vars::new([]));
+        let vars = match self.trust {
+            Trust::Event => Vars::new([]),
+            Trust::Operator => Vars::new([environment()]),
+        };
+        let jq_ctx = Ctx::<data::JustLut<Val>>::new(&program.lut, vars);
         let first = program
             .id
-            .run((jq_ctx, ctx.0.clone()))
+            .run((jq_ctx, input.clone()))
             .map(unwrap_valr)
             .next();
         match first {
@@ -161,7 +198,7 @@ impl Renderer {
         if let Some(p) = cache.get(code) {
             return Ok(p.clone());
         }
-        let program = Arc::new(compile(code)?);
+        let program = Arc::new(compile(code, self.trust)?);
         if cache.len() < CACHE_CAP {
             cache.insert(code.to_owned(), program.clone());
         }
@@ -174,13 +211,27 @@ impl Renderer {
     }
 }
 
-fn compile(code: &str) -> Result<Program, String> {
+/// The process environment as a jq object (`$ENV`).
+fn environment() -> Val {
+    Val::obj(
+        std::env::vars()
+            .map(|(k, v)| (Val::from(k), Val::from(v)))
+            .collect(),
+    )
+}
+
+fn compile(code: &str, trust: Trust) -> Result<Program, String> {
     let defs = jaq_core::defs()
         .chain(jaq_std::defs())
         .chain(jaq_json::defs());
     let funs = jaq_core::funs()
         .chain(jaq_std::funs())
-        .chain(jaq_json::funs());
+        .chain(jaq_json::funs())
+        .filter(move |(name, _, _)| trust == Trust::Operator || *name != "env");
+    let globals: &[&str] = match trust {
+        Trust::Event => &[],
+        Trust::Operator => &["$ENV"],
+    };
     let loader = Loader::new(defs);
     let arena = Arena::default();
     let modules = loader
@@ -206,6 +257,7 @@ fn compile(code: &str) -> Result<Program, String> {
         })?;
     Compiler::default()
         .with_funs(funs)
+        .with_global_vars(globals.iter().copied())
         .compile(modules)
         .map_err(|errs| {
             let msgs: Vec<String> = errs

@@ -150,3 +150,29 @@ fn plain_strings_pass_through() {
     );
     assert_eq!(render(json!("")).unwrap(), json!(""));
 }
+
+#[test]
+fn event_templates_cannot_read_the_process_environment() {
+    // The process environment holds credentials (PORT_CLIENT_SECRET, tokens); a template
+    // written by whoever publishes a trigger must not be able to copy it into a request.
+    std::env::set_var("SWITCHYARD_TEMPLATE_TEST_SECRET", "leak-me");
+    for code in [
+        "{{ env.SWITCHYARD_TEMPLATE_TEST_SECRET }}",
+        "{{ $ENV.PATH }}",
+    ] {
+        let err = render(json!({"body": code})).unwrap_err();
+        assert!(err.message.contains("undefined"), "{code}: {err}");
+    }
+    let op = Renderer::operator();
+    let input = json!({});
+    assert_eq!(
+        op.first("env.SWITCHYARD_TEMPLATE_TEST_SECRET", &input, "url")
+            .unwrap(),
+        "leak-me"
+    );
+    assert_eq!(
+        op.first("$ENV.SWITCHYARD_TEMPLATE_TEST_SECRET", &input, "url")
+            .unwrap(),
+        "leak-me"
+    );
+}
