@@ -16,18 +16,53 @@ use crate::kafka::{consumer, publisher::Publisher, topics};
 use crate::pipeline::Pipeline;
 use crate::watch::Watcher;
 
+/// With `port.api_url`, a consumer of the status topic that reports Port runs to Port's
+/// API ([`crate::port::reporter`]).
+fn start_port_reporter(
+    cfg: &Config,
+    codec: Arc<crate::avro::Codec>,
+    stop: CancellationToken,
+) -> anyhow::Result<Option<consumer::ConsumerHandle>> {
+    let (Some(url), Some(id), Some(secret)) =
+        (&cfg.port.api_url, &cfg.port.client_id, cfg.port_secret())
+    else {
+        return Ok(None);
+    };
+    let client = crate::port::client::PortClient::new(url, id, &secret)?;
+    let port_topics = cfg
+        .input_topics()
+        .into_iter()
+        .filter(|(_, f)| *f == crate::config::Format::Port)
+        .map(|(t, _)| t)
+        .collect();
+    let reporter = crate::port::reporter::Reporter::new(client, codec, port_topics);
+    let sub = consumer::Subscription {
+        group: format!("{}.port-reporter", cfg.kafka.group_id),
+        topics: vec![cfg.kafka.status_topic.clone()],
+        marks_ready: false,
+    };
+    tracing::info!(api = %url, group = %sub.group, "reporting Port runs to Port's API");
+    let handle = consumer::start(cfg, sub, Arc::new(reporter), stop)
+        .context("starting the Port reporter")?;
+    Ok(Some(handle))
+}
+
 /// Run the dispatcher until `shutdown` fires, then stop cleanly.
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let k = &cfg.kafka;
-    let required = [
-        topics::TopicSpec::plain(&k.triggers_topic),
+    let inputs = cfg.input_topics();
+    let mut required: Vec<topics::TopicSpec> = inputs
+        .iter()
+        .map(|(t, _)| topics::TopicSpec::plain(t))
+        .collect();
+    required.extend([
         topics::TopicSpec::plain(&k.status_topic),
         topics::TopicSpec::plain(&k.dlq_topic),
         topics::TopicSpec {
             name: &k.watches_topic,
             compacted: true,
         },
-    ];
+    ]);
     topics::ensure_topics(k, &required, k.create_topics).await?;
     let secrets = cfg.resolve_secrets()?;
     let hard_stop = CancellationToken::new();
@@ -91,7 +126,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     } else {
         None
     };
+    let reporter_stop = CancellationToken::new();
+    let reporter = start_port_reporter(&cfg, publisher.codec().clone(), reporter_stop.clone())?;
+    let pipeline_inputs = crate::pipeline::Inputs {
+        formats: inputs.iter().cloned().collect(),
+        port: crate::port::Settings::from_config(&cfg)?,
+    };
     let pipeline = Pipeline::new(
+        pipeline_inputs,
         registry,
         watcher.clone(),
         ledger,
@@ -99,11 +141,18 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         secrets,
         &cfg.dispatch,
     );
-    let consumer = consumer::start(&cfg, Arc::new(pipeline), shutdown.clone())
+    let subscription = consumer::Subscription::triggers(&cfg);
+    let consumer = consumer::start(&cfg, subscription, Arc::new(pipeline), shutdown.clone())
         .context("starting the triggers consumer")?;
     tracing::info!(brokers = %k.brokers, group = %k.group_id, triggers = %k.triggers_topic,
         status = %k.status_topic, dlq = %k.dlq_topic, "switchyard running");
     consumer.join().await;
+    // Reports of what was just dispatched go out before the producer is closed (up to
+    // the grace period; the rest are reported after the next start).
+    reporter_stop.cancel();
+    if let Some(r) = reporter {
+        r.join().await;
+    }
     hard_stop.cancel();
     watcher.closed().await;
     if let Some(t) = tail_task {

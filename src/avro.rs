@@ -102,12 +102,14 @@ impl Codec {
         self.triggers
     }
 
-    /// The trigger event in `payload` as JSON bytes (unchanged when the topic is JSON).
+    /// The trigger event in `payload`, read from a topic of `format`, as JSON bytes
+    /// (unchanged unless the topic is Avro).
     pub async fn trigger_json<'a>(
         &self,
+        format: Format,
         payload: &'a [u8],
     ) -> Result<std::borrow::Cow<'a, [u8]>, AvroError> {
-        if self.triggers == Format::Json {
+        if format != Format::Avro {
             return Ok(std::borrow::Cow::Borrowed(payload));
         }
         let (id, datum) = unframe(payload)?;
@@ -123,7 +125,7 @@ impl Codec {
     /// A JSON trigger event as the triggers topic's format wants it (registering the
     /// trigger schema under `{triggers_topic}-value` when there is a registry).
     pub async fn encode_trigger(&self, event: &Json) -> Result<Vec<u8>, AvroError> {
-        if self.triggers == Format::Json {
+        if self.triggers != Format::Avro {
             return Ok(serde_json::to_vec(event).expect("JSON values serialise"));
         }
         let id = match &self.registry {
@@ -135,7 +137,7 @@ impl Codec {
 
     /// The run update as the status topic's format wants it.
     pub async fn encode_update(&self, u: &RunUpdate) -> Result<Vec<u8>, AvroError> {
-        if self.status == Format::Json {
+        if self.status != Format::Avro {
             return Ok(serde_json::to_vec(u).expect("a RunUpdate always serialises"));
         }
         let id = *self
@@ -550,7 +552,8 @@ mod tests {
             "orderingKey": "k"
         });
         let bytes = encode_trigger(&event, 1).unwrap();
-        let json: Json = serde_json::from_slice(&c.trigger_json(&bytes).await.unwrap()).unwrap();
+        let json: Json =
+            serde_json::from_slice(&c.trigger_json(Format::Avro, &bytes).await.unwrap()).unwrap();
         assert_eq!(json["run"]["id"], "r_a");
         assert_eq!(
             json["action"]["invocationMethod"],
@@ -560,14 +563,20 @@ mod tests {
         assert_eq!(json["orderingKey"], "k");
         assert!(json.get("deadline").is_none() && json.get("entity").is_none());
 
-        let e = c.trigger_json(br#"{"run": {}}"#).await.unwrap_err();
+        let e = c
+            .trigger_json(Format::Avro, br#"{"run": {}}"#)
+            .await
+            .unwrap_err();
         assert!(e.0.starts_with("expected the Avro wire format"), "{e}");
         let e = c
-            .trigger_json(&[0, 0, 0, 0, 1, 0xff, 0xff])
+            .trigger_json(Format::Avro, &[0, 0, 0, 0, 1, 0xff, 0xff])
             .await
             .unwrap_err();
         assert!(e.0.starts_with("schema id 1:"), "{e}");
-        let e = c.trigger_json(&[0, 0, 0, 0, 9, 2]).await.unwrap_err();
+        let e = c
+            .trigger_json(Format::Avro, &[0, 0, 0, 0, 9, 2])
+            .await
+            .unwrap_err();
         assert!(e.0.starts_with("unknown schema id 9"), "{e}");
     }
 }

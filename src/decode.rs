@@ -23,6 +23,10 @@ pub enum BadInput {
     Expired(String),
     #[error("unreadable Avro record: {0}")]
     Avro(String),
+    #[error("Port signature rejected: {0}")]
+    Signature(String),
+    #[error("no entry of the payload mapping ({0}) is enabled for this message")]
+    NoMapping(String),
 }
 
 impl BadInput {
@@ -37,6 +41,8 @@ impl BadInput {
             BadInput::Template(_) => "template_error",
             BadInput::Expired(_) => "expired",
             BadInput::Avro(_) => "avro",
+            BadInput::Signature(_) => "signature",
+            BadInput::NoMapping(_) => "port_mapping",
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod pipeline;
 pub mod pool;
+pub mod port;
 pub mod protect;
 pub mod replay;
 pub mod router;

@@ -66,6 +66,11 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         fetch_wait_ms: u64,
     },
+    /// Port compatibility tools.
+    Port {
+        #[command(subcommand)]
+        command: PortCommand,
+    },
     /// Read runs from the status topic.
     Runs {
         #[command(subcommand)]
@@ -100,6 +105,23 @@ enum RunsCommand {
         /// Print the state as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PortCommand {
+    /// Check the signature of a Port runs message; prints `valid` or `invalid: <reason>`
+    /// (exit 0 or 1).
+    Verify {
+        /// The Port client secret (the HMAC key).
+        #[arg(long, env = "PORT_CLIENT_SECRET", hide_env_values = true)]
+        secret: String,
+        /// File holding the message JSON; `-` or absent reads standard input.
+        #[arg(long, short)]
+        file: Option<PathBuf>,
+        /// Also refuse timestamps older than this (e.g. `24h`); default: any age.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_age: Option<std::time::Duration>,
     },
 }
 
@@ -171,6 +193,30 @@ async fn async_main(cli: Cli) -> ExitCode {
             )
         }
         _ => {}
+    }
+    if let Command::Port {
+        command:
+            PortCommand::Verify {
+                secret,
+                file,
+                max_age,
+            },
+    } = &cli.command
+    {
+        let raw = match read_input(file.as_deref()) {
+            Ok(b) => b,
+            Err(e) => return report(Err(e)),
+        };
+        return match switchyard::port::signature::verify_bytes(&raw, secret, *max_age) {
+            Ok(_) => {
+                println!("valid");
+                ExitCode::SUCCESS
+            }
+            Err(why) => {
+                println!("invalid: {why}");
+                ExitCode::FAILURE
+            }
+        };
     }
     if let Command::Receiver { listen } = &cli.command {
         return match switchyard::demo::start_receiver(listen).await {
@@ -261,6 +307,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             }
         }
         Command::Demo
+        | Command::Port { .. }
         | Command::Receiver { .. }
         | Command::Bench(_)
         | Command::BenchPipe { .. } => unreachable!("handled above"),

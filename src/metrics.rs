@@ -60,6 +60,10 @@ pub struct Metrics {
     pub paused_partitions: IntGauge,
     /// Partitions assigned to this member.
     pub assigned_partitions: IntGauge,
+    /// Port messages skipped, by reason (`not_for_agent`, `no_mapping`).
+    pub port_skipped: IntCounterVec,
+    /// Calls to Port's API, by call and outcome (`ok`, `retried`, `rejected`).
+    pub port_api_calls: IntCounterVec,
 }
 
 /// The process-wide metrics.
@@ -209,6 +213,16 @@ impl Metrics {
             assigned_partitions: gauge(
                 "assigned_partitions",
                 "Partitions assigned to this group member.",
+            ),
+            port_skipped: counters(
+                "port_skipped_total",
+                "Port messages skipped: not for an agent, or no mapping entry enabled.",
+                &["reason"],
+            ),
+            port_api_calls: counters(
+                "port_api_calls_total",
+                "Calls to Port's API by call and outcome (ok, retried, rejected).",
+                &["call", "outcome"],
             ),
             registry,
         }

@@ -44,6 +44,9 @@ pub struct RunState {
     /// `seq` of the last update folded in.
     #[serde(skip)]
     pub last_seq: u64,
+    /// Where the run's trigger was read (API writes carry it on too).
+    #[serde(skip)]
+    pub source: Option<crate::model::SourceRef>,
 }
 
 impl RunState {
@@ -63,6 +66,7 @@ impl RunState {
             updated_at: u.at.clone(),
             ended_at: None,
             last_seq: 0,
+            source: None,
         }
     }
 
@@ -75,6 +79,9 @@ impl RunState {
         self.last_seq = self.last_seq.max(u.seq);
         if self.backend.is_none() {
             self.backend.clone_from(&u.backend);
+        }
+        if self.source.is_none() {
+            self.source.clone_from(&u.source);
         }
         match u.kind {
             UpdateKind::Status => {

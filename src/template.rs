@@ -63,6 +63,12 @@ impl Context {
         }
         Context(json_to_val(&event))
     }
+
+    /// A context that is exactly `input` (no `.secrets`), converted once for many
+    /// programs.
+    pub fn plain(input: &Value) -> Context {
+        Context(json_to_val(input))
+    }
 }
 
 impl Renderer {
@@ -164,10 +170,15 @@ impl Renderer {
         self.eval_val(code, &ctx.0, field)
     }
 
-    /// Evaluate one jq program against a JSON input and return its first output (`null`
+    /// Evaluate one jq program against a context and return its first output (`null`
     /// when it yields none), as Port's agent does (`jq.first`).
-    pub fn first(&self, code: &str, input: &Value, field: &str) -> Result<Value, TemplateError> {
-        self.eval_val(code, &json_to_val(input), field)
+    pub fn first(&self, code: &str, ctx: &Context, field: &str) -> Result<Value, TemplateError> {
+        self.eval_val(code, &ctx.0, field)
+    }
+
+    /// Compile `code` (into the cache) without running it: a syntax check.
+    pub fn check(&self, code: &str) -> Result<(), String> {
+        self.program(code).map(drop)
     }
 
     fn eval_val(&self, code: &str, input: &Val, field: &str) -> Result<Value, TemplateError> {

@@ -164,7 +164,7 @@ fn event_templates_cannot_read_the_process_environment() {
         assert!(err.message.contains("undefined"), "{code}: {err}");
     }
     let op = Renderer::operator();
-    let input = json!({});
+    let input = Context::plain(&json!({}));
     assert_eq!(
         op.first("env.SWITCHYARD_TEMPLATE_TEST_SECRET", &input, "url")
             .unwrap(),

@@ -15,11 +15,20 @@ use crate::decode::decode_json;
 /// Avro wire format first.
 pub async fn publish(config: &Config, payload: &[u8], validate: bool) -> anyhow::Result<String> {
     let cfg = &config.kafka;
-    let (key, run_id) = match decode_json(payload) {
-        Ok(ev) => {
-            let key = ev.ordering_key.clone().unwrap_or_else(|| ev.run.id.clone());
-            (Some(key), ev.run.id)
-        }
+    let decoded = if cfg.triggers_format == Format::Port {
+        port_envelope(payload)
+    } else {
+        decode_json(payload)
+            .map(|ev| {
+                (
+                    ev.ordering_key.clone().unwrap_or_else(|| ev.run.id.clone()),
+                    ev.run.id,
+                )
+            })
+            .map_err(|(bad, id)| (bad.to_string(), id))
+    };
+    let (key, run_id) = match decoded {
+        Ok((key, run_id)) => (Some(key), run_id),
         Err((bad, _)) if validate => bail!("{bad} (use --no-validate to publish it anyway)"),
         Err((_, id)) => (id.clone(), id.unwrap_or_default()),
     };
@@ -50,4 +59,18 @@ pub async fn publish(config: &Config, payload: &[u8], validate: bool) -> anyhow:
         .await
         .map_err(|(e, _)| anyhow::anyhow!("publishing to {} failed: {e}", cfg.triggers_topic))?;
     Ok(run_id)
+}
+
+/// A Port agent envelope on a `port`-format triggers topic: keyed by `context.runId`, sent
+/// as it is (its signature covers the exact message).
+fn port_envelope(payload: &[u8]) -> Result<(String, String), (String, Option<String>)> {
+    let v: serde_json::Value =
+        serde_json::from_slice(payload).map_err(|e| (format!("malformed JSON: {e}"), None))?;
+    match v
+        .pointer("/context/runId")
+        .and_then(serde_json::Value::as_str)
+    {
+        Some(id) if !id.is_empty() => Ok((id.to_owned(), id.to_owned())),
+        _ => Err(("missing run id: context.runId: missing field".into(), None)),
+    }
 }

@@ -27,6 +27,7 @@ pub struct Exchange {
     pub ms: u128,
     /// What the server asked us to wait before trying again (see [`wait_hint`]).
     pub retry_after: Option<std::time::Duration>,
+    pub headers: reqwest::header::HeaderMap,
 }
 
 pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange, Report> {
@@ -49,6 +50,7 @@ pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange,
         .map_err(|e| failed("request failed", &e))?;
     let status = response.status();
     let retry_after = wait_hint(response.headers(), std::time::Duration::from_secs(3600));
+    let headers = response.headers().clone();
     let mut body = Vec::new();
     while let Some(chunk) = response
         .chunk()
@@ -66,6 +68,7 @@ pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange,
         body,
         ms: start.elapsed().as_millis(),
         retry_after,
+        headers,
     })
 }
 
@@ -208,6 +211,7 @@ pub async fn poll_json(
             body: body.to_vec(),
             ms: 0,
             retry_after: wait,
+            headers: reqwest::header::HeaderMap::new(),
         };
         let summary = failure(&ex, &format!("{provider} ")).summary;
         return Err((Progress::Failed(summary), code));
@@ -225,6 +229,7 @@ mod tests {
             body: body.to_vec(),
             ms: 1,
             retry_after: None,
+            headers: reqwest::header::HeaderMap::new(),
         }
     }
 

@@ -86,6 +86,8 @@ pub struct Report {
     pub http_status: Option<u16>,
     /// How long the destination asked us to wait before retrying (`Retry-After`).
     pub retry_after: Option<std::time::Duration>,
+    /// The HTTP response itself (WEBHOOK), for reports computed from it (Port's mapping).
+    pub exchange: Option<Arc<http::Exchange>>,
 }
 
 impl Report {
@@ -101,6 +103,7 @@ impl Report {
             follow: None,
             http_status: None,
             retry_after: None,
+            exchange: None,
         }
     }
 
@@ -184,7 +187,12 @@ impl Registry {
         let mut r = Registry {
             by_type: BTreeMap::new(),
         };
-        r.add(Arc::new(webhook::Webhook::new(&b.webhook)?), &b.webhook);
+        let signing =
+            secret(secrets, b.webhook.signing_secret.as_ref()).or_else(|| cfg.port_secret());
+        r.add(
+            Arc::new(webhook::Webhook::new(&b.webhook, signing)?),
+            &b.webhook.pool(),
+        );
         r.add(
             Arc::new(kafka::KafkaBackend::new(
                 &b.kafka,

@@ -1,7 +1,9 @@
 //! WEBHOOK: one HTTP request per attempt (Port fields `url`, `method`, `headers`, `body`,
-//! `synchronized`).
+//! `synchronized`, plus `query`: parameters added to the URL).
 //!
 //! - Every request carries `Idempotency-Key: <run id>`.
+//! - With a signing secret, `X-Port-Timestamp` and `X-Port-Signature` sign the exact body
+//!   bytes sent (Port's scheme, [`crate::port::signature`]).
 //! - `synchronized: true`: 2xx is SUCCESS with the body as a `response` update.
 //! - `synchronized: false`: 2xx leaves the run IN_PROGRESS ("request accepted: HTTP 202").
 //! - Any other status fails: 408, 425, 429 and 5xx (and connection errors) are retryable,
@@ -11,21 +13,33 @@ use reqwest::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use reqwest::Method;
 use serde_json::Value;
 
-use super::{flag, http, AttemptFuture, Backend, Report, Request};
-use crate::config::PoolConfig;
+use super::{flag, http, AttemptFuture, Backend, Invalid, Report, Request};
+use crate::config::WebhookConfig;
+use crate::port::signature;
 
 pub struct Webhook {
     client: reqwest::Client,
+    /// Signs every request when set.
+    signing_secret: Option<String>,
 }
 
 impl Webhook {
-    pub fn new(cfg: &PoolConfig) -> anyhow::Result<Self> {
+    pub fn new(cfg: &WebhookConfig, signing_secret: Option<String>) -> anyhow::Result<Self> {
+        if !cfg.verify_tls {
+            tracing::warn!(
+                "backends.webhook.verify_tls is off: webhook TLS certificates are not checked"
+            );
+        }
         let client = reqwest::Client::builder()
             .connect_timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.concurrency)
+            .danger_accept_invalid_certs(!cfg.verify_tls)
             .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
             .build()?;
-        Ok(Webhook { client })
+        Ok(Webhook {
+            client,
+            signing_secret,
+        })
     }
 }
 
@@ -51,7 +65,7 @@ impl Webhook {
             Some(Value::String(_)) | None => return Report::invalid("url", "missing"),
             Some(other) => return Report::invalid("url", format!("expected string, got {other}")),
         };
-        let url = match reqwest::Url::parse(url) {
+        let mut url = match reqwest::Url::parse(url) {
             Ok(u) if matches!(u.scheme(), "http" | "https") => u,
             Ok(u) => return Report::invalid("url", format!("unsupported scheme {}", u.scheme())),
             Err(e) => return Report::invalid("url", e),
@@ -79,6 +93,9 @@ impl Webhook {
             Ok(s) => s,
             Err(e) => return Report::invalid("synchronized", e),
         };
+        if let Err(invalid) = add_query(&mut url, inv.get("query")) {
+            return invalid.into();
+        }
 
         let mut request = self
             .client
@@ -112,15 +129,68 @@ impl Webhook {
                 return Report::invalid("headers", format!("expected object, got {other}"))
             }
         }
+        let mut bytes = Vec::new();
         if let Some(body) = inv.get("body").filter(|b| !b.is_null()) {
-            let bytes = serde_json::to_vec(body).expect("a JSON value always serialises");
-            request = request.header(CONTENT_TYPE, "application/json").body(bytes);
+            bytes = serde_json::to_vec(body).expect("a JSON value always serialises");
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        if let Some(secret) = &self.signing_secret {
+            // Signed over the very bytes that go on the wire.
+            let ts = signature::now_secs().to_string();
+            let sig = signature::sign(secret, &ts, &bytes);
+            request = request
+                .header(signature::TIMESTAMP, ts)
+                .header(signature::SIGNATURE, sig);
+        }
+        if !bytes.is_empty() {
+            request = request.body(bytes);
         }
 
         let target = format!("{} {}", method, url.host_str().unwrap_or("?"));
         match http::exchange(request, &target).await {
-            Ok(ex) => http::classify(&ex, synchronized),
+            Ok(ex) => {
+                let mut report = http::classify(&ex, synchronized);
+                report.exchange = Some(std::sync::Arc::new(ex));
+                report
+            }
             Err(report) => report,
         }
     }
+}
+
+/// Append `query` (an object: strings as they are, lists as repeated parameters, other
+/// values as compact JSON, nulls left out) to the URL's query string.
+fn add_query(url: &mut reqwest::Url, query: Option<&Value>) -> Result<(), Invalid> {
+    let q = match query {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(q)) => q,
+        Some(other) => {
+            return Err(Invalid::new(
+                "query",
+                format!("expected object, got {other}"),
+            ))
+        }
+    };
+    if q.is_empty() {
+        return Ok(());
+    }
+    let mut pairs = url.query_pairs_mut();
+    for (name, value) in q {
+        let values = match value {
+            Value::Array(items) => items.iter().collect(),
+            v => vec![v],
+        };
+        for v in values {
+            match v {
+                Value::Null => {}
+                Value::String(s) => {
+                    pairs.append_pair(name, s);
+                }
+                other => {
+                    pairs.append_pair(name, &other.to_string());
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -8,12 +8,47 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BackendsConfig {
-    pub webhook: PoolConfig,
+    pub webhook: WebhookConfig,
     pub kafka: KafkaBackendConfig,
     pub upsert_entity: UpsertEntityConfig,
     pub azure_devops: AzureDevopsConfig,
     pub gitlab: GitlabConfig,
     pub github: GithubConfig,
+}
+
+/// WEBHOOK backend: one HTTP request per attempt.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WebhookConfig {
+    pub concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    pub retry: RetryConfig,
+    pub breaker: BreakerConfig,
+    pub rate_limit: RateLimitConfig,
+    /// Secret (in `[secrets]`) that signs every request the way Port signs its webhooks:
+    /// `X-Port-Timestamp` and `X-Port-Signature: v1,base64(HMAC-SHA256(secret,
+    /// "<timestamp>.<body>"))`, over the exact bytes sent. Unset: `port.client_secret`
+    /// when it is configured, else no signature.
+    pub signing_secret: Option<String>,
+    /// Verify the TLS certificates of webhook destinations. Turn off only for test
+    /// servers with self-signed certificates (Port agent: `WEBHOOK_VERIFY_SSL`).
+    pub verify_tls: bool,
+}
+
+impl Default for WebhookConfig {
+    fn default() -> Self {
+        let pool = PoolConfig::default();
+        WebhookConfig {
+            concurrency: pool.concurrency,
+            timeout: pool.timeout,
+            retry: pool.retry,
+            breaker: pool.breaker,
+            rate_limit: pool.rate_limit,
+            signing_secret: None,
+            verify_tls: true,
+        }
+    }
 }
 
 /// GITHUB backend: workflow dispatches, followed to completion.
@@ -403,6 +438,7 @@ macro_rules! inline_pool {
 }
 
 inline_pool!(
+    WebhookConfig,
     GithubConfig,
     GitlabConfig,
     AzureDevopsConfig,

@@ -34,6 +34,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub api: ApiConfig,
     pub avro: AvroConfig,
+    pub port: PortConfig,
 }
 
 /// Record format of a topic.
@@ -43,6 +44,17 @@ pub enum Format {
     #[default]
     Json,
     Avro,
+    /// Port's agent messages: run envelopes and changelog messages (see `[port]`).
+    Port,
+}
+
+/// One more topic to consume besides `kafka.triggers_topic`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InputTopic {
+    pub topic: String,
+    #[serde(default)]
+    pub format: Format,
 }
 
 /// The Avro wire format: schema ids and the optional schema registry.
@@ -152,8 +164,12 @@ pub struct KafkaConfig {
     /// Wire format of the triggers topic: `json`, or `avro` (Confluent framing; see
     /// `[avro]`).
     pub triggers_format: Format,
-    /// Wire format of the run updates switchyard writes; readers accept both.
+    /// Wire format of the run updates switchyard writes (`json` or `avro`); readers
+    /// accept both.
     pub status_format: Format,
+    /// More topics to consume, each with its own format, e.g.
+    /// `[{ topic = "org_X.change.log", format = "port" }]`.
+    pub inputs: Vec<InputTopic>,
     /// librdkafka options for every client, passed through unchanged.
     #[serde(deserialize_with = "options")]
     pub common: BTreeMap<String, String>,
@@ -177,6 +193,7 @@ impl Default for KafkaConfig {
             create_topics: false,
             triggers_format: Format::Json,
             status_format: Format::Json,
+            inputs: Vec::new(),
             topic_partitions: 6,
             topic_replication: 1,
             common: BTreeMap::new(),
@@ -249,8 +266,10 @@ impl Default for DispatchConfig {
 }
 
 mod backends;
+mod port;
 
 pub use backends::*;
+pub use port::{PortConfig, PORT_API};
 
 /// Where a secret's value comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -314,10 +333,11 @@ impl Config {
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigErrors> {
-        let mut problems = Vec::new();
         let mut root: toml::Table = text
             .parse()
             .map_err(|e: toml::de::Error| ConfigErrors(vec![format!("TOML syntax: {e}")]))?;
+        let env: BTreeMap<String, String> = env.into_iter().collect();
+        let mut problems = port::apply_agent_env(&mut root, &env);
         for (name, value) in env {
             // Only `SECTION__FIELD` names are overrides, so that variables such as
             // SWITCHYARD_CONFIG or a secret's SWITCHYARD_TOKEN are not mistaken for one.
@@ -327,6 +347,7 @@ impl Config {
                 }
             }
         }
+        port::apply_org_defaults(&mut root);
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> =
             serde_ignored::deserialize(toml::Value::Table(root), |path| {
@@ -436,6 +457,7 @@ impl Config {
         if k.triggers_topic == k.status_topic || k.triggers_topic == k.dlq_topic {
             p.push("kafka.triggers_topic: must differ from status_topic and dlq_topic".into());
         }
+        p.extend(self.input_problems());
         if k.topic_partitions < 1 {
             p.push("kafka.topic_partitions: must be at least 1".into());
         }
@@ -487,7 +509,7 @@ impl Config {
         }
         let b = &self.backends;
         let pools = [
-            ("webhook", b.webhook.clone()),
+            ("webhook", b.webhook.pool()),
             ("kafka", b.kafka.pool()),
             ("upsert_entity", b.upsert_entity.pool()),
             ("azure_devops", b.azure_devops.pool()),
@@ -515,6 +537,91 @@ impl Config {
         p
     }
 
+    /// Every topic consumed, with its format: `triggers_topic` first, then `inputs`.
+    pub fn input_topics(&self) -> Vec<(String, Format)> {
+        let k = &self.kafka;
+        std::iter::once((k.triggers_topic.clone(), k.triggers_format))
+            .chain(k.inputs.iter().map(|i| (i.topic.clone(), i.format)))
+            .collect()
+    }
+
+    /// The format of records read from `topic`.
+    pub fn format_of(&self, topic: &str) -> Format {
+        self.input_topics()
+            .into_iter()
+            .find(|(t, _)| t == topic)
+            .map_or(self.kafka.triggers_format, |(_, f)| f)
+    }
+
+    /// Problems of the input topics and of the Port settings they need.
+    fn input_problems(&self) -> Vec<String> {
+        let k = &self.kafka;
+        let mut p = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, input) in k.inputs.iter().enumerate() {
+            if let Err(why) = check_topic_name(&input.topic) {
+                p.push(format!("kafka.inputs[{i}].topic: {why}"));
+            }
+            if [&k.status_topic, &k.dlq_topic, &k.watches_topic].contains(&&input.topic) {
+                p.push(format!(
+                    "kafka.inputs[{i}].topic: {:?} is also the status, DLQ or watches topic",
+                    input.topic
+                ));
+            }
+        }
+        for (topic, _) in self.input_topics() {
+            if !seen.insert(topic.clone()) {
+                p.push(format!("kafka.inputs: {topic:?} is consumed twice"));
+            }
+        }
+        if k.status_format == Format::Port {
+            p.push("kafka.status_format: \"port\" is an input format; use json or avro".into());
+        }
+        let port_inputs = self.input_topics().iter().any(|(_, f)| *f == Format::Port);
+        let pc = &self.port;
+        if port_inputs && pc.client_secret.is_none() {
+            p.push(
+                "port.client_secret: the port input format needs it (Port signs its messages with it; PORT_CLIENT_SECRET)"
+                    .into(),
+            );
+        }
+        if let Some(secret) = &pc.client_secret {
+            if let Err(e) = secret.resolve() {
+                p.push(format!("port.client_secret: {e}"));
+            }
+        }
+        if let Some(url) = &pc.api_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                p.push(format!("port.api_url: {url:?} is not an http(s) URL"));
+            }
+            if pc.client_id.as_deref().is_none_or(str::is_empty) || pc.client_secret.is_none() {
+                p.push("port.api_url: reporting to Port needs port.client_id and port.client_secret (PORT_CLIENT_ID, PORT_CLIENT_SECRET)".into());
+            }
+        }
+        if let Some(path) = &pc.mapping_file {
+            if let Err(errs) = crate::port::mapping::Mapping::load(Path::new(path)) {
+                p.extend(errs.into_iter().map(|e| format!("port.mapping_file: {e}")));
+            }
+        }
+        if let Some(name) = self
+            .backends
+            .webhook
+            .signing_secret
+            .as_ref()
+            .filter(|n| !self.secrets.contains_key(*n))
+        {
+            p.push(format!(
+                "backends.webhook.signing_secret: no secret named {name:?} in [secrets]"
+            ));
+        }
+        p
+    }
+
+    /// The Port client secret, read now (validation checked that it resolves).
+    pub fn port_secret(&self) -> Option<String> {
+        self.port.client_secret.as_ref()?.resolve().ok()
+    }
+
     /// Read every configured secret. Validation has already checked that each resolves.
     pub fn resolve_secrets(&self) -> Result<Map<String, Value>, ConfigErrors> {
         let mut out = Map::new();
@@ -536,7 +643,7 @@ impl Config {
 }
 
 impl SecretSource {
-    fn resolve(&self) -> Result<String, String> {
+    pub fn resolve(&self) -> Result<String, String> {
         match self {
             SecretSource::Env(var) => {
                 std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))

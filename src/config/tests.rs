@@ -108,3 +108,109 @@ fn env_overrides_reach_dotted_librdkafka_keys() {
         Some("10")
     );
 }
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+#[test]
+fn a_port_agent_environment_works_unchanged() {
+    // The secret itself is read from the process environment, like every env secret.
+    std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
+    let mapping = std::env::temp_dir().join(format!("sy-mapping-{}.json", std::process::id()));
+    std::fs::write(&mapping, r#"[{"enabled": true, "url": "\"https://x\""}]"#).unwrap();
+    let agent = env(&[
+        ("STREAMER_NAME", "KAFKA"),
+        ("PORT_ORG_ID", "org_X"),
+        ("PORT_CLIENT_ID", "cid"),
+        ("PORT_CLIENT_SECRET", "agent-secret-from-env"),
+        ("KAFKA_CONSUMER_GROUP_ID", "org_X.agents"),
+        ("KAFKA_CONSUMER_BROKERS", "b-1.port:9196,b-2.port:9196"),
+        ("KAFKA_CONSUMER_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("KAFKA_CONSUMER_AUTHENTICATION_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_CONSUMER_USERNAME", "org_X-user"),
+        ("KAFKA_CONSUMER_PASSWORD", "kafka-pass"),
+        ("KAFKA_CONSUMER_SESSION_TIMEOUT_MS", "45000"),
+        ("KAFKA_CONSUMER_AUTO_OFFSET_RESET", "earliest"),
+        ("CONTROL_THE_PAYLOAD_CONFIG_PATH", mapping.to_str().unwrap()),
+        ("WEBHOOK_INVOKER_TIMEOUT", "2.5"),
+        ("WEBHOOK_VERIFY_SSL", "false"),
+        ("LOG_LEVEL", "DEBUG"),
+    ]);
+    let cfg = Config::from_toml("", agent).unwrap();
+    let k = &cfg.kafka;
+    assert_eq!(k.brokers, "b-1.port:9196,b-2.port:9196");
+    assert_eq!(k.group_id, "org_X.agents");
+    assert_eq!(
+        cfg.input_topics(),
+        vec![
+            ("org_X.runs".to_owned(), Format::Port),
+            ("org_X.change.log".to_owned(), Format::Port)
+        ]
+    );
+    assert_eq!(k.common["security.protocol"], "sasl_ssl");
+    assert_eq!(k.common["sasl.mechanism"], "SCRAM-SHA-512");
+    assert_eq!(k.common["sasl.username"], "org_X-user");
+    assert_eq!(k.common["sasl.password"], "kafka-pass");
+    assert_eq!(k.consumer["session.timeout.ms"], "45000");
+    assert_eq!(cfg.port.client_id.as_deref(), Some("cid"));
+    assert_eq!(cfg.port_secret().as_deref(), Some("agent-secret-from-env"));
+    assert_eq!(
+        cfg.port.api_url.as_deref(),
+        Some(PORT_API),
+        "the agent always reports"
+    );
+    assert_eq!(cfg.port.mapping_file.as_deref(), mapping.to_str());
+    assert_eq!(cfg.backends.webhook.timeout, Duration::from_millis(2500));
+    assert!(!cfg.backends.webhook.verify_tls);
+    assert_eq!(cfg.log.level, "debug");
+}
+
+#[test]
+fn port_defaults_follow_the_org_and_yield_to_explicit_settings() {
+    std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
+    let text = "[port]\norg_id = \"org_Y\"\nclient_secret = { env = \"PORT_CLIENT_SECRET\" }\n";
+    let cfg = Config::from_toml(text, no_env()).unwrap();
+    assert_eq!(cfg.kafka.group_id, "org_Y.switchyard");
+    assert_eq!(cfg.kafka.triggers_topic, "org_Y.runs");
+    assert_eq!(cfg.format_of("org_Y.change.log"), Format::Port);
+    assert_eq!(cfg.port.api_url, None, "no reporting unless asked for");
+    // Precedence: file < agent variables < SWITCHYARD_ overrides.
+    let text = format!("{text}[kafka]\ngroup_id = \"org_Y.file\"\ntriggers_topic = \"mine\"\n");
+    let cfg = Config::from_toml(&text, env(&[("KAFKA_CONSUMER_GROUP_ID", "org_Y.env")])).unwrap();
+    assert_eq!(cfg.kafka.group_id, "org_Y.env");
+    assert_eq!(cfg.input_topics()[0], ("mine".to_owned(), Format::Json));
+    let cfg = Config::from_toml(
+        &text,
+        env(&[
+            ("KAFKA_CONSUMER_GROUP_ID", "org_Y.env"),
+            ("SWITCHYARD_KAFKA__GROUP_ID", "org_Y.override"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(cfg.kafka.group_id, "org_Y.override");
+}
+
+#[test]
+fn port_problems_are_named() {
+    let errs = Config::from_toml(
+        "[kafka]\ntriggers_format = \"port\"\nstatus_format = \"port\"\n[port]\napi_url = \"ftp://x\"\nmapping_file = \"/nonexistent/m.json\"\n",
+        env(&[("STREAMER_NAME", "POLLING"), ("WEBHOOK_INVOKER_TIMEOUT", "soon")]),
+    )
+    .unwrap_err()
+    .to_string();
+    for want in [
+        "STREAMER_NAME: \"POLLING\" is not supported",
+        "WEBHOOK_INVOKER_TIMEOUT: \"soon\" is not a number",
+        "kafka.status_format: \"port\" is an input format",
+        "port.client_secret: the port input format needs it",
+        "port.api_url: \"ftp://x\" is not an http(s) URL",
+        "port.api_url: reporting to Port needs port.client_id and port.client_secret",
+        "port.mapping_file: cannot read /nonexistent/m.json",
+    ] {
+        assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
+    }
+}

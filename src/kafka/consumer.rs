@@ -129,8 +129,29 @@ struct State {
     next_generation: u64,
 }
 
+/// What a consumer reads: its group and topics.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    pub group: String,
+    pub topics: Vec<String>,
+    /// Joining the group makes `/readyz` ready (the triggers consumer).
+    pub marks_ready: bool,
+}
+
+impl Subscription {
+    /// The dispatcher's: `kafka.group_id` on the triggers topic and `kafka.inputs`.
+    pub fn triggers(cfg: &Config) -> Self {
+        Subscription {
+            group: cfg.kafka.group_id.clone(),
+            topics: cfg.input_topics().into_iter().map(|(t, _)| t).collect(),
+            marks_ready: true,
+        }
+    }
+}
+
 /// librdkafka context: owns the partition state so rebalance callbacks can drain it.
 pub struct Ctx<S: Sink> {
+    marks_ready: bool,
     state: Mutex<State>,
     sink: Arc<S>,
     handle: tokio::runtime::Handle,
@@ -182,7 +203,9 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
                     tracing::warn!(error = %e, "resuming newly assigned partitions failed");
                 }
                 self.assign(&tps);
-                crate::server::mark_joined();
+                if self.marks_ready {
+                    crate::server::mark_joined();
+                }
                 self.sink.assigned(&tps);
             }
             Rebalance::Error(e) => tracing::error!(error = %e, "rebalance failed"),
@@ -488,12 +511,13 @@ impl ConsumerHandle {
 /// until `shutdown` fires, then drains, commits and closes.
 pub fn start<S: Sink>(
     cfg: &Config,
+    sub: Subscription,
     sink: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<ConsumerHandle, rdkafka::error::KafkaError> {
     let k = &cfg.kafka;
     let mut c = super::client_config(k);
-    c.set("group.id", &k.group_id)
+    c.set("group.id", &sub.group)
         .set("enable.auto.commit", "true")
         // Frequent commits of stored offsets keep the redelivery window small when a
         // commit in the revoke callback is refused (some brokers reject commits while
@@ -510,6 +534,7 @@ pub fn start<S: Sink>(
     }
     let (tx, rx) = mpsc::channel();
     let ctx = Ctx {
+        marks_ready: sub.marks_ready,
         state: Mutex::new(State {
             parts: HashMap::new(),
             next_generation: 0,
@@ -522,7 +547,8 @@ pub fn start<S: Sink>(
         grace: cfg.dispatch.shutdown_grace,
     };
     let consumer: BaseConsumer<Ctx<S>> = c.create_with_context(ctx)?;
-    consumer.subscribe(&[k.triggers_topic.as_str()])?;
+    let topics: Vec<&str> = sub.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
     let thread = std::thread::Builder::new()
         .name("switchyard-consumer".into())
         .spawn(move || poll_loop(consumer, shutdown))

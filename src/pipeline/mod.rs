@@ -1,16 +1,22 @@
 //! From a consumed record to acknowledged run updates: decode → render → route → pool →
 //! publish. Implements the consumer's [`Sink`].
 //!
+//! Records of `port`-format topics (Port's agent envelopes) take their own path through
+//! the same stages: [`port`] (the mapping instead of templates, Port's reports).
+//!
 //! Every path ends in one of two ways: the run's updates (and, for failures, its DLQ
 //! record) are acknowledged and the ticket is completed; or switchyard is stopping, the
 //! ticket is dropped and the event will be redelivered. Nothing is skipped silently.
 
+mod port;
+
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
 use crate::backends::{Outcome, Registry, Report, Request};
-use crate::config::Ordering;
+use crate::config::{Format, Ordering};
 use crate::decode::{decode_json, BadInput};
 use crate::dlq;
 use crate::kafka::consumer::{Sink, Ticket};
@@ -27,9 +33,14 @@ pub struct Job {
     record: TriggerRecord,
     ticket: Ticket,
     event: Arc<TriggerEvent>,
+    /// Set for records of `port`-format topics.
+    port: Option<Arc<crate::port::envelope::PortRun>>,
 }
 
 struct Inner {
+    /// The format of each consumed topic.
+    formats: HashMap<String, Format>,
+    port: Option<Arc<crate::port::Settings>>,
     watcher: Arc<Watcher>,
     ledger: Option<Arc<Ledger>>,
     max_event_age: Option<std::time::Duration>,
@@ -47,8 +58,16 @@ pub struct Pipeline {
     lanes: Arc<Lanes<Job>>,
 }
 
+/// What the pipeline reads: each topic's format, and the Port settings when a topic is
+/// in the `port` format.
+pub struct Inputs {
+    pub formats: HashMap<String, Format>,
+    pub port: Option<crate::port::Settings>,
+}
+
 impl Pipeline {
     pub fn new(
+        inputs: Inputs,
         registry: Registry,
         watcher: Arc<Watcher>,
         ledger: Option<Arc<Ledger>>,
@@ -58,6 +77,8 @@ impl Pipeline {
     ) -> Self {
         let ordering = dispatch.ordering;
         let inner = Arc::new(Inner {
+            formats: inputs.formats,
+            port: inputs.port.map(Arc::new),
             watcher,
             ledger,
             max_event_age: dispatch.max_event_age,
@@ -89,8 +110,17 @@ impl Sink for Pipeline {
         if ticket.intake_stopped() {
             return; // not started: the next owner gets it
         }
+        let format = self
+            .inner
+            .formats
+            .get(&record.topic)
+            .copied()
+            .unwrap_or_default();
+        if format == Format::Port {
+            return self.accept_port(record, ticket);
+        }
         let raw = record.payload.as_deref().unwrap_or_default();
-        let json = match self.inner.publisher.codec().trigger_json(raw).await {
+        let json = match self.inner.publisher.codec().trigger_json(format, raw).await {
             Ok(json) => json,
             Err(e) => {
                 let inner = self.inner.clone();
@@ -107,18 +137,25 @@ impl Sink for Pipeline {
             }
             Ok(event) => {
                 let event = Arc::new(event);
-                let job = Job {
+                self.submit(Job {
                     record,
                     ticket,
                     event,
-                };
-                match lane_key(self.inner.ordering, &job.event, &job.record) {
-                    Some(key) => self.lanes.submit(key, job),
-                    None => {
-                        let inner = self.inner.clone();
-                        tokio::spawn(async move { inner.run(job).await });
-                    }
-                }
+                    port: None,
+                });
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Queue a decoded job in its ordering lane (or start it, unordered).
+    fn submit(&self, job: Job) {
+        match lane_key(self.inner.ordering, &job.event, &job.record) {
+            Some(key) => self.lanes.submit(key, job),
+            None => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.run(job).await });
             }
         }
     }
@@ -136,7 +173,13 @@ impl Inner {
             action = %job.event.action.identifier,
         );
         let traceparent = crate::trace::from_headers(&job.record.headers);
-        crate::trace::scope(traceparent, self.dispatch(job).instrument(span)).await
+        match job.port.clone() {
+            Some(run) => {
+                crate::trace::scope(traceparent, self.dispatch_port(job, run).instrument(span))
+                    .await
+            }
+            None => crate::trace::scope(traceparent, self.dispatch(job).instrument(span)).await,
+        }
     }
 
     async fn dispatch(&self, job: Job) {
@@ -144,6 +187,7 @@ impl Inner {
             record,
             ticket,
             event,
+            ..
         } = job;
         if ticket.intake_stopped() {
             return;
@@ -253,11 +297,7 @@ impl Inner {
         let Some(ledger) = &self.ledger else {
             return false;
         };
-        if record
-            .headers
-            .iter()
-            .any(|(k, _)| k == dlq::H_REPLAYED_FROM)
-        {
+        if replayed(record) {
             return false;
         }
         let Some(seen) = ledger.seen(run_id) else {
@@ -360,6 +400,14 @@ impl Inner {
         }
         ticket.complete();
     }
+}
+
+/// Whether `dlq replay` re-published this record.
+fn replayed(record: &TriggerRecord) -> bool {
+    record
+        .headers
+        .iter()
+        .any(|(k, _)| k == dlq::H_REPLAYED_FROM)
 }
 
 /// Record timestamp → now (the terminal update was just acknowledged).

@@ -1,0 +1,225 @@
+//! `[port]`: Port compatibility settings, and the Port agent's environment variables as
+//! aliases, so that an agent deployment's environment works unchanged.
+//!
+//! Precedence, lowest first: the TOML file, the agent's variables (`PORT_ORG_ID`,
+//! `KAFKA_CONSUMER_GROUP_ID`, …), `SWITCHYARD_*` overrides, then the defaults that
+//! `port.org_id` implies (`<org>.runs` and `<org>.change.log` in the `port` format, group
+//! `<org>.switchyard`) for whatever is still unset.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::SecretSource;
+
+/// Port's API, where the agent reports runs (`PORT_API_BASE_URL`'s default).
+pub const PORT_API: &str = "https://api.getport.io";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PortConfig {
+    /// The Port organisation id. Implies the Port topics and consumer group (above).
+    pub org_id: Option<String>,
+    /// Port API client id (reporting to Port's API).
+    pub client_id: Option<String>,
+    /// Port API client secret: the key of message signatures (incoming and outgoing), of
+    /// `fieldsToDecryptPaths`, and of the API token.
+    pub client_secret: Option<SecretSource>,
+    /// Port's API base URL. With `client_id` and `client_secret`, every run update of a
+    /// Port run is also reported there. Unset: no reporting (the status topic only).
+    pub api_url: Option<String>,
+    /// The agent's payload mapping file (JSON array). Unset: the agent's built-in default.
+    pub mapping_file: Option<String>,
+    /// Oldest signature timestamp accepted on Port messages (replay protection). `0s`
+    /// accepts any age. Replays from the DLQ are exempt (the signature still has to match).
+    #[serde(with = "humantime_serde")]
+    pub signature_max_age: Duration,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig {
+            org_id: None,
+            client_id: None,
+            client_secret: None,
+            api_url: None,
+            mapping_file: None,
+            signature_max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl PortConfig {
+    /// Whether run updates are reported to Port's API.
+    pub fn reports(&self) -> bool {
+        self.api_url.is_some()
+    }
+}
+
+/// Apply the Port agent's environment variables to the TOML tree. Returns problems.
+pub fn apply_agent_env(root: &mut toml::Table, env: &BTreeMap<String, String>) -> Vec<String> {
+    let mut problems = Vec::new();
+    let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let s = |v: &str| toml::Value::String(v.to_owned());
+    if let Some(v) = get("STREAMER_NAME") {
+        if !v.eq_ignore_ascii_case("KAFKA") {
+            problems.push(format!(
+                "environment STREAMER_NAME: {v:?} is not supported; switchyard consumes Kafka (KAFKA)"
+            ));
+        }
+    }
+    for (var, path) in [
+        ("PORT_ORG_ID", &["port", "org_id"][..]),
+        ("PORT_CLIENT_ID", &["port", "client_id"]),
+        ("PORT_API_BASE_URL", &["port", "api_url"]),
+        ("CONTROL_THE_PAYLOAD_CONFIG_PATH", &["port", "mapping_file"]),
+        ("KAFKA_CONSUMER_BROKERS", &["kafka", "brokers"]),
+        ("KAFKA_CONSUMER_BOOTSTRAP_SERVERS", &["kafka", "brokers"]),
+        ("KAFKA_CONSUMER_GROUP_ID", &["kafka", "group_id"]),
+        (
+            "KAFKA_CONSUMER_USERNAME",
+            &["kafka", "common", "sasl.username"],
+        ),
+        (
+            "KAFKA_CONSUMER_PASSWORD",
+            &["kafka", "common", "sasl.password"],
+        ),
+        (
+            "KAFKA_CONSUMER_SESSION_TIMEOUT_MS",
+            &["kafka", "consumer", "session.timeout.ms"],
+        ),
+        (
+            "KAFKA_CONSUMER_AUTO_OFFSET_RESET",
+            &["kafka", "consumer", "auto.offset.reset"],
+        ),
+    ] {
+        if let Some(v) = get(var) {
+            set(root, path, s(v));
+        }
+    }
+    if get("PORT_CLIENT_SECRET").is_some() {
+        let mut t = toml::Table::new();
+        t.insert("env".into(), s("PORT_CLIENT_SECRET"));
+        set(root, &["port", "client_secret"], toml::Value::Table(t));
+    }
+    // The agent always reports to Port's API; so does an agent environment here.
+    if get("PORT_CLIENT_ID").is_some() && get("PORT_CLIENT_SECRET").is_some() {
+        set_default(root, &["port", "api_url"], s(PORT_API));
+    }
+    if let Some(v) = get("KAFKA_CONSUMER_SECURITY_PROTOCOL") {
+        set(
+            root,
+            &["kafka", "common", "security.protocol"],
+            s(&v.to_ascii_lowercase()),
+        );
+    }
+    if let Some(v) = get("KAFKA_CONSUMER_AUTHENTICATION_MECHANISM") {
+        if !v.eq_ignore_ascii_case("none") {
+            set(
+                root,
+                &["kafka", "common", "sasl.mechanism"],
+                s(&v.to_ascii_uppercase()),
+            );
+        }
+    }
+    if let Some(v) = get("KAFKA_RUNS_TOPIC") {
+        set(root, &["kafka", "triggers_topic"], s(v));
+        set(root, &["kafka", "triggers_format"], s("port"));
+    }
+    if let Some(v) = get("KAFKA_CHANGE_LOG_TOPIC") {
+        set(
+            root,
+            &["kafka", "inputs"],
+            toml::Value::Array(vec![port_input(v)]),
+        );
+    }
+    if let Some(v) = get("WEBHOOK_INVOKER_TIMEOUT") {
+        match v.parse::<f64>() {
+            Ok(secs) if secs > 0.0 && secs.is_finite() => {
+                let ms = (secs * 1000.0).round() as u64;
+                set(
+                    root,
+                    &["backends", "webhook", "timeout"],
+                    s(&format!("{ms}ms")),
+                );
+            }
+            _ => problems.push(format!(
+                "environment WEBHOOK_INVOKER_TIMEOUT: {v:?} is not a number of seconds above 0"
+            )),
+        }
+    }
+    if let Some(v) = get("WEBHOOK_VERIFY_SSL") {
+        match v.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" => set(root, &["backends", "webhook", "verify_tls"], true.into()),
+            "false" | "0" | "no" => set(root, &["backends", "webhook", "verify_tls"], false.into()),
+            _ => problems.push(format!(
+                "environment WEBHOOK_VERIFY_SSL: {v:?} is not true or false"
+            )),
+        }
+    }
+    if let Some(v) = get("LOG_LEVEL") {
+        set(root, &["log", "level"], s(&v.to_ascii_lowercase()));
+    }
+    problems
+}
+
+/// The defaults `port.org_id` implies, for keys still unset.
+pub fn apply_org_defaults(root: &mut toml::Table) {
+    let Some(org) = lookup(root, &["port", "org_id"])
+        .and_then(|v| v.as_str())
+        .map(str::to_owned)
+    else {
+        return;
+    };
+    let s = |v: String| toml::Value::String(v);
+    if lookup(root, &["kafka", "triggers_topic"]).is_none() {
+        set(root, &["kafka", "triggers_topic"], s(format!("{org}.runs")));
+        set_default(root, &["kafka", "triggers_format"], s("port".into()));
+    }
+    set_default(
+        root,
+        &["kafka", "inputs"],
+        toml::Value::Array(vec![port_input(&format!("{org}.change.log"))]),
+    );
+    // Port's managed Kafka only admits groups named `<org>.<anything>`.
+    set_default(root, &["kafka", "group_id"], s(format!("{org}.switchyard")));
+}
+
+fn port_input(topic: &str) -> toml::Value {
+    let mut t = toml::Table::new();
+    t.insert("topic".into(), toml::Value::String(topic.to_owned()));
+    t.insert("format".into(), toml::Value::String("port".into()));
+    toml::Value::Table(t)
+}
+
+fn lookup<'a>(root: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
+    let (last, parents) = path.split_last()?;
+    let mut t = root;
+    for seg in parents {
+        t = t.get(*seg)?.as_table()?;
+    }
+    t.get(*last)
+}
+
+fn set(root: &mut toml::Table, path: &[&str], value: toml::Value) {
+    let (last, parents) = path.split_last().expect("paths are not empty");
+    let mut t = root;
+    for seg in parents {
+        let entry = t
+            .entry(seg.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            // A scalar where a section belongs: validation reports the file's error.
+            return;
+        }
+        t = entry.as_table_mut().expect("checked above");
+    }
+    t.insert(last.to_string(), value);
+}
+
+fn set_default(root: &mut toml::Table, path: &[&str], value: toml::Value) {
+    if lookup(root, path).is_none() {
+        set(root, path, value);
+    }
+}

@@ -1,0 +1,133 @@
+//! JSON text exactly as JavaScript's `JSON.stringify` writes it: compact, keys in their
+//! original order (serde_json's `preserve_order`), non-ASCII left as UTF-8, and numbers
+//! in JavaScript's `Number.prototype.toString` form (`1e+21`, `1.5e-7`, `0.000001`).
+//!
+//! Port signs its Kafka messages over this text (§6.2 of the Port reference), so a
+//! verifier must reproduce it byte for byte from the parsed message. serde_json's own
+//! writer differs only in how it prints floats (`1e21`, `1.0e-7`); strings are escaped
+//! the same way by both (`"`, `\`, and control characters as `\n`, `\u001f`, …).
+
+use std::io;
+
+use serde::Serialize;
+use serde_json::ser::Formatter;
+use serde_json::Value;
+
+/// `JSON.stringify(value)`.
+pub fn stringify(value: &Value) -> String {
+    let mut out = Vec::with_capacity(256);
+    let mut ser = serde_json::Serializer::with_formatter(&mut out, JsFormatter);
+    value
+        .serialize(&mut ser)
+        .expect("serialising a JSON value into memory cannot fail");
+    String::from_utf8(out).expect("serde_json writes UTF-8")
+}
+
+/// A number as JavaScript prints it (also the text of a numeric signature timestamp).
+pub fn number(n: &serde_json::Number) -> String {
+    match (n.as_u64(), n.as_i64(), n.as_f64()) {
+        (Some(u), _, _) => u.to_string(),
+        (None, Some(i), _) => i.to_string(),
+        (None, None, Some(f)) => js_float(f),
+        _ => n.to_string(),
+    }
+}
+
+/// The trait's default methods write compact JSON; only numbers differ.
+struct JsFormatter;
+
+impl Formatter for JsFormatter {
+    fn write_f64<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f64) -> io::Result<()> {
+        w.write_all(js_float(value).as_bytes())
+    }
+
+    fn write_f32<W: ?Sized + io::Write>(&mut self, w: &mut W, value: f32) -> io::Result<()> {
+        self.write_f64(w, f64::from(value))
+    }
+}
+
+/// ECMAScript Number::toString(x) for a finite double (JSON.stringify writes `null`
+/// for the others, which a parsed JSON value never holds).
+fn js_float(x: f64) -> String {
+    if x == 0.0 {
+        return "0".into(); // also -0
+    }
+    if !x.is_finite() {
+        return "null".into();
+    }
+    // Rust prints the shortest digits that round-trip, as ECMAScript requires.
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponents are integers");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let k = digits.len() as i32;
+    let n = exp + 1; // the decimal point sits after n digits
+    let mut out = String::with_capacity(k as usize + 8);
+    if x < 0.0 {
+        out.push('-');
+    }
+    if k <= n && n <= 21 {
+        out.push_str(&digits);
+        out.extend(std::iter::repeat_n('0', (n - k) as usize));
+    } else if 0 < n && n <= 21 {
+        out.push_str(&digits[..n as usize]);
+        out.push('.');
+        out.push_str(&digits[n as usize..]);
+    } else if -6 < n && n <= 0 {
+        out.push_str("0.");
+        out.extend(std::iter::repeat_n('0', (-n) as usize));
+        out.push_str(&digits);
+    } else {
+        out.push_str(&digits[..1]);
+        if k > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if n - 1 < 0 { '-' } else { '+' });
+        out.push_str(&(n - 1).abs().to_string());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn floats_print_as_javascript_does() {
+        // Expected values are what node's `String(x)` prints.
+        for (x, js) in [
+            (1.5, "1.5"),
+            (0.1, "0.1"),
+            (-2.25, "-2.25"),
+            (100.0, "100"),
+            (1e21, "1e+21"),
+            (1.2345e21, "1.2345e+21"),
+            (123456789012345680000.0, "123456789012345680000"),
+            (0.000001, "0.000001"),
+            (0.0000001, "1e-7"),
+            (1.5e-7, "1.5e-7"),
+            (-0.0, "0"),
+            (5e-324, "5e-324"),
+            (1.7976931348623157e308, "1.7976931348623157e+308"),
+        ] {
+            assert_eq!(js_float(x), js, "{x:e}");
+        }
+    }
+
+    #[test]
+    fn stringify_is_compact_ordered_and_leaves_unicode_alone() {
+        let v: Value = serde_json::from_str(
+            r#"{"z": 1, "a": {"é": "naïve ✓ 日本", "ctl": "a\u0001\n\t\"\\/"}, "n": [1.0, 2.5e-8, -3]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            stringify(&v),
+            r#"{"z":1,"a":{"é":"naïve ✓ 日本","ctl":"a\u0001\n\t\"\\/"},"n":[1,2.5e-8,-3]}"#
+        );
+        assert_eq!(stringify(&json!([])), "[]");
+        assert_eq!(stringify(&json!({"headers": {}})), r#"{"headers":{}}"#);
+    }
+}
