@@ -6,6 +6,7 @@
 
 pub mod github;
 pub mod gitlab;
+pub mod port_api;
 pub mod receiver;
 pub mod registry;
 

@@ -35,6 +35,7 @@ struct State {
     max_in_flight: AtomicUsize,
     default_delay_ms: AtomicU64,
     default_status: AtomicU64,
+    default_body: Mutex<Option<String>>,
 }
 
 #[derive(Clone)]
@@ -88,6 +89,11 @@ impl Receiver {
         self.state
             .default_status
             .store(u64::from(code), Ordering::SeqCst);
+    }
+
+    /// Body of successful answers to requests whose query has no `body`.
+    pub fn set_default_body(&self, body: &str) {
+        *self.state.default_body.lock().unwrap() = Some(body.to_owned());
     }
 
     /// Wait until at least `n` requests arrived.
@@ -174,9 +180,12 @@ async fn handle(
         .and_then(|c| c.parse().ok())
         .and_then(|c| StatusCode::from_u16(c).ok())
         .unwrap_or(StatusCode::from_u16(default).unwrap());
+    let default_body = s.default_body.lock().unwrap().clone();
     let text = match query.get("body") {
         Some(b) => b.clone(),
-        None if status.is_success() => json!({"ok": true, "path": uri.path()}).to_string(),
+        None if status.is_success() => {
+            default_body.unwrap_or_else(|| json!({"ok": true, "path": uri.path()}).to_string())
+        }
         None => "scripted failure".to_owned(),
     };
     (status, HeaderMap::new(), text)

@@ -1,0 +1,175 @@
+//! A fake of Port's API on loopback, with the real endpoint shapes (reference §5.4, §7.1):
+//! `POST /v1/auth/access_token` `{clientId, clientSecret}` → `{accessToken, expiresIn}`,
+//! then, with `Authorization: Bearer <token>`: `PATCH /v1/actions/runs/{id}`,
+//! `POST /v1/actions/runs/{id}/logs`, `PATCH /v1/actions/runs/{id}/response`,
+//! `PATCH /v1/workflows/nodes/runs/{id}` and `POST /v1/workflows/nodes/runs/{id}/logs`.
+//! Every call is recorded; the next N report calls can be made to fail with a status.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::IntoResponse;
+use axum::Router;
+use serde_json::{json, Value};
+
+#[derive(Debug, Clone)]
+pub struct ApiCall {
+    pub method: String,
+    pub path: String,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct Inner {
+    calls: Vec<ApiCall>,
+    tokens_issued: u32,
+    /// Report calls still to fail, and with which status.
+    failing: u32,
+    fail_status: u16,
+    refused: u32,
+}
+
+#[derive(Clone)]
+pub struct FakePort {
+    pub addr: SocketAddr,
+    client_id: String,
+    client_secret: String,
+    inner: Arc<Mutex<Inner>>,
+}
+
+impl FakePort {
+    pub async fn start(client_id: &str, client_secret: &str) -> FakePort {
+        let fake = FakePort {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            client_id: client_id.into(),
+            client_secret: client_secret.into(),
+            inner: Arc::default(),
+        };
+        let f = fake.clone();
+        let app = Router::new().fallback(
+            move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+                let f = f.clone();
+                async move { f.handle(method, uri, headers, body) }
+            },
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        FakePort { addr, ..fake }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The next `n` report calls answer `status` (then they succeed).
+    pub fn fail_next(&self, n: u32, status: u16) {
+        let mut i = self.inner.lock().unwrap();
+        i.failing = n;
+        i.fail_status = status;
+    }
+
+    /// Report calls accepted, in arrival order (token requests and failed calls excluded).
+    pub fn calls(&self) -> Vec<ApiCall> {
+        self.inner.lock().unwrap().calls.clone()
+    }
+
+    /// Accepted calls about one run, in order.
+    pub fn calls_for(&self, run: &str) -> Vec<ApiCall> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.path.split('/').any(|seg| seg == run))
+            .collect()
+    }
+
+    pub fn tokens_issued(&self) -> u32 {
+        self.inner.lock().unwrap().tokens_issued
+    }
+
+    /// Calls answered with a scripted failure.
+    pub fn refused(&self) -> u32 {
+        self.inner.lock().unwrap().refused
+    }
+
+    /// Wait until `done(calls)` holds (panics with the calls after `timeout`).
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        what: &str,
+        done: impl Fn(&[ApiCall]) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let calls = self.calls();
+            if done(&calls) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}; Port API saw {calls:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn handle(
+        &self,
+        method: Method,
+        uri: Uri,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> axum::response::Response {
+        let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        let path = uri.path().to_owned();
+        let mut i = self.inner.lock().unwrap();
+        if method == Method::POST && path == "/v1/auth/access_token" {
+            if body["clientId"] != self.client_id.as_str()
+                || body["clientSecret"] != self.client_secret.as_str()
+            {
+                return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
+            }
+            i.tokens_issued += 1;
+            let token = format!("tok-{}", i.tokens_issued);
+            return axum::Json(
+                json!({"ok": true, "accessToken": token, "expiresIn": 3600, "tokenType": "Bearer"}),
+            )
+            .into_response();
+        }
+        let auth = headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        if !auth.starts_with("Bearer tok-") {
+            return (StatusCode::UNAUTHORIZED, "no token").into_response();
+        }
+        let known = matches!(
+            (
+                method.as_str(),
+                path.split('/').collect::<Vec<_>>().as_slice()
+            ),
+            ("PATCH", ["", "v1", "actions", "runs", _])
+                | ("POST", ["", "v1", "actions", "runs", _, "logs"])
+                | ("PATCH", ["", "v1", "actions", "runs", _, "response"])
+                | ("PATCH", ["", "v1", "workflows", "nodes", "runs", _])
+                | ("POST", ["", "v1", "workflows", "nodes", "runs", _, "logs"])
+        );
+        if !known {
+            return (StatusCode::NOT_FOUND, format!("no route {method} {path}")).into_response();
+        }
+        if i.failing > 0 {
+            i.failing -= 1;
+            i.refused += 1;
+            let status = StatusCode::from_u16(i.fail_status).unwrap();
+            return (status, "scripted outage").into_response();
+        }
+        i.calls.push(ApiCall {
+            method: method.to_string(),
+            path,
+            body,
+        });
+        axum::Json(json!({"ok": true})).into_response()
+    }
+}
