@@ -11,82 +11,11 @@
 
 mod common;
 
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::receiver::Receiver;
+use common::tansu::{free_port, Tansu};
 use common::*;
-
-struct Tansu {
-    child: Option<Child>,
-    port: u16,
-    db: std::path::PathBuf,
-    log: std::path::PathBuf,
-}
-
-impl Tansu {
-    fn start(port: u16, dir: &std::path::Path) -> Tansu {
-        let mut t = Tansu {
-            child: None,
-            port,
-            db: dir.join("tansu.db"),
-            log: dir.join("tansu.log"),
-        };
-        t.spawn();
-        t
-    }
-
-    fn spawn(&mut self) {
-        let url = format!("tcp://127.0.0.1:{}", self.port);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new("tansu")
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &url,
-            ])
-            // Tansu reads the SQLite path relative to its working directory.
-            .args(["--storage-engine", "sqlite://tansu.db"])
-            .current_dir(self.db.parent().unwrap())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("tansu on PATH (the real-broker pass installs it)");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &c.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while c.try_wait().unwrap().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Tansu {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "Tansu 0.6.0 SQLite engine panics on OffsetCommit; see the module comment"]
@@ -95,10 +24,7 @@ async fn broker_restart_mid_run_loses_no_run() {
         println!("runs in the real-broker pass (it starts its own Tansu)");
         return;
     }
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = free_port();
     let dir = scratch_dir();
     let mut broker = Tansu::start(port, &dir);
     let kafka = Kafka::at(&format!("127.0.0.1:{port}"));

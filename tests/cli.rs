@@ -299,3 +299,61 @@ async fn runs_tail_and_get_read_the_status_topic() {
     assert_eq!(code, Some(1));
     assert!(err.contains("run r_nobody not found on"), "{err}");
 }
+
+#[test]
+fn port_verify_checks_a_message_and_says_why() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/port/agent_run_signed.json"
+    );
+    let out = cmd()
+        .args(["port", "verify", "--secret", "test", "--file", fixture])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "valid\n");
+    // From standard input, with the secret from the agent's variable: a tampered message.
+    let tampered = std::fs::read_to_string(fixture)
+        .unwrap()
+        .replace("\"title\": \"Create\"", "\"title\": \"Delete\"");
+    let mut child = cmd()
+        .args(["port", "verify"])
+        .env("PORT_CLIENT_SECRET", "test")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tampered.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "invalid: the signature does not match the message (wrong secret, or the message was changed)\n"
+    );
+    let out = cmd()
+        .args([
+            "port",
+            "verify",
+            "--secret",
+            "test",
+            "--max-age",
+            "1h",
+            "--file",
+            fixture,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("invalid: the timestamp 1713277889 is "),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

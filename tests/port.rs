@@ -480,3 +480,113 @@ async fn the_mapping_file_shapes_the_request_decrypts_and_reports() {
                "externalRunId": "run-77", "summary": "tf run run-77"})
     );
 }
+
+/// Port's managed Kafka is SASL_SSL with SCRAM-SHA-512 (reference §4.1). Tansu does SCRAM
+/// but serves plain TCP whatever `--cert` says, so TLS is terminated by a proxy in front
+/// of it. The dispatcher is configured by a Port agent's environment variables alone
+/// (plus a file naming switchyard's own topics and the test CA).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
+    use common::tansu::{free_port, Tansu};
+    use common::tls_proxy::TlsProxy;
+    if std::env::var("SWITCHYARD_TEST_BROKERS").is_err() {
+        println!("runs in the real-broker pass: it starts its own Tansu with authentication");
+        return;
+    }
+    const USER: &str = "org_T-agent";
+    const PASS: &str = "kafka-pass-9f3e";
+    let dir = scratch_dir();
+    let (open_port, auth_port, tls_port) = (free_port(), free_port(), free_port());
+    // An open broker on the SQLite file creates the SCRAM user and the topics ...
+    let mut open = Tansu::start(open_port, &dir);
+    open.create_user(USER, PASS);
+    let setup = Kafka::at(&format!("127.0.0.1:{open_port}"));
+    let t = setup.topics(2).await;
+    let changelog = unique("changelog");
+    setup.create_topic(&changelog, 1).await;
+    open.stop();
+    // ... then the same storage is served with authentication, behind TLS.
+    let upstream = format!("127.0.0.1:{auth_port}").parse().unwrap();
+    let proxy = TlsProxy::start(tls_port, upstream, &dir).await;
+    let _broker = Tansu::start_with(auth_port, tls_port, true, &dir);
+    let ca = proxy.ca_pem.to_str().unwrap().to_owned();
+    let brokers = format!("127.0.0.1:{tls_port}");
+    let secure = |password: &'static str| {
+        vec![
+            ("security.protocol", "SASL_SSL"),
+            ("sasl.mechanism", "SCRAM-SHA-512"),
+            ("sasl.username", USER),
+            ("sasl.password", password),
+        ]
+    };
+    let mut opts = secure(PASS);
+    opts.push(("ssl.ca.location", &ca));
+    let kafka = Kafka::at_with(&brokers, &opts);
+    let mut wrong_password = secure("wrong-password");
+    wrong_password.push(("ssl.ca.location", &ca));
+    let mut no_tls = secure(PASS);
+    no_tls[0].1 = "SASL_PLAINTEXT";
+    for (why, opts) in [
+        ("a wrong SCRAM password", wrong_password),
+        ("no TLS", no_tls),
+    ] {
+        let sent = Kafka::at_with(&brokers, &opts)
+            .config()
+            .set("message.timeout.ms", "5000")
+            .create::<rdkafka::producer::FutureProducer>()
+            .unwrap()
+            .send(
+                rdkafka::producer::FutureRecord::<str, str>::to(&t.triggers).payload("x"),
+                Duration::from_secs(5),
+            )
+            .await;
+        assert!(sent.is_err(), "{why} must be refused");
+    }
+
+    let receiver = Receiver::start().await;
+    let port = FakePort::start(CLIENT_ID, SECRET).await;
+    let toml = config_toml(
+        &kafka,
+        &t,
+        &format!("[kafka.common]\n\"ssl.ca.location\" = \"{ca}\"\n"),
+    );
+    let agent_env = [
+        ("STREAMER_NAME", "KAFKA"),
+        ("PORT_ORG_ID", "org_T"),
+        ("PORT_CLIENT_ID", CLIENT_ID),
+        ("PORT_CLIENT_SECRET", SECRET),
+        ("PORT_API_BASE_URL", &port.url()),
+        ("KAFKA_CONSUMER_BROKERS", &brokers),
+        ("KAFKA_CONSUMER_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("KAFKA_CONSUMER_AUTHENTICATION_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_CONSUMER_USERNAME", USER),
+        ("KAFKA_CONSUMER_PASSWORD", PASS),
+        ("KAFKA_CONSUMER_GROUP_ID", &t.group),
+        ("KAFKA_RUNS_TOPIC", &t.triggers),
+        ("KAFKA_CHANGE_LOG_TOPIC", &changelog),
+    ];
+    let _d = Dispatcher::start_with_config(&toml, &agent_env);
+    let m = port_signed(envelope("r_scram", &receiver.url("/deploy"), true));
+    kafka
+        .produce_refetchable(&t.triggers, &[record(Some("r_scram"), &m)])
+        .await;
+    let mut status = StatusLog::new(&kafka, &t);
+    status
+        .wait_until(Duration::from_secs(90), "r_scram finished", |u| {
+            StatusLog::finished(u) >= 1
+        })
+        .await;
+    assert_eq!(
+        status.terminal("r_scram")[0].status,
+        Some(switchyard::model::RunStatus::Success)
+    );
+    assert_signed_over_raw_bytes(&request_of(&receiver, "r_scram"));
+    port.wait_until(Duration::from_secs(60), "the SUCCESS report", |calls| {
+        calls.iter().any(|c| c.body["status"] == "SUCCESS")
+    })
+    .await;
+    assert_eq!(
+        kafka.wait_committed(&t, 1, Duration::from_secs(30)).await,
+        1
+    );
+}

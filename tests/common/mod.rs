@@ -9,6 +9,8 @@ pub mod gitlab;
 pub mod port_api;
 pub mod receiver;
 pub mod registry;
+pub mod tansu;
+pub mod tls_proxy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -46,6 +48,8 @@ pub fn unique(prefix: &str) -> String {
 pub struct Kafka {
     pub brokers: String,
     mock: Option<MockCluster<'static, DefaultProducerContext>>,
+    /// librdkafka options of every client of the test (security settings).
+    options: Vec<(String, String)>,
 }
 
 impl Kafka {
@@ -54,12 +58,14 @@ impl Kafka {
             Ok(b) if !b.is_empty() => Kafka {
                 brokers: b,
                 mock: None,
+                options: Vec::new(),
             },
             _ => {
                 let mock = MockCluster::new(1).expect("starting the mock cluster");
                 Kafka {
                     brokers: mock.bootstrap_servers(),
                     mock: Some(mock),
+                    options: Vec::new(),
                 }
             }
         }
@@ -67,9 +73,19 @@ impl Kafka {
 
     /// A real broker at `brokers` (tests that run their own broker).
     pub fn at(brokers: &str) -> Kafka {
+        Self::at_with(brokers, &[])
+    }
+
+    /// A real broker at `brokers` that every client reaches with `options` (e.g.
+    /// `security.protocol`, `sasl.*`, `ssl.ca.location`).
+    pub fn at_with(brokers: &str, options: &[(&str, &str)]) -> Kafka {
         Kafka {
             brokers: brokers.to_owned(),
             mock: None,
+            options: options
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         }
     }
 
@@ -166,6 +182,9 @@ impl Kafka {
     pub fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
+        for (k, v) in &self.options {
+            c.set(k, v);
+        }
         c
     }
 
