@@ -6,6 +6,9 @@
 //! verifier must reproduce it byte for byte from the parsed message. serde_json's own
 //! writer differs only in how it prints floats (`1e21`, `1.0e-7`); strings are escaped
 //! the same way by both (`"`, `\`, and control characters as `\n`, `\u001f`, …).
+//! Parsing must be exact too: serde_json's `float_roundtrip` feature is on, because its
+//! default float parser can land one ULP off (`123456789012345680000` came back as
+//! `…670000`, and the signature did not match).
 
 use std::io;
 
@@ -128,6 +131,9 @@ mod tests {
             r#"{"z":1,"a":{"é":"naïve ✓ 日本","ctl":"a\u0001\n\t\"\\/"},"n":[1,2.5e-8,-3]}"#
         );
         assert_eq!(stringify(&json!([])), "[]");
+        // Parsed exactly (float_roundtrip), so it prints back as JavaScript wrote it.
+        let v: Value = serde_json::from_str("[123456789012345680000,1e+21]").unwrap();
+        assert_eq!(stringify(&v), "[123456789012345680000,1e+21]");
         assert_eq!(stringify(&json!({"headers": {}})), r#"{"headers":{}}"#);
     }
 }

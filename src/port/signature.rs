@@ -300,6 +300,20 @@ mod tests {
     }
 
     #[test]
+    fn a_message_signed_by_javascript_verifies() {
+        // Signed by Node's JSON.stringify + crypto (tests/fixtures/port/README.md).
+        let raw = include_str!("../../tests/fixtures/port/js_non_ascii_signed.json");
+        let mut m: Map<String, Value> = serde_json::from_str(raw).unwrap();
+        verify(&mut m, "port-js-vector-secret", false, None, 1796180000).unwrap();
+        let mut m: Map<String, Value> = serde_json::from_str(raw).unwrap();
+        m["payload"]["properties"]["name"] = json!("Zoe");
+        assert_eq!(
+            verify(&mut m, "port-js-vector-secret", false, None, 1796180000).unwrap_err(),
+            SignatureError::Mismatch
+        );
+    }
+
+    #[test]
     fn timestamps_outside_the_window_are_refused() {
         let day = Duration::from_secs(86_400);
         let mut m = fixture();
