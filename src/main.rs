@@ -320,18 +320,23 @@ async fn dlq_replay(
     dry_run: bool,
 ) -> anyhow::Result<()> {
     let letters = switchyard::replay::select(&cfg.kafka, selection).await?;
+    let mut topics = std::collections::BTreeSet::new();
     for l in &letters {
         println!("{}", l.describe(&cfg.kafka.dlq_topic));
+        topics.insert(l.destination(cfg));
     }
+    if topics.is_empty() {
+        topics.insert(cfg.kafka.triggers_topic.clone());
+    }
+    let to = topics.into_iter().collect::<Vec<_>>().join(", ");
     if dry_run {
         println!(
-            "{} records would be replayed to {} (dry run)",
-            letters.len(),
-            cfg.kafka.triggers_topic
+            "{} records would be replayed to {to} (dry run)",
+            letters.len()
         );
     } else {
-        let n = switchyard::replay::replay(&cfg.kafka, &letters).await?;
-        println!("replayed {n} records to {}", cfg.kafka.triggers_topic);
+        let n = switchyard::replay::replay(cfg, &letters).await?;
+        println!("replayed {n} records to {to}");
     }
     Ok(())
 }

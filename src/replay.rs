@@ -1,4 +1,5 @@
-//! `switchyard dlq replay`: re-publish dead-lettered events to the triggers topic.
+//! `switchyard dlq replay`: re-publish dead-lettered events to the topic they were read
+//! from (the triggers topic, or another input topic such as Port's changelog).
 //!
 //! Records are selected by run id, error class and failure time. The original key,
 //! value and headers are published again (our `switchyard-*` headers removed, a
@@ -16,7 +17,7 @@ use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
-use crate::config::KafkaConfig;
+use crate::config::{Config, KafkaConfig};
 use crate::dlq;
 
 /// Which DLQ records to replay. Empty sets select everything.
@@ -48,10 +49,29 @@ impl DeadLetter {
             .map(|v| String::from_utf8_lossy(v).into_owned())
     }
 
-    /// The run id, from the payload when it still parses.
+    /// The run id, from the payload when it still parses (`run.id`, or a Port
+    /// envelope's `context.runId`).
     pub fn run_id(&self) -> Option<String> {
         let v: serde_json::Value = serde_json::from_slice(self.payload.as_deref()?).ok()?;
-        v.pointer("/run/id")?.as_str().map(str::to_owned)
+        v.pointer("/run/id")
+            .or_else(|| v.pointer("/context/runId"))?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// The topic the record was consumed from (`switchyard-source`: topic/partition/offset).
+    pub fn origin_topic(&self) -> Option<String> {
+        let source = self.header(dlq::H_SOURCE)?;
+        let (topic, _) = source.split_once('/')?;
+        Some(topic.to_owned())
+    }
+
+    /// Where a replay publishes this record: its origin when switchyard consumes that
+    /// topic, else the triggers topic.
+    pub fn destination(&self, cfg: &Config) -> String {
+        self.origin_topic()
+            .filter(|t| cfg.input_topics().iter().any(|(input, _)| input == t))
+            .unwrap_or_else(|| cfg.kafka.triggers_topic.clone())
     }
 
     fn selected(&self, s: &Selection) -> bool {
@@ -132,8 +152,9 @@ pub async fn select(cfg: &KafkaConfig, s: &Selection) -> anyhow::Result<Vec<Dead
     Ok(out)
 }
 
-/// Publish `letters` to the triggers topic; returns how many were published.
-pub async fn replay(cfg: &KafkaConfig, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+/// Publish `letters` to the topics they came from; returns how many were published.
+pub async fn replay(config: &Config, letters: &[DeadLetter]) -> anyhow::Result<usize> {
+    let cfg = &config.kafka;
     let producer: FutureProducer = crate::kafka::client_config(cfg)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -155,7 +176,8 @@ pub async fn replay(cfg: &KafkaConfig, letters: &[DeadLetter]) -> anyhow::Result
             key: dlq::H_REPLAYED_FROM,
             value: Some(source.as_str()),
         });
-        let mut record = FutureRecord::<[u8], [u8]>::to(&cfg.triggers_topic).headers(headers);
+        let topic = l.destination(config);
+        let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);
         if let Some(k) = &l.key {
             record = record.key(k);
         }

@@ -191,8 +191,8 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
 
     let mut status = StatusLog::new(&kafka, &t);
     status
-        .wait_until(Duration::from_secs(60), "4 finished runs", |u| {
-            StatusLog::finished(u) >= 4
+        .wait_until(Duration::from_secs(60), "5 finished runs", |u| {
+            StatusLog::finished(u) >= 5
         })
         .await;
     // Every run's last Port call is in: the closing log, or the FAILURE.
@@ -325,6 +325,12 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
     );
     assert!(status.terminal("r_async").is_empty());
     assert!(status.of("r_direct").is_empty(), "skipped: no run updates");
+    let delivery = status
+        .updates
+        .iter()
+        .find(|u| u.run_id.starts_with("cl_") && u.is_terminal())
+        .expect("the changelog delivery finished");
+    assert_eq!(delivery.status, Some(switchyard::model::RunStatus::Success));
     let dlq = read_dlq(&kafka, &t, 2, Duration::from_secs(30)).await;
     let mut classes: Vec<_> = dlq
         .iter()
@@ -588,5 +594,95 @@ async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
     assert_eq!(
         kafka.wait_committed(&t, 1, Duration::from_secs(30)).await,
         1
+    );
+}
+
+/// A replay goes back to the topic the record came from, and an operator's replay of a
+/// Port message is exempt from the signature's age limit (not from the signature).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn dlq_replays_return_to_their_topic_and_skip_the_age_limit() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let changelog = unique("changelog");
+    kafka.create_topic(&changelog, 1).await;
+    let receiver = Receiver::start().await;
+    let port = FakePort::start(CLIENT_ID, SECRET).await;
+    let toml = dispatcher_config(&kafka, &t, &port, &changelog, "")
+        .replace("[port]\n", "[port]\nsignature_max_age = \"1h\"\n");
+    let config = scratch_dir().join("switchyard.toml");
+    std::fs::write(&config, &toml).unwrap();
+    let _d = start(&toml);
+    // Signed two hours ago: too old for the dispatcher.
+    let mut old = envelope("r_old", &receiver.url("/deploy"), true);
+    old["headers"] = json!({});
+    let ts = now() - 7200;
+    let sig = hmac_b64(SECRET, format!("{ts}.{old}").as_bytes());
+    old["headers"] = json!({"X-Port-Signature": sig, "X-Port-Timestamp": ts});
+    kafka
+        .produce_refetchable(&t.triggers, &[record(Some("r_old"), &old)])
+        .await;
+    // The changelog destination is down until the replay.
+    receiver.set_default_status(503);
+    let change = json!({"action": "CREATE", "resourceType": "entity", "status": "SUCCESS",
+        "context": {"entity": "vm-2", "blueprint": "vm"}, "diff": {"before": null, "after": {}},
+        "changelogDestination": {"type": "WEBHOOK", "agent": true, "url": receiver.url("/changes")}});
+    kafka
+        .produce_refetchable(&changelog, &[record(Some("vm-2"), &change)])
+        .await;
+    let dlq = read_dlq(&kafka, &t, 2, Duration::from_secs(60)).await;
+    let mut classes: Vec<_> = dlq
+        .iter()
+        .map(|d| d.headers["switchyard-error-class"].clone())
+        .collect();
+    classes.sort();
+    assert_eq!(classes, ["http_status", "signature"]);
+    assert!(dlq
+        .iter()
+        .any(|d| d.headers["switchyard-error"].contains("older than the accepted 3600 s")));
+
+    receiver.set_default_status(200);
+    let out = cmd()
+        .args(["dlq", "replay", "--config"])
+        .arg(&config)
+        .env("SWITCHYARD_TEST_PORT_SECRET", SECRET)
+        .env("SWITCHYARD_KAFKA__TRIGGERS_FORMAT", "port")
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        printed.contains("r_old"),
+        "a Port envelope's run id is listed: {printed}"
+    );
+    let mut want = [changelog.clone(), t.triggers.clone()];
+    want.sort();
+    assert!(
+        printed.contains(&format!("replayed 2 records to {}", want.join(", "))),
+        "{printed}"
+    );
+    let mut status = StatusLog::new(&kafka, &t);
+    status
+        .wait_until(Duration::from_secs(60), "both replays succeed", |u| {
+            let ok = |run: &str| {
+                u.iter().any(|u| {
+                    u.run_id.starts_with(run)
+                        && u.status == Some(switchyard::model::RunStatus::Success)
+                })
+            };
+            ok("r_old") && ok("cl_")
+        })
+        .await;
+    assert_eq!(
+        receiver
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/changes")
+            .count(),
+        2,
+        "the changelog delivery was replayed to the changelog topic"
     );
 }

@@ -7,7 +7,8 @@
 //! - Run envelopes must carry a valid signature; changelog messages carry none (the
 //!   agent does not check them either). The run id is `context.runId`; node runs start
 //!   with `wfnr_`. A changelog delivery is not a Port run: it gets its own id,
-//!   `cl_<topic>_<partition>_<offset>`, stable across redeliveries.
+//!   `cl_<topic>_<partition>_<offset>`, stable across redeliveries, and a 2xx finishes it
+//!   (SUCCESS), since no service reports on it later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -150,7 +151,8 @@ fn changelog(msg: Map<String, Value>, record: &TriggerRecord) -> Decoded {
     let run = PortRun {
         kind: Kind::Changelog,
         run_id: format!("cl_{}_{}_{}", record.topic, record.partition, record.offset),
-        synchronized: false,
+        // Nobody reports a delivery back later: a 2xx finishes it.
+        synchronized: true,
         invocation: dest,
         message: Value::Object(msg),
     };
