@@ -133,7 +133,10 @@ impl Inner {
             info(&run_id, report::RECEIVED),
             info(&run_id, report::PREPARING),
         ];
-        if emit_all(&mut w, opening).await.is_err() || warn(&mut w, &warnings).await.is_err() {
+        let opening = opening
+            .into_iter()
+            .chain(warning_updates(&run_id, &warnings));
+        if emit_all(&mut w, opening).await.is_err() {
             return;
         }
         if prepared.url.is_empty() {
@@ -186,13 +189,7 @@ impl Inner {
             .inc();
         tracing::info!(run_id = %run_id, backend = BACKEND, outcome,
             duration_ms = done.duration.as_millis() as u64, summary = %done.report.summary, "attempt finished");
-        let c = report::conclude(
-            mapping,
-            entry,
-            (&message, run.kind, run.synchronized),
-            &prepared,
-            &done.report,
-        );
+        let c = report::conclude(mapping, entry, (&run, &message), &prepared, &done.report);
         let class = done.report.error_class.unwrap_or("port_report");
         let took = (done.attempt, done.duration.as_millis() as u64);
         self.finish_port(record, ticket, w, c, class, took).await
@@ -219,6 +216,7 @@ impl Inner {
             LogLevel::Info
         };
         let mut updates = vec![RunUpdate::log(&run_id, level, c.result_log.clone())];
+        updates.extend(warning_updates(&run_id, &c.warnings));
         if let Some(r) = &c.response {
             updates.push(RunUpdate::response(&run_id, r.clone()));
         }
@@ -237,10 +235,7 @@ impl Inner {
         if c.finished {
             updates.push(info(&run_id, report::FINISHED));
         }
-        if warn(&mut w, &c.warnings).await.is_err()
-            || emit_all(&mut w, updates).await.is_err()
-            || w.settle().await.is_err()
-        {
+        if emit_all(&mut w, updates).await.is_err() || w.settle().await.is_err() {
             return;
         }
         if c.status.as_ref().is_some_and(|s| s.status.is_some()) {
@@ -275,21 +270,22 @@ async fn emit_all(
     Ok(())
 }
 
-/// Mapping warnings: in full in switchyard's log (as the agent logs them), and on the run
-/// as the field only, since a jq error can quote the (decrypted) values it ran on.
-async fn warn(w: &mut RunWriter, warnings: &[String]) -> Result<(), Stopped> {
-    log_warnings(&w.run_id, warnings);
-    for warning in warnings {
-        let field = warning.split(": ").next().unwrap_or(warning);
-        let line = if warning.starts_with("fieldsToDecryptPaths") {
-            format!("mapping: {warning}")
-        } else {
-            format!("mapping: {field}: evaluated to null (see switchyard's log)")
-        };
-        w.emit_nowait(RunUpdate::log(&w.run_id, LogLevel::Warn, line))
-            .await?;
-    }
-    Ok(())
+/// Mapping warnings: logged in full (as the agent logs them), and as WARN run updates
+/// that name the field only, since a jq error can quote the (decrypted) values it ran on.
+fn warning_updates(run_id: &str, warnings: &[String]) -> Vec<RunUpdate> {
+    log_warnings(run_id, warnings);
+    warnings
+        .iter()
+        .map(|warning| {
+            let field = warning.split(": ").next().unwrap_or(warning);
+            let line = if warning.starts_with("fieldsToDecryptPaths") {
+                format!("mapping: {warning}")
+            } else {
+                format!("mapping: {field}: evaluated to null (see switchyard's log)")
+            };
+            RunUpdate::log(run_id, LogLevel::Warn, line)
+        })
+        .collect()
 }
 
 fn log_warnings(run_id: &str, warnings: &[String]) {

@@ -55,21 +55,30 @@ impl PortClient {
     /// One call: `method path` with a JSON body and a bearer token. A 401 renews the
     /// token and tries once more.
     pub async fn call(&self, method: Method, path: &str, body: &Value) -> Result<(), CallError> {
-        for fresh in [false, true] {
-            let token = self.token(fresh).await?;
-            let sent = self
-                .http
-                .request(method.clone(), format!("{}{path}", self.base))
-                .bearer_auth(&token)
-                .json(body)
-                .send()
-                .await;
-            match classify(sent).await {
-                Err(CallError::Rejected { status: 401, .. }) if !fresh => continue,
-                other => return other.map(drop),
+        match self.send(false, &method, path, body).await {
+            Err(CallError::Rejected { status: 401, .. }) => {
+                self.send(true, &method, path, body).await
             }
+            other => other,
         }
-        unreachable!("the loop returns on its second pass")
+    }
+
+    async fn send(
+        &self,
+        fresh_token: bool,
+        method: &Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<(), CallError> {
+        let token = self.token(fresh_token).await?;
+        let sent = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&token)
+            .json(body)
+            .send()
+            .await;
+        classify(sent).await.map(drop)
     }
 
     /// The cached token, or a new one (`fresh`: always a new one).

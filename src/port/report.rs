@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::envelope::Kind;
+use super::envelope::{Kind, PortRun};
 use super::mapping::{Entry, Mapping, Prepared};
 use crate::backends::http::Exchange;
 use crate::backends::Report;
@@ -58,15 +58,16 @@ impl Conclusion {
     }
 }
 
-/// Conclude a Port run from the pool's final report.
+/// Conclude a Port run from the pool's final report; `message` is the run's message as
+/// the mapping read it (decrypted).
 pub fn conclude(
     mapping: &Mapping,
     entry: &Entry,
-    run: (&Value, Kind, bool),
+    (run, message): (&PortRun, &Value),
     prepared: &Prepared,
     report: &Report,
 ) -> Conclusion {
-    let (message, kind, synchronized) = run;
+    let (kind, synchronized) = (run.kind, run.synchronized);
     let Some(ex) = report.exchange.as_deref() else {
         return Conclusion {
             result_log: format!("The request failed: {}", report.summary),
@@ -221,6 +222,16 @@ mod tests {
         }
     }
 
+    fn run(kind: Kind, synchronized: bool) -> PortRun {
+        PortRun {
+            kind,
+            run_id: "r_1".into(),
+            message: json!({}),
+            invocation: Map::new(),
+            synchronized,
+        }
+    }
+
     fn entry(m: &Mapping) -> &Entry {
         let mut w = Vec::new();
         m.select(&crate::template::Context::plain(&json!({})), &mut w)
@@ -235,7 +246,7 @@ mod tests {
         let c = conclude(
             &m,
             e,
-            (&msg, Kind::Run, true),
+            (&run(Kind::Run, true), &msg),
             &prepared(),
             &exchange(200, r#"{"id": 7}"#),
         );
@@ -250,7 +261,7 @@ mod tests {
         let c = conclude(
             &m,
             e,
-            (&msg, Kind::Run, false),
+            (&run(Kind::Run, false), &msg),
             &prepared(),
             &exchange(202, ""),
         );
@@ -261,7 +272,7 @@ mod tests {
         let c = conclude(
             &m,
             e,
-            (&msg, Kind::Run, true),
+            (&run(Kind::Run, true), &msg),
             &prepared(),
             &exchange(503, "down"),
         );
@@ -301,7 +312,7 @@ mod tests {
         let c = conclude(
             &m,
             e,
-            (&msg, Kind::Run, false),
+            (&run(Kind::Run, false), &msg),
             &prepared(),
             &exchange(201, ok),
         );
@@ -317,7 +328,7 @@ mod tests {
         let c = conclude(
             &m,
             e,
-            (&msg, Kind::Run, true),
+            (&run(Kind::Run, true), &msg),
             &prepared(),
             &exchange(200, ok),
         );
@@ -340,7 +351,7 @@ mod tests {
         let c = conclude(
             &m,
             entry(&m),
-            (&msg, Kind::Run, true),
+            (&run(Kind::Run, true), &msg),
             &prepared(),
             &exchange(500, r#"{"n": 1}"#),
         );
@@ -371,7 +382,7 @@ mod tests {
             "POST svc: request failed: connection refused",
         );
         gone.exchange = None;
-        let c = conclude(&m, e, (&msg, Kind::Run, true), &prepared(), &gone);
+        let c = conclude(&m, e, (&run(Kind::Run, true), &msg), &prepared(), &gone);
         assert_eq!(
             c.result_log,
             "The request failed: POST svc: request failed: connection refused"
@@ -380,7 +391,7 @@ mod tests {
         let c = conclude(
             &m,
             e,
-            (&msg, Kind::Node, true),
+            (&run(Kind::Node, true), &msg),
             &prepared(),
             &exchange(200, r#"{"ok": 1}"#),
         );
