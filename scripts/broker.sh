@@ -39,6 +39,12 @@ start() {
     echo "127.0.0.1:$PORT"
     return
   fi
+  # Another process (a broker started with another BROKER_DIR) would answer the
+  # readiness probe below in this broker's place, with other settings.
+  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    echo "broker.sh: 127.0.0.1:$PORT is already in use by another process; stop it or set BROKER_PORT" >&2
+    exit 1
+  fi
   # Tansu resolves a file:// registry relative to its working directory.
   (cd "$DIR" && exec tansu broker \
     --listener-url "tcp://127.0.0.1:$PORT" \
@@ -48,7 +54,7 @@ start() {
   echo $! >"$PIDFILE"
   # Ready when the port accepts connections (bounded: 15 s).
   for _ in $(seq 1 150); do
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
+    if running && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
       echo "127.0.0.1:$PORT"
       return
     fi
