@@ -704,19 +704,23 @@ fn apply_override(root: &mut toml::Table, path: &str, raw: &str) -> Result<(), S
     if segments.iter().any(String::is_empty) {
         return Err("empty path segment".into());
     }
-    let (last, parents) = segments
-        .split_last()
-        .expect("split always yields a segment");
+    let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+    set_path(root, &segments, scalar(raw))
+}
+
+/// Set `path` (a non-empty list of keys) in `root` to `value`, creating tables on the way.
+fn set_path(root: &mut toml::Table, path: &[&str], value: toml::Value) -> Result<(), String> {
+    let (last, parents) = path.split_last().expect("paths are not empty");
     let mut table = root;
     for seg in parents {
         let entry = table
-            .entry(seg.clone())
+            .entry(seg.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
         table = entry
             .as_table_mut()
             .ok_or_else(|| format!("{seg} is not a table"))?;
     }
-    table.insert(last.clone(), scalar(raw));
+    table.insert(last.to_string(), value);
     Ok(())
 }
 

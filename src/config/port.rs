@@ -203,19 +203,8 @@ fn lookup<'a>(root: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
 }
 
 fn set(root: &mut toml::Table, path: &[&str], value: toml::Value) {
-    let (last, parents) = path.split_last().expect("paths are not empty");
-    let mut t = root;
-    for seg in parents {
-        let entry = t
-            .entry(seg.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        if !entry.is_table() {
-            // A scalar where a section belongs: validation reports the file's error.
-            return;
-        }
-        t = entry.as_table_mut().expect("checked above");
-    }
-    t.insert(last.to_string(), value);
+    // A scalar where a section belongs is the file's error, which validation reports.
+    let _ = super::set_path(root, path, value);
 }
 
 fn set_default(root: &mut toml::Table, path: &[&str], value: toml::Value) {
