@@ -56,7 +56,7 @@ pub struct Metrics {
     pub oldest_in_flight_seconds: IntGaugeVec,
     /// Events in flight per partition.
     pub partition_in_flight: IntGaugeVec,
-    /// Partitions paused because their window is full.
+    /// Partitions whose window is full (not read until a slot frees).
     pub paused_partitions: IntGauge,
     /// Partitions assigned to this member.
     pub assigned_partitions: IntGauge,
@@ -208,7 +208,7 @@ impl Metrics {
             ),
             paused_partitions: gauge(
                 "paused_partitions",
-                "Partitions paused because their window of in-flight events is full.",
+                "Partitions whose window of in-flight events is full (not read until a slot frees).",
             ),
             assigned_partitions: gauge(
                 "assigned_partitions",

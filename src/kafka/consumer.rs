@@ -6,8 +6,15 @@
 //! - an offset is stored (`store_offsets`, exact value, no `+1`) only when a completion
 //!   moves the partition's contiguous watermark, and auto-commit only commits stored
 //!   offsets (`enable.auto.offset.store=false`);
-//! - a partition with `partition_window` events in flight is paused and resumed once half
-//!   of them are done; the thread keeps polling so the member stays in the group;
+//! - each assigned partition gets its own librdkafka queue (`split_partition_queue`, done
+//!   in the assign callback, before its first fetch can arrive); the thread reads a
+//!   partition's queue only while the partition has fewer than `partition_window` events
+//!   in flight, so a full partition is simply not read. Nothing is paused: pausing makes
+//!   librdkafka drop the partition's prefetched records and fetch them again, which held
+//!   throughput to a fraction of what the pipe allows (BENCHMARKS.md). librdkafka's
+//!   prefetch per partition is bounded by `queued.min.messages` and
+//!   `queued.max.messages.kbytes`. The thread keeps polling the main queue, so the member
+//!   stays in the group and callbacks are served;
 //! - on revoke and on shutdown, intake stops, started work drains up to the grace period,
 //!   the watermarks are committed synchronously and the partition state is dropped, so
 //!   completions that arrive later (an older generation) are ignored.
@@ -15,12 +22,13 @@
 //! Polling runs on its own OS thread because the rebalance callback blocks while it drains;
 //! on a tokio worker that would stall the very tasks it waits for.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
@@ -32,8 +40,10 @@ use super::TriggerRecord;
 use crate::config::Config;
 use crate::metrics;
 
-/// How long one `poll` may block; bounds how late completions are applied when idle.
-const POLL_INTERVAL: Duration = Duration::from_millis(20);
+/// How long one `poll` of the main queue may block. It bounds how late completions are
+/// applied and how long a record waits in its partition's queue when all is idle (the
+/// partition queues cannot wake a blocked main-queue poll).
+const POLL_INTERVAL: Duration = Duration::from_millis(2);
 
 /// How often the per-partition gauges are refreshed.
 const EXPORT_INTERVAL: Duration = Duration::from_secs(1);
@@ -111,21 +121,30 @@ impl Drop for Ticket {
 }
 
 /// Consumer-thread state of one assigned partition.
-struct PartState {
+struct PartState<S: Sink> {
     generation: u64,
     tracker: PartitionTracker,
     /// Tickets handed out and not yet returned.
     live: usize,
     /// When each in-flight offset was handed out (for the oldest-in-flight age).
     started: BTreeMap<i64, Instant>,
+    /// The partition's own queue (`None` if librdkafka could not split it: its records
+    /// then come through the main queue, and the partition is paused when they pile up).
+    queue: Option<PartitionQueue<Ctx<S>>>,
+    /// Records that came through the main queue: fetched before the split, so they
+    /// precede everything in `queue` and are handed out first.
+    backlog: VecDeque<TriggerRecord>,
+    /// The window is full (for the gauge, and to log the change once).
+    full: bool,
+    /// Paused because `backlog` grew past the window (unsplit partitions only).
     paused: bool,
     tx: Option<tmpsc::Sender<(TriggerRecord, Ticket)>>,
     intake: CancellationToken,
     hard: CancellationToken,
 }
 
-struct State {
-    parts: HashMap<Tp, PartState>,
+struct State<S: Sink> {
+    parts: HashMap<Tp, PartState<S>>,
     next_generation: u64,
 }
 
@@ -152,7 +171,10 @@ impl Subscription {
 /// librdkafka context: owns the partition state so rebalance callbacks can drain it.
 pub struct Ctx<S: Sink> {
     marks_ready: bool,
-    state: Mutex<State>,
+    /// The consumer that owns this context, to split partition queues from inside the
+    /// assign callback (which only gets a reference). Weak: the consumer owns us.
+    me: OnceLock<Weak<BaseConsumer<Ctx<S>>>>,
+    state: Mutex<State<S>>,
     sink: Arc<S>,
     handle: tokio::runtime::Handle,
     tx: Sender<Completion>,
@@ -203,6 +225,7 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
                     tracing::warn!(error = %e, "resuming newly assigned partitions failed");
                 }
                 self.assign(&tps);
+                self.split(&tps);
                 if self.marks_ready {
                     crate::server::mark_joined();
                 }
@@ -215,7 +238,7 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
 }
 
 impl<S: Sink> Ctx<S> {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<S>> {
         // Only the consumer thread takes this lock; a poisoned lock means that thread
         // panicked, and its state is still the best record of what is in flight.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -244,6 +267,9 @@ impl<S: Sink> Ctx<S> {
                     tracker: PartitionTracker::new(),
                     live: 0,
                     started: BTreeMap::new(),
+                    queue: None,
+                    backlog: VecDeque::new(),
+                    full: false,
                     paused: false,
                     tx: Some(tx),
                     intake: CancellationToken::new(),
@@ -253,8 +279,31 @@ impl<S: Sink> Ctx<S> {
         }
     }
 
-    /// Hand one polled record to its partition task.
-    fn on_message(&self, consumer: &BaseConsumer<Self>, record: TriggerRecord) {
+    /// Give each newly assigned partition its own queue. Called in the assign callback,
+    /// right after librdkafka took the assignment and before a first fetch (which waits
+    /// for the committed offsets) can have come back.
+    fn split(&self, tps: &[Tp]) {
+        let Some(consumer) = self.me.get().and_then(Weak::upgrade) else {
+            return;
+        };
+        let mut st = self.lock();
+        for tp in tps {
+            let Some(part) = st.parts.get_mut(tp) else {
+                continue;
+            };
+            if part.queue.is_none() {
+                part.queue = consumer.split_partition_queue(&tp.0, tp.1);
+                if part.queue.is_none() {
+                    tracing::error!(topic = %tp.0, partition = tp.1,
+                        "could not give the partition its own queue; it is read through the main queue (paused when its window is full)");
+                }
+            }
+        }
+    }
+
+    /// A record from the main queue: it waits in its partition's backlog, ahead of the
+    /// partition queue's records.
+    fn on_main_queue(&self, consumer: &BaseConsumer<Self>, record: TriggerRecord) {
         let tp = (record.topic.clone(), record.partition);
         let mut st = self.lock();
         let Some(part) = st.parts.get_mut(&tp) else {
@@ -262,9 +311,82 @@ impl<S: Sink> Ctx<S> {
                 "record for a partition that is not assigned; ignored (it stays uncommitted)");
             return;
         };
+        part.backlog.push_back(record);
+        // Only an unsplit partition can pile records up here; bound them by pausing.
+        if part.backlog.len() > self.window && !part.paused {
+            match consumer.pause(&single(&tp)) {
+                Ok(()) => part.paused = true,
+                Err(e) => tracing::warn!(error = %e, "pausing a partition failed"),
+            }
+        }
+    }
+
+    /// Hand records to every partition that has room in its window: its backlog first,
+    /// then its own queue.
+    fn fill(&self, consumer: &BaseConsumer<Self>) {
+        let mut out = Vec::new();
+        {
+            let mut st = self.lock();
+            for (tp, part) in st.parts.iter_mut() {
+                let Some(tx) = part.tx.clone() else {
+                    continue; // revoked: draining
+                };
+                while part.tracker.in_flight() < self.window {
+                    let record = match part.backlog.pop_front() {
+                        Some(r) => r,
+                        None => match part.queue.as_ref().and_then(|q| q.poll(Duration::ZERO)) {
+                            Some(Ok(m)) => detach(&m),
+                            Some(Err(e)) => {
+                                tracing::warn!(topic = %tp.0, partition = tp.1, error = %e, "consumer error");
+                                continue;
+                            }
+                            None => break,
+                        },
+                    };
+                    if let Some(ticket) = self.track(tp, part, &record) {
+                        out.push((tx.clone(), record, ticket));
+                    }
+                }
+                let full = part.tracker.in_flight() >= self.window;
+                if full != part.full {
+                    part.full = full;
+                    if full {
+                        tracing::debug!(topic = %tp.0, partition = tp.1, "partition window full; not read until a slot frees");
+                    } else {
+                        tracing::debug!(topic = %tp.0, partition = tp.1, "partition window has room; reading again");
+                    }
+                }
+                if part.paused && part.backlog.len() <= self.window / 2 {
+                    part.paused = false;
+                    if let Err(e) = consumer.resume(&single(tp)) {
+                        tracing::warn!(error = %e, "resuming a partition failed");
+                    }
+                }
+            }
+        }
+        for (tx, record, ticket) in out {
+            let tp = (record.topic.clone(), record.partition);
+            match tx.try_send((record, ticket)) {
+                Ok(()) => {}
+                // Not reachable while the channel holds a window and the window bounds
+                // what is in flight; should it happen, wait rather than drop.
+                Err(tmpsc::error::TrySendError::Full(item)) => {
+                    if tx.blocking_send(item).is_err() {
+                        tracing::error!(topic = %tp.0, partition = tp.1, "partition task is gone");
+                    }
+                }
+                Err(tmpsc::error::TrySendError::Closed(_)) => {
+                    tracing::error!(topic = %tp.0, partition = tp.1, "partition task is gone");
+                }
+            }
+        }
+    }
+
+    /// Track one record of `part`; its ticket, or `None` for a re-fetched offset.
+    fn track(&self, tp: &Tp, part: &mut PartState<S>, record: &TriggerRecord) -> Option<Ticket> {
         if part.tracker.track(record.offset) == Tracked::Duplicate {
             tracing::debug!(topic = %tp.0, partition = tp.1, offset = record.offset, "re-fetched record skipped");
-            return;
+            return None;
         }
         part.live += 1;
         part.started.insert(record.offset, Instant::now());
@@ -272,16 +394,7 @@ impl<S: Sink> Ctx<S> {
             .events_consumed
             .with_label_values(&[&tp.0])
             .inc();
-        if part.tracker.in_flight() >= self.window && !part.paused {
-            match consumer.pause(&single(&tp)) {
-                Ok(()) => {
-                    part.paused = true;
-                    tracing::debug!(topic = %tp.0, partition = tp.1, "partition window full; paused");
-                }
-                Err(e) => tracing::warn!(error = %e, "pausing a full partition failed"),
-            }
-        }
-        let ticket = Ticket {
+        Some(Ticket {
             tp: tp.clone(),
             generation: part.generation,
             offset: record.offset,
@@ -289,26 +402,11 @@ impl<S: Sink> Ctx<S> {
             intake: part.intake.clone(),
             hard: part.hard.clone(),
             done: false,
-        };
-        let Some(tx) = part.tx.clone() else { return };
-        drop(st);
-        match tx.try_send((record, ticket)) {
-            Ok(()) => {}
-            // Only reachable when librdkafka delivers records it prefetched before the
-            // pause took effect; the partition task frees a slot as soon as it runs.
-            Err(tmpsc::error::TrySendError::Full(item)) => {
-                if tx.blocking_send(item).is_err() {
-                    tracing::error!(topic = %tp.0, partition = tp.1, "partition task is gone");
-                }
-            }
-            Err(tmpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!(topic = %tp.0, partition = tp.1, "partition task is gone");
-            }
-        }
+        })
     }
 
     /// Apply one completion; returns the offset to store when the watermark advanced.
-    fn apply(&self, st: &mut State, c: Completion, resume: &mut Vec<Tp>) -> Option<(Tp, i64)> {
+    fn apply(&self, st: &mut State<S>, c: Completion) -> Option<(Tp, i64)> {
         let part = st.parts.get_mut(&c.tp)?;
         if part.generation != c.generation {
             return None; // completion of a revoked generation: dropped
@@ -320,21 +418,16 @@ impl<S: Sink> Ctx<S> {
         } else {
             None
         };
-        if part.paused && part.tracker.in_flight() <= self.window / 2 {
-            part.paused = false;
-            resume.push(c.tp.clone());
-        }
         wm.map(|wm| (c.tp, wm))
     }
 
-    /// Apply all waiting completions: store advanced watermarks, resume drained partitions.
+    /// Apply all waiting completions: store advanced watermarks.
     fn apply_pending(&self, consumer: &BaseConsumer<Self>, first: Option<Completion>) {
         let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
         let mut st = self.lock();
         let mut stores: HashMap<Tp, i64> = HashMap::new();
-        let mut resume = Vec::new();
         for c in first.into_iter().chain(rx.try_iter()) {
-            if let Some((tp, wm)) = self.apply(&mut st, c, &mut resume) {
+            if let Some((tp, wm)) = self.apply(&mut st, c) {
                 stores.insert(tp, wm);
             }
         }
@@ -354,13 +447,6 @@ impl<S: Sink> Ctx<S> {
                 m.committed_watermark
                     .with_label_values(&[topic, &partition.to_string()])
                     .set(*wm);
-            }
-        }
-        for tp in resume {
-            if let Err(e) = consumer.resume(&single(&tp)) {
-                tracing::warn!(error = %e, "resuming a partition failed");
-            } else {
-                tracing::debug!(topic = %tp.0, partition = tp.1, "partition drained; resumed");
             }
         }
     }
@@ -437,7 +523,7 @@ impl<S: Sink> Ctx<S> {
         let now = Instant::now();
         m.assigned_partitions.set(st.parts.len() as i64);
         m.paused_partitions
-            .set(st.parts.values().filter(|p| p.paused).count() as i64);
+            .set(st.parts.values().filter(|p| p.full || p.paused).count() as i64);
         for ((topic, partition), p) in &st.parts {
             let labels = [topic.as_str(), &partition.to_string()];
             m.partition_in_flight
@@ -526,7 +612,15 @@ pub fn start<S: Sink>(
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         // Feeds the consumer-lag metric.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // Each partition has its own queue, and these bound what librdkafka prefetches
+        // into each one (its defaults, 100,000 records or 64 MiB, apply per partition
+        // then): about two windows ahead of what is in flight.
+        .set(
+            "queued.min.messages",
+            (cfg.dispatch.partition_window * 2).max(1000).to_string(),
+        )
+        .set("queued.max.messages.kbytes", "16384");
     // The operator's consumer options win over these defaults (validation keeps
     // enable.auto.offset.store and group.id ours).
     for (key, v) in &k.consumer {
@@ -535,6 +629,7 @@ pub fn start<S: Sink>(
     let (tx, rx) = mpsc::channel();
     let ctx = Ctx {
         marks_ready: sub.marks_ready,
+        me: OnceLock::new(),
         state: Mutex::new(State {
             parts: HashMap::new(),
             next_generation: 0,
@@ -546,7 +641,8 @@ pub fn start<S: Sink>(
         window: cfg.dispatch.partition_window,
         grace: cfg.dispatch.shutdown_grace,
     };
-    let consumer: BaseConsumer<Ctx<S>> = c.create_with_context(ctx)?;
+    let consumer: Arc<BaseConsumer<Ctx<S>>> = Arc::new(c.create_with_context(ctx)?);
+    let _ = consumer.context().me.set(Arc::downgrade(&consumer));
     let topics: Vec<&str> = sub.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     let thread = std::thread::Builder::new()
@@ -556,23 +652,30 @@ pub fn start<S: Sink>(
     Ok(ConsumerHandle { thread })
 }
 
-fn poll_loop<S: Sink>(consumer: BaseConsumer<Ctx<S>>, shutdown: CancellationToken) {
+fn poll_loop<S: Sink>(consumer: Arc<BaseConsumer<Ctx<S>>>, shutdown: CancellationToken) {
     let mut exported = Instant::now();
     while !shutdown.is_cancelled() {
         if exported.elapsed() >= EXPORT_INTERVAL {
             consumer.context().export();
             exported = Instant::now();
         }
-        match consumer.poll(POLL_INTERVAL) {
-            Some(Ok(m)) => {
-                let record = detach(&m);
-                drop(m);
-                consumer.context().on_message(&consumer, record);
+        // The main queue: callbacks, and records fetched before their partition's
+        // queue was split. It is emptied before the partition queues are read, so those
+        // records are handed out before any that were fetched after the split.
+        let mut wait = POLL_INTERVAL;
+        while let Some(polled) = consumer.poll(wait) {
+            match polled {
+                Ok(m) => {
+                    let record = detach(&m);
+                    drop(m);
+                    consumer.context().on_main_queue(&consumer, record);
+                }
+                Err(e) => tracing::warn!(error = %e, "consumer error"),
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
-            None => {}
+            wait = Duration::ZERO;
         }
         consumer.context().apply_pending(&consumer, None);
+        consumer.context().fill(&consumer);
     }
     let ctx = consumer.context();
     let all = ctx.assigned();
@@ -580,6 +683,7 @@ fn poll_loop<S: Sink>(consumer: BaseConsumer<Ctx<S>>, shutdown: CancellationToke
     ctx.drain(&consumer, &all);
     ctx.sink.revoked(&all);
     consumer.unsubscribe();
+    // The drain dropped the partition queues, which held the only other references.
     drop(consumer);
     tracing::info!("consumer closed");
 }
