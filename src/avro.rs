@@ -135,10 +135,17 @@ impl Codec {
         encode_trigger(event, id)
     }
 
+    /// The run update as JSON when the status topic is JSON (no await needed), else
+    /// `None`: use [`encode_update`](Self::encode_update).
+    pub fn encode_update_json(&self, u: &RunUpdate) -> Option<Vec<u8>> {
+        (self.status != Format::Avro)
+            .then(|| serde_json::to_vec(u).expect("a RunUpdate always serialises"))
+    }
+
     /// The run update as the status topic's format wants it.
     pub async fn encode_update(&self, u: &RunUpdate) -> Result<Vec<u8>, AvroError> {
-        if self.status != Format::Avro {
-            return Ok(serde_json::to_vec(u).expect("a RunUpdate always serialises"));
+        if let Some(json) = self.encode_update_json(u) {
+            return Ok(json);
         }
         let id = *self
             .update_id

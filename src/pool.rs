@@ -128,7 +128,7 @@ impl Pool {
                     wait.as_secs_f64()
                 );
                 let u = RunUpdate::log(&req.run_id, LogLevel::Error, notice);
-                writer.emit(u).await.ok()?;
+                Box::pin(writer.emit(u)).await.ok()?;
                 continue;
             }
             if self.pause_deadline().is_some() {
@@ -159,7 +159,7 @@ impl Pool {
             tracing::warn!(run_id = %req.run_id, backend = self.name, "{notice}");
             metrics::get().retries.with_label_values(&[self.name]).inc();
             let u = RunUpdate::log(&req.run_id, LogLevel::Warn, notice);
-            writer.emit(u).await.ok()?;
+            Box::pin(writer.emit(u)).await.ok()?;
             tokio::select! {
                 _ = tokio::time::sleep(wait) => {}
                 _ = abandon.cancelled() => return None,

@@ -207,9 +207,13 @@ impl Publisher {
     /// The update in the status topic's format; an encoding failure (the schema registry
     /// unreachable) is retried like a failed publish.
     async fn encoded(&self, update: &RunUpdate) -> Result<Vec<u8>, Stopped> {
+        if let Some(json) = self.codec.encode_update_json(update) {
+            return Ok(json);
+        }
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.codec.encode_update(update).await {
+            // Boxed: the Avro path (a registry request) would size every caller's future.
+            match Box::pin(self.codec.encode_update(update)).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => {
                     metrics::get().publish_failures.inc();
@@ -464,9 +468,12 @@ impl RunWriter {
             if delivered {
                 metrics::get().run_updates.inc();
             } else {
-                self.publisher
-                    .send_update_traced(&p.update, p.traceparent.as_deref())
-                    .await?;
+                // Boxed: the retrying send is rare here, and large.
+                Box::pin(
+                    self.publisher
+                        .send_update_traced(&p.update, p.traceparent.as_deref()),
+                )
+                .await?;
             }
         }
         Ok(())

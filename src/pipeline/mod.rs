@@ -174,9 +174,10 @@ impl Inner {
         );
         let traceparent = crate::trace::from_headers(&job.record.headers);
         match job.port.clone() {
+            // Boxed: the Port path's future is large, and would size every lane's.
             Some(run) => {
-                crate::trace::scope(traceparent, self.dispatch_port(job, run).instrument(span))
-                    .await
+                let port = Box::pin(self.dispatch_port(job, run));
+                crate::trace::scope(traceparent, port.instrument(span)).await
             }
             None => crate::trace::scope(traceparent, self.dispatch(job).instrument(span)).await,
         }
@@ -198,7 +199,7 @@ impl Inner {
             return;
         }
         if let Err(bad) = self.check_expiry(&event, &record) {
-            return self.reject(record, ticket, Some(run_id), bad).await;
+            return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
         }
         let kind = event.backend_type().unwrap_or_default().to_owned();
         let Some(reg) = self.registry.get(&kind) else {
@@ -208,7 +209,7 @@ impl Inner {
                 format!("{kind:?}")
             };
             let bad = BadInput::UnknownBackend(shown, self.registry.known());
-            return self.reject(record, ticket, Some(run_id), bad).await;
+            return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
         };
         let ctx = Context::new(
             serde_json::to_value(&*event).expect("a TriggerEvent always serialises"),
@@ -221,7 +222,7 @@ impl Inner {
             Ok(inv) => inv,
             Err(e) => {
                 let bad = BadInput::Template(e.to_string());
-                return self.reject(record, ticket, Some(run_id), bad).await;
+                return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
             }
         };
         let mut w = RunWriter::new(
@@ -271,7 +272,7 @@ impl Inner {
         if report.outcome.is_failure() {
             let class = report.error_class.unwrap_or(report.outcome.as_str());
             let rec = dlq::record(&record, &report.summary, class, done.attempt);
-            if self.publisher.send_dlq(&rec).await.is_err() {
+            if Box::pin(self.publisher.send_dlq(&rec)).await.is_err() {
                 return;
             }
         }
@@ -281,7 +282,7 @@ impl Inner {
                 state,
                 label: None,
             };
-            match self.watcher.follow(watch).await {
+            match Box::pin(self.watcher.follow(watch)).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(run_id = %run_id, followed = self.watcher.active(),
                     "watch.max_watches reached; the run is not followed and stays IN_PROGRESS"),
