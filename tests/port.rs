@@ -98,6 +98,26 @@ fn summary(calls: &[ApiCall]) -> Vec<String> {
         .collect()
 }
 
+/// Publish one signed message and read the status topic until its run finished.
+async fn dispatch_one(
+    kafka: &Kafka,
+    t: &Topics,
+    run: &str,
+    m: &Value,
+    timeout: Duration,
+) -> StatusLog {
+    kafka
+        .produce_refetchable(&t.triggers, &[record(Some(run), m)])
+        .await;
+    let mut status = StatusLog::new(kafka, t);
+    status
+        .wait_until(timeout, &format!("{run} finished"), |u| {
+            StatusLog::finished(u) >= 1
+        })
+        .await;
+    status
+}
+
 fn dispatcher_config(
     kafka: &Kafka,
     t: &Topics,
@@ -416,15 +436,7 @@ async fn the_mapping_file_shapes_the_request_decrypts_and_reports() {
     );
     receiver.set_default_status(201);
     receiver.set_default_body(body);
-    kafka
-        .produce_refetchable(&t.triggers, &[record(Some("r_tf"), &m)])
-        .await;
-    let mut status = StatusLog::new(&kafka, &t);
-    status
-        .wait_until(Duration::from_secs(60), "r_tf finished", |u| {
-            StatusLog::finished(u) >= 1
-        })
-        .await;
+    let status = dispatch_one(&kafka, &t, "r_tf", &m, Duration::from_secs(60)).await;
     let seen = receiver
         .requests()
         .into_iter()
@@ -573,15 +585,7 @@ async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
     ];
     let _d = Dispatcher::start_with_config(&toml, &agent_env);
     let m = port_signed(envelope("r_scram", &receiver.url("/deploy"), true));
-    kafka
-        .produce_refetchable(&t.triggers, &[record(Some("r_scram"), &m)])
-        .await;
-    let mut status = StatusLog::new(&kafka, &t);
-    status
-        .wait_until(Duration::from_secs(90), "r_scram finished", |u| {
-            StatusLog::finished(u) >= 1
-        })
-        .await;
+    let status = dispatch_one(&kafka, &t, "r_scram", &m, Duration::from_secs(90)).await;
     assert_eq!(
         status.terminal("r_scram")[0].status,
         Some(switchyard::model::RunStatus::Success)

@@ -243,22 +243,11 @@ impl Inner {
             invocation,
             event: event.clone(),
         };
-        let Some(done) = reg
-            .pool
-            .run(reg.backend.as_ref(), &req, ticket.abandoned(), &mut w)
-            .await
-        else {
-            tracing::warn!(run_id = %run_id, "run abandoned at shutdown; it will be redelivered");
+        let Some(done) = self.attempt(reg, &req, &ticket, &mut w).await else {
             return;
         };
         let report = done.report;
         let kind = reg.backend.kind();
-        crate::metrics::get()
-            .dispatches
-            .with_label_values(&[kind, report.outcome.as_str()])
-            .inc();
-        tracing::info!(run_id = %run_id, backend = reg.backend.kind(), outcome = report.outcome.as_str(),
-            duration_ms = done.duration.as_millis() as u64, summary = %report.summary, "attempt finished");
         if self
             .publish_report(&mut w, &report, done.attempt, done.duration)
             .await
@@ -290,6 +279,34 @@ impl Inner {
             }
         }
         ticket.complete();
+    }
+
+    /// Run `req` through its backend's pool, counted and logged. `None`: abandoned at
+    /// shutdown (the event is redelivered).
+    async fn attempt(
+        &self,
+        reg: &crate::backends::Registered,
+        req: &Request,
+        ticket: &Ticket,
+        w: &mut RunWriter,
+    ) -> Option<crate::pool::Attempted> {
+        let run_id = &req.run_id;
+        let Some(done) = reg
+            .pool
+            .run(reg.backend.as_ref(), req, ticket.abandoned(), w)
+            .await
+        else {
+            tracing::warn!(run_id = %run_id, "run abandoned at shutdown; it will be redelivered");
+            return None;
+        };
+        let (kind, outcome) = (reg.backend.kind(), done.report.outcome.as_str());
+        crate::metrics::get()
+            .dispatches
+            .with_label_values(&[kind, outcome])
+            .inc();
+        tracing::info!(run_id = %run_id, backend = kind, outcome,
+            duration_ms = done.duration.as_millis() as u64, summary = %done.report.summary, "attempt finished");
+        Some(done)
     }
 
     /// A redelivered run that is finished, or whose non-idempotent dispatch happened, is

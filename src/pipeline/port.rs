@@ -174,21 +174,9 @@ impl Inner {
             invocation,
             event: event.clone(),
         };
-        let Some(done) = reg
-            .pool
-            .run(reg.backend.as_ref(), &req, ticket.abandoned(), &mut w)
-            .await
-        else {
-            tracing::warn!(run_id = %run_id, "run abandoned at shutdown; it will be redelivered");
+        let Some(done) = self.attempt(reg, &req, &ticket, &mut w).await else {
             return;
         };
-        let outcome = done.report.outcome.as_str();
-        crate::metrics::get()
-            .dispatches
-            .with_label_values(&[BACKEND, outcome])
-            .inc();
-        tracing::info!(run_id = %run_id, backend = BACKEND, outcome,
-            duration_ms = done.duration.as_millis() as u64, summary = %done.report.summary, "attempt finished");
         let c = report::conclude(mapping, entry, (&run, &message), &prepared, &done.report);
         let class = done.report.error_class.unwrap_or("port_report");
         let took = (done.attempt, done.duration.as_millis() as u64);
