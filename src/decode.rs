@@ -53,6 +53,18 @@ pub type Decoded = Result<TriggerEvent, (BadInput, Option<String>)>;
 
 /// Decode a JSON trigger event.
 pub fn decode_json(bytes: &[u8]) -> Decoded {
+    // The common case, a valid event, is parsed straight into its type. Anything that
+    // does not parse that way takes the slow path below, which says what is wrong and
+    // where (and accepts what it always accepted, such as a repeated key).
+    match serde_json::from_slice::<TriggerEvent>(bytes) {
+        Ok(event) if !event.run.id.is_empty() => Ok(event),
+        _ => explain(bytes),
+    }
+}
+
+/// The slow path of [`decode_json`]: through a `Value`, so the run id can be read even
+/// from an invalid event, and with the path of the field that is wrong.
+fn explain(bytes: &[u8]) -> Decoded {
     let value: Value = serde_json::from_slice(bytes)
         .map_err(|e| (BadInput::MalformedJson(e.to_string()), None))?;
     let run_id = value

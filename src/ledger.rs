@@ -20,6 +20,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaConfig;
 use crate::model::RunUpdate;
 
+/// The tail fetches at most this long ([`LEDGER_FETCH_MIN_BYTES`] permitting)…
+const LEDGER_FETCH_WAIT_MS: u64 = 100;
+/// …or until this much is ready, whichever comes first.
+const LEDGER_FETCH_MIN_BYTES: u64 = 64 * 1024;
+
 /// Backends whose dispatch must not be repeated once it happened.
 const NON_IDEMPOTENT: [&str; 3] = ["GITHUB", "GITLAB", "AZURE_DEVOPS"];
 
@@ -113,6 +118,10 @@ pub async fn tail(
     let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
         .set("group.id", format!("{}.ledger", kafka.group_id))
         .set("enable.auto.commit", "false")
+        // The view may trail by a fraction of a second; what it must not do is cost
+        // the broker one fetch per few records (three run updates per event).
+        .set("fetch.wait.max.ms", LEDGER_FETCH_WAIT_MS.to_string())
+        .set("fetch.min.bytes", LEDGER_FETCH_MIN_BYTES.to_string())
         .create()?;
     consumer.assign(&tpl)?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
