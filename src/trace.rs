@@ -41,8 +41,11 @@ fn valid(tp: &str) -> bool {
 }
 
 /// Run `fut` with `traceparent` as the current trace context.
-pub async fn scope<F: Future>(traceparent: Option<String>, fut: F) -> F::Output {
-    TRACEPARENT.scope(traceparent, fut).await
+///
+/// A plain function, not an `async fn`: an `async fn` would hold `fut` both as its
+/// argument and inside the scope, doubling the size of every run's future.
+pub fn scope<F: Future>(traceparent: Option<String>, fut: F) -> impl Future<Output = F::Output> {
+    TRACEPARENT.scope(traceparent, fut)
 }
 
 /// The trace context of the run being dispatched, if its record carried one.
