@@ -68,6 +68,10 @@ pub struct Options {
     /// the mock cluster holds every fetch that long).
     #[arg(long, default_value_t = 10)]
     pub fetch_wait_ms: u64,
+    /// Also print each system's latency per second of sending (p50, p99, max), to show
+    /// when a run's latency changes, e.g. as a broker slows while it fills.
+    #[arg(long)]
+    pub timeline: bool,
 }
 
 /// One system's measurements.
@@ -82,6 +86,18 @@ pub struct Measured {
     pub max_ms: f64,
     pub peak_rss_mb: f64,
     pub cpu_s_per_10k: f64,
+    /// Latency by the second (from the first send) in which each event was sent.
+    pub timeline: Vec<Second>,
+}
+
+/// The latency of the events sent in one second of a run.
+#[derive(Debug, Clone)]
+pub struct Second {
+    pub second: usize,
+    pub events: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<Vec<Measured>> {
@@ -110,6 +126,9 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Measured>> {
     for system in &opts.systems {
         let m = measure(&exe, &brokers, cluster.as_ref(), &sink, &opts, system).await?;
         print_row(&m);
+        if opts.timeline {
+            print_timeline(&m);
+        }
         results.push(m);
     }
     if let (Some(s), Some(p)) = (
@@ -132,6 +151,49 @@ fn print_row(m: &Measured) {
         "{:<10} events {:>7}  {:>7.2} s  {:>9.0} ev/s  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  peak RSS {:>6.1} MB  cpu {:>5.2} s/10k",
         m.system, m.events, m.seconds, m.throughput, m.p50_ms, m.p99_ms, m.max_ms, m.peak_rss_mb, m.cpu_s_per_10k
     );
+}
+
+fn print_timeline(m: &Measured) {
+    for w in &m.timeline {
+        println!(
+            "{:<10}   second {:>3}  events {:>6}  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms",
+            m.system, w.second, w.events, w.p50_ms, w.p99_ms, w.max_ms
+        );
+    }
+}
+
+/// Nearest-rank percentile `p` (0..=1) of sorted `v` (not empty).
+fn percentile(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// Latencies grouped by the second of the run in which each event was sent.
+fn timeline(sent_at: &[i64], done_at: &HashMap<usize, i64>) -> Vec<Second> {
+    let first = sent_at.iter().copied().min().unwrap_or(0);
+    let mut by_second: Vec<Vec<f64>> = Vec::new();
+    for (n, done) in done_at {
+        let sent = sent_at[*n];
+        let s = ((sent - first) / 1000) as usize;
+        if by_second.len() <= s {
+            by_second.resize_with(s + 1, Vec::new);
+        }
+        by_second[s].push((done - sent) as f64);
+    }
+    by_second
+        .into_iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(second, mut v)| {
+            v.sort_by(f64::total_cmp);
+            Second {
+                second,
+                events: v.len(),
+                p50_ms: percentile(&v, 0.50),
+                p99_ms: percentile(&v, 0.99),
+                max_ms: percentile(&v, 1.0),
+            }
+        })
+        .collect()
 }
 
 fn unique(prefix: &str) -> String {
@@ -422,7 +484,7 @@ level = "warn,librdkafka=error"
         .map(|(n, done)| (done - sent_at[*n]) as f64)
         .collect();
     lat_ms.sort_by(f64::total_cmp);
-    let pct = |p: f64| lat_ms[((lat_ms.len() as f64 - 1.0) * p).round() as usize];
+    let pct = |p: f64| percentile(&lat_ms, p);
     let first = sent_at.iter().copied().min().unwrap_or(0);
     let last = done_at.values().copied().max().unwrap_or(first);
     let seconds = (last - first).max(1) as f64 / 1000.0;
@@ -436,6 +498,7 @@ level = "warn,librdkafka=error"
         max_ms: pct(1.0),
         peak_rss_mb: peak_rss as f64 / 1024.0,
         cpu_s_per_10k: cpu / total as f64 * 10_000.0,
+        timeline: timeline(&sent_at, &done_at),
     })
 }
 
@@ -583,5 +646,27 @@ pub async fn pipe(
                 )
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_timeline_groups_latency_by_the_second_of_sending() {
+        // Sent at 0, 400, 1,100 and 3,000 ms after the first; done 10, 20, 50 and 5 ms later.
+        let sent_at = [1_000, 1_400, 2_100, 4_000];
+        let done_at: HashMap<usize, i64> = [(0, 1_010), (1, 1_420), (2, 2_150), (3, 4_005)].into();
+        let t = timeline(&sent_at, &done_at);
+        let rows: Vec<_> = t
+            .iter()
+            .map(|s| (s.second, s.events, s.p50_ms, s.max_ms))
+            .collect();
+        assert_eq!(
+            rows,
+            [(0, 2, 20.0, 20.0), (1, 1, 50.0, 50.0), (3, 1, 5.0, 5.0)],
+            "second 2 had no events and is left out"
+        );
     }
 }
