@@ -64,6 +64,54 @@ impl Context {
         Context(json_to_val(&event))
     }
 
+    /// The context of one run, built from the event directly: the same value as
+    /// [`Context::new`] of the event's JSON, without building that JSON first. `secrets`
+    /// is the store converted once, with [`secrets_val`].
+    pub fn for_event(event: &crate::model::TriggerEvent, secrets: &Val) -> Context {
+        let key = |k: &str| Val::from(k.to_owned());
+        let text = |s: &str| Val::from(s.to_owned());
+        let extra = |m: &Map<String, Value>| {
+            m.iter()
+                .map(|(k, v)| (key(k), json_to_val(v)))
+                .collect::<Vec<_>>()
+        };
+        let run = std::iter::once((key("id"), text(&event.run.id)))
+            .chain(extra(&event.run.extra))
+            .collect();
+        let a = &event.action;
+        let invocation = a
+            .invocation_method
+            .iter()
+            .map(|(k, v)| (key(k), json_to_val(v)))
+            .collect();
+        let action = std::iter::once((key("identifier"), text(&a.identifier)))
+            .chain(a.blueprint.as_deref().map(|b| (key("blueprint"), text(b))))
+            .chain([(key("invocationMethod"), Val::obj(invocation))])
+            .chain(extra(&a.extra))
+            .collect();
+        let fields = [
+            (key("run"), Val::obj(run)),
+            (key("action"), Val::obj(action)),
+            (key("trigger"), json_to_val(&event.trigger)),
+            (key("inputs"), json_to_val(&event.inputs)),
+            (key("entity"), json_to_val(&event.entity)),
+            (key("event"), json_to_val(&event.event)),
+        ];
+        let optional = [
+            ("orderingKey", &event.ordering_key),
+            ("deadline", &event.deadline),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_deref().map(|v| (key(k), text(v))));
+        let obj = fields
+            .into_iter()
+            .chain(optional)
+            .chain(extra(&event.extra))
+            .chain([(key("secrets"), secrets.clone())])
+            .collect();
+        Context(Val::obj(obj))
+    }
+
     /// A context that is exactly `input` (no `.secrets`), converted once for many
     /// programs.
     pub fn plain(input: &Value) -> Context {
@@ -375,6 +423,16 @@ pub fn json_to_val(v: &Value) -> Val {
                 .collect(),
         ),
     }
+}
+
+/// The secret store as the `.secrets` of [`Context::for_event`]; convert it once.
+pub fn secrets_val(secrets: &Map<String, Value>) -> Val {
+    Val::obj(
+        secrets
+            .iter()
+            .map(|(k, v)| (Val::from(k.clone()), json_to_val(v)))
+            .collect(),
+    )
 }
 
 /// Convert a jaq value back into JSON. Byte strings become (lossy) UTF-8 text and

@@ -127,6 +127,56 @@ fn secrets_come_only_from_the_resolved_store() {
     assert_eq!(out, "from-config");
 }
 
+/// The context as compact JSON text, keys in the context's own order.
+fn context_text(ctx: &Context) -> String {
+    serde_json::to_string(&val_to_json(&ctx.0)).unwrap()
+}
+
+#[test]
+fn the_context_built_from_an_event_equals_the_one_built_from_its_json() {
+    let events = [
+        json!({"run": {"id": "r_1"}, "action": {"identifier": "a", "invocationMethod": {}}}),
+        json!({
+            "run": {"id": "r_2", "startedBy": {"user": "u"}, "n": 1},
+            "action": {"identifier": "deploy", "blueprint": "service", "title": "Deploy",
+                       "invocationMethod": {"type": "WEBHOOK", "url": "http://x/{{ .run.id }}",
+                                            "body": {"a": [1, 2.5, -3, 18446744073709551615u64]}}},
+            "trigger": {"by": {"user": {"email": "dev@acme.io"}}, "at": "2026-11-28T10:00:00Z"},
+            "inputs": {"version": "1.4.2", "replicas": 3, "flag": true, "none": null},
+            "entity": {"identifier": "checkout", "properties": {}},
+            "event": null,
+            "orderingKey": "service/checkout",
+            "deadline": "2026-11-28T10:05:00Z",
+            "zExtra": {"k": "v"},
+            "secrets": {"token": "from-event"},
+            "aExtra": [1, "two"]
+        }),
+    ];
+    let mut secrets = Map::new();
+    secrets.insert("token".into(), json!("from-config"));
+    secrets.insert("n".into(), json!({"deep": [1, 2]}));
+    for json in events {
+        let event: crate::model::TriggerEvent = serde_json::from_value(json).unwrap();
+        let via_json = Context::new(serde_json::to_value(&event).unwrap(), &secrets);
+        let direct = Context::for_event(&event, &secrets_val(&secrets));
+        assert_eq!(context_text(&direct), context_text(&via_json));
+    }
+}
+
+#[test]
+fn secrets_come_only_from_the_resolved_store_when_built_from_an_event() {
+    let json = json!({"run": {"id": "r"}, "action": {"identifier": "a", "invocationMethod": {}},
+                      "secrets": {"token": "from-event"}});
+    let event: crate::model::TriggerEvent = serde_json::from_value(json).unwrap();
+    let mut secrets = Map::new();
+    secrets.insert("token".into(), json!("from-config"));
+    let ctx = Context::for_event(&event, &secrets_val(&secrets));
+    let out = Renderer::new()
+        .render(&json!("{{ .secrets.token }}"), &ctx, "x")
+        .unwrap();
+    assert_eq!(out, "from-config");
+}
+
 #[test]
 fn each_distinct_program_is_compiled_once() {
     let r = Renderer::new();

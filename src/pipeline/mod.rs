@@ -45,7 +45,8 @@ struct Inner {
     ledger: Option<Arc<Ledger>>,
     max_event_age: Option<std::time::Duration>,
     renderer: Renderer,
-    secrets: Map<String, Value>,
+    /// The secret store, converted once for every run's template context.
+    secrets: jaq_json::Val,
     publisher: Arc<Publisher>,
     registry: Registry,
     ordering: Ordering,
@@ -83,7 +84,7 @@ impl Pipeline {
             ledger,
             max_event_age: dispatch.max_event_age,
             renderer: Renderer::new(),
-            secrets,
+            secrets: crate::template::secrets_val(&secrets),
             publisher,
             registry,
             ordering,
@@ -211,10 +212,7 @@ impl Inner {
             let bad = BadInput::UnknownBackend(shown, self.registry.known());
             return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
         };
-        let ctx = Context::new(
-            serde_json::to_value(&*event).expect("a TriggerEvent always serialises"),
-            &self.secrets,
-        );
+        let ctx = Context::for_event(&event, &self.secrets);
         let rendered =
             self.renderer
                 .render_object(&event.action.invocation_method, &ctx, "invocationMethod");
