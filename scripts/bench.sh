@@ -39,7 +39,6 @@ for system in pipe switchyard; do
   echo "$out" | grep -v '^bench:' || true
   rows+=("$(echo "$out" | grep -E "^$system +events")")
 done
-scripts/broker.sh stop >/dev/null 2>&1 || true
 
 # Row fields: system events N secs s rate ev/s p50 X ms p99 Y ms max Z ms peak RSS M MB cpu C s/10k
 printf '%s\n%s\n' "${rows[0]}" "${rows[1]}" | awk '

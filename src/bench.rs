@@ -167,9 +167,9 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Latencies grouped by the second of the run in which each event was sent.
-fn timeline(sent_at: &[i64], done_at: &HashMap<usize, i64>) -> Vec<Second> {
-    let first = sent_at.iter().copied().min().unwrap_or(0);
+/// Latencies grouped by the second of the run (from `first`, the first send) in which
+/// each event was sent.
+fn timeline(first: i64, sent_at: &[i64], done_at: &HashMap<usize, i64>) -> Vec<Second> {
     let mut by_second: Vec<Vec<f64>> = Vec::new();
     for (n, done) in done_at {
         let sent = sent_at[*n];
@@ -498,7 +498,7 @@ level = "warn,librdkafka=error"
         max_ms: pct(1.0),
         peak_rss_mb: peak_rss as f64 / 1024.0,
         cpu_s_per_10k: cpu / total as f64 * 10_000.0,
-        timeline: timeline(&sent_at, &done_at),
+        timeline: timeline(first, &sent_at, &done_at),
     })
 }
 
@@ -658,7 +658,7 @@ mod tests {
         // Sent at 0, 400, 1,100 and 3,000 ms after the first; done 10, 20, 50 and 5 ms later.
         let sent_at = [1_000, 1_400, 2_100, 4_000];
         let done_at: HashMap<usize, i64> = [(0, 1_010), (1, 1_420), (2, 2_150), (3, 4_005)].into();
-        let t = timeline(&sent_at, &done_at);
+        let t = timeline(1_000, &sent_at, &done_at);
         let rows: Vec<_> = t
             .iter()
             .map(|s| (s.second, s.events, s.p50_ms, s.max_ms))

@@ -70,24 +70,17 @@ impl Context {
     pub fn for_event(event: &crate::model::TriggerEvent, secrets: &Val) -> Context {
         let key = |k: &str| Val::from(k.to_owned());
         let text = |s: &str| Val::from(s.to_owned());
-        let extra = |m: &Map<String, Value>| {
-            m.iter()
-                .map(|(k, v)| (key(k), json_to_val(v)))
-                .collect::<Vec<_>>()
-        };
         let run = std::iter::once((key("id"), text(&event.run.id)))
-            .chain(extra(&event.run.extra))
+            .chain(entries(&event.run.extra))
             .collect();
         let a = &event.action;
-        let invocation = a
-            .invocation_method
-            .iter()
-            .map(|(k, v)| (key(k), json_to_val(v)))
-            .collect();
         let action = std::iter::once((key("identifier"), text(&a.identifier)))
             .chain(a.blueprint.as_deref().map(|b| (key("blueprint"), text(b))))
-            .chain([(key("invocationMethod"), Val::obj(invocation))])
-            .chain(extra(&a.extra))
+            .chain([(
+                key("invocationMethod"),
+                Val::obj(entries(&a.invocation_method).collect()),
+            )])
+            .chain(entries(&a.extra))
             .collect();
         let fields = [
             (key("run"), Val::obj(run)),
@@ -106,7 +99,7 @@ impl Context {
         let obj = fields
             .into_iter()
             .chain(optional)
-            .chain(extra(&event.extra))
+            .chain(entries(&event.extra))
             .chain([(key("secrets"), secrets.clone())])
             .collect();
         Context(Val::obj(obj))
@@ -417,22 +410,19 @@ pub fn json_to_val(v: &Value) -> Val {
         },
         Value::String(s) => Val::from(s.clone()),
         Value::Array(a) => a.iter().map(json_to_val).collect(),
-        Value::Object(o) => Val::obj(
-            o.iter()
-                .map(|(k, v)| (Val::from(k.clone()), json_to_val(v)))
-                .collect(),
-        ),
+        Value::Object(o) => Val::obj(entries(o).collect()),
     }
+}
+
+/// A JSON object's members as jaq key/value pairs, in order.
+fn entries(o: &Map<String, Value>) -> impl Iterator<Item = (Val, Val)> + '_ {
+    o.iter()
+        .map(|(k, v)| (Val::from(k.clone()), json_to_val(v)))
 }
 
 /// The secret store as the `.secrets` of [`Context::for_event`]; convert it once.
 pub fn secrets_val(secrets: &Map<String, Value>) -> Val {
-    Val::obj(
-        secrets
-            .iter()
-            .map(|(k, v)| (Val::from(k.clone()), json_to_val(v)))
-            .collect(),
-    )
+    Val::obj(entries(secrets).collect())
 }
 
 /// Convert a jaq value back into JSON. Byte strings become (lossy) UTF-8 text and
