@@ -144,8 +144,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let subscription = consumer::Subscription::triggers(&cfg);
     let consumer = consumer::start(&cfg, subscription, Arc::new(pipeline), shutdown.clone())
         .context("starting the triggers consumer")?;
-    tracing::info!(brokers = %k.brokers, group = %k.group_id, triggers = %k.triggers_topic,
-        status = %k.status_topic, dlq = %k.dlq_topic, "switchyard running");
+    tracing::info!(brokers = %k.brokers, group = %k.group_id, group_protocol = ?k.group_protocol,
+        triggers = %k.triggers_topic, status = %k.status_topic, dlq = %k.dlq_topic,
+        "switchyard running");
     consumer.join().await;
     // Reports of what was just dispatched go out before the producer is closed (up to
     // the grace period; the rest are reported after the next start).

@@ -48,6 +48,40 @@ pub enum Format {
     Port,
 }
 
+/// The consumer group protocol of the dispatcher's group members.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GroupProtocol {
+    /// The classic protocol (JoinGroup/SyncGroup) with `cooperative-sticky` assignment:
+    /// a rebalance moves only the partitions that change owner, and the others keep
+    /// flowing. Works on every broker, including managed clusters older than Kafka 4.0;
+    /// `session.timeout.ms` and `heartbeat.interval.ms` are client settings.
+    #[default]
+    Classic,
+    /// KIP-848 (`group.protocol=consumer`, Kafka 4.0 and later): the broker assigns
+    /// partitions incrementally and owns the session timeout and heartbeat interval
+    /// (`group.consumer.*` broker settings), so the client settings for them are refused.
+    Consumer,
+}
+
+/// librdkafka consumer settings that `group.protocol=consumer` refuses, and where the
+/// setting lives under KIP-848.
+const CLASSIC_ONLY: [(&str, &str); 4] = [
+    (
+        "session.timeout.ms",
+        "set by the broker: group.consumer.session.timeout.ms",
+    ),
+    (
+        "heartbeat.interval.ms",
+        "set by the broker: group.consumer.heartbeat.interval.ms",
+    ),
+    (
+        "partition.assignment.strategy",
+        "the broker assigns: group.remote.assignor names its assignor",
+    ),
+    ("group.protocol.type", "classic protocol only"),
+];
+
 /// One more topic to consume besides `kafka.triggers_topic`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -148,6 +182,10 @@ pub struct KafkaConfig {
     pub brokers: String,
     /// Consumer group; scale out by starting more members with the same id.
     pub group_id: String,
+    /// Group protocol: `classic` (default; cooperative-sticky assignment) or `consumer`
+    /// (KIP-848, brokers 4.0 and later). For rolling restarts without a rebalance, give
+    /// each member a stable `kafka.consumer."group.instance.id"` (static membership).
+    pub group_protocol: GroupProtocol,
     pub triggers_topic: String,
     pub status_topic: String,
     pub dlq_topic: String,
@@ -186,6 +224,7 @@ impl Default for KafkaConfig {
         KafkaConfig {
             brokers: "127.0.0.1:9092".into(),
             group_id: "switchyard".into(),
+            group_protocol: GroupProtocol::Classic,
             triggers_topic: "switchyard.triggers".into(),
             status_topic: "switchyard.status".into(),
             dlq_topic: "switchyard.dlq".into(),
@@ -471,11 +510,23 @@ impl Config {
             ),
             ("group.id", "use kafka.group_id"),
             ("bootstrap.servers", "use kafka.brokers"),
+            ("group.protocol", "use kafka.group_protocol"),
         ] {
             if k.consumer.contains_key(key) || k.common.contains_key(key) {
                 p.push(format!(
                     "kafka.consumer.\"{key}\": cannot be overridden ({owner})"
                 ));
+            }
+        }
+        if k.group_protocol == GroupProtocol::Consumer {
+            for (key, why) in CLASSIC_ONLY {
+                for (section, options) in [("consumer", &k.consumer), ("common", &k.common)] {
+                    if options.contains_key(key) {
+                        p.push(format!(
+                            "kafka.{section}.\"{key}\": not supported with kafka.group_protocol = \"consumer\" ({why}); remove it or use the classic protocol"
+                        ));
+                    }
+                }
             }
         }
         if !self.http.listen.is_empty() && self.http.listen.parse::<std::net::SocketAddr>().is_err()

@@ -214,3 +214,50 @@ fn port_problems_are_named() {
         assert!(errs.contains(want), "missing {want:?} in:\n{errs}");
     }
 }
+
+#[test]
+fn kip848_refuses_the_classic_only_consumer_settings() {
+    let text = r#"
+        [kafka]
+        group_protocol = "consumer"
+        [kafka.consumer]
+        "session.timeout.ms" = 6000
+        "heartbeat.interval.ms" = 500
+        "partition.assignment.strategy" = "range"
+        "auto.offset.reset" = "latest"
+        [kafka.common]
+        "group.protocol.type" = "consumer"
+    "#;
+    let errs = Config::from_toml(text, no_env()).unwrap_err().0;
+    let all = errs.join("\n");
+    for needle in [
+        "kafka.consumer.\"session.timeout.ms\": not supported with kafka.group_protocol = \"consumer\" (set by the broker: group.consumer.session.timeout.ms)",
+        "kafka.consumer.\"heartbeat.interval.ms\": not supported",
+        "kafka.consumer.\"partition.assignment.strategy\": not supported",
+        "kafka.common.\"group.protocol.type\": not supported",
+    ] {
+        assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+    }
+    assert_eq!(errs.len(), 4, "{all}");
+    // The same settings are fine under the classic protocol (the default).
+    let classic = text.replace("group_protocol = \"consumer\"", "");
+    let cfg = Config::from_toml(&classic, no_env()).unwrap();
+    assert_eq!(cfg.kafka.group_protocol, GroupProtocol::Classic);
+}
+
+#[test]
+fn the_group_protocol_is_chosen_by_its_own_setting() {
+    let errs = Config::from_toml(
+        "[kafka.consumer]\n\"group.protocol\" = \"consumer\"\n",
+        no_env(),
+    )
+    .unwrap_err()
+    .0;
+    assert_eq!(
+        errs,
+        ["kafka.consumer.\"group.protocol\": cannot be overridden (use kafka.group_protocol)"]
+    );
+    let env = vec![("SWITCHYARD_KAFKA__GROUP_PROTOCOL".into(), "consumer".into())];
+    let cfg = Config::from_toml("", env).unwrap();
+    assert_eq!(cfg.kafka.group_protocol, GroupProtocol::Consumer);
+}

@@ -37,7 +37,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::offsets::{PartitionTracker, Tracked};
 use super::TriggerRecord;
-use crate::config::Config;
+use crate::config::{Config, GroupProtocol};
 use crate::metrics;
 
 /// How long one `poll` of the main queue may block. It bounds how late completions are
@@ -453,7 +453,13 @@ impl<S: Sink> Ctx<S> {
 
     /// Stop intake on `tps`, wait for started work up to the grace period, commit the
     /// watermarks synchronously, and forget the partitions.
+    ///
+    /// Called from the rebalance callback. librdkafka pauses the member's whole
+    /// assignment until that callback returns, so the partitions this member keeps wait
+    /// for the drain too (at most the grace); other members are not affected by an
+    /// incremental rebalance.
     fn drain(&self, consumer: &BaseConsumer<Self>, tps: &[Tp]) {
+        let started = Instant::now();
         {
             let mut st = self.lock();
             for tp in tps {
@@ -463,8 +469,8 @@ impl<S: Sink> Ctx<S> {
                 }
             }
         }
-        let deadline = Instant::now() + self.grace;
-        loop {
+        let deadline = started + self.grace;
+        let abandoned = loop {
             let live: usize = {
                 let st = self.lock();
                 tps.iter()
@@ -473,13 +479,13 @@ impl<S: Sink> Ctx<S> {
                     .sum()
             };
             if live == 0 {
-                break;
+                break 0;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 tracing::warn!(in_flight = live, grace = ?self.grace,
                     "grace period over; abandoning in-flight runs (they will be redelivered)");
-                break;
+                break live;
             }
             let next = {
                 let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -488,9 +494,9 @@ impl<S: Sink> Ctx<S> {
             match next {
                 Ok(c) => self.apply_pending(consumer, Some(c)),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Disconnected) => break live,
             }
-        }
+        };
         let mut tpl = TopicPartitionList::new();
         {
             let mut st = self.lock();
@@ -510,6 +516,8 @@ impl<S: Sink> Ctx<S> {
                 Err(e) => tracing::warn!(error = %e, "synchronous commit failed"),
             }
         }
+        tracing::info!(partitions = ?tps, waited_ms = started.elapsed().as_millis() as u64,
+            abandoned, "revoke drained");
     }
 
     fn assigned(&self) -> Vec<Tp> {
@@ -621,8 +629,16 @@ pub fn start<S: Sink>(
             (cfg.dispatch.partition_window * 2).max(1000).to_string(),
         )
         .set("queued.max.messages.kbytes", "16384");
+    match k.group_protocol {
+        // Incremental rebalancing: only the partitions that change owner are revoked,
+        // the others keep flowing (eager assignment stops the whole group).
+        GroupProtocol::Classic => c.set("partition.assignment.strategy", "cooperative-sticky"),
+        // KIP-848: the broker assigns, incrementally too. Validation refuses the
+        // classic-only settings librdkafka would reject.
+        GroupProtocol::Consumer => c.set("group.protocol", "consumer"),
+    };
     // The operator's consumer options win over these defaults (validation keeps
-    // enable.auto.offset.store and group.id ours).
+    // enable.auto.offset.store, group.id and group.protocol ours).
     for (key, v) in &k.consumer {
         c.set(key, v);
     }
