@@ -1,79 +1,212 @@
 #!/usr/bin/env bash
-# Start or stop a real Kafka-compatible broker (Tansu) on loopback for the test suite.
+# A single-node Apache Kafka 4.4 broker (KRaft, broker and controller in one JVM) on
+# loopback, for the real-broker test pass, the chaos tests and the benchmarks.
 #
-#   scripts/broker.sh start   # installs tansu if missing, starts it, prints the address
-#   scripts/broker.sh stop
+#   scripts/broker.sh start    # fetch the jars once, format on first start, start, print the address
+#   scripts/broker.sh stop     # SIGTERM (clean shutdown), bounded wait, then SIGKILL
+#   scripts/broker.sh kill     # SIGKILL, no shutdown: the chaos test's broker crash
 #   scripts/broker.sh status
+#   scripts/broker.sh jars     # only fetch the jars (prints their directory)
 #
-# Environment: BROKER_PORT (default 19092), BROKER_DIR (default target/broker: pid, log,
-# and schemas/, Tansu's schema registry: a `TOPIC.json` JSON schema there makes the broker
-# reject records of TOPIC that do not match; tests use it to make one topic unwritable).
-# Tansu is built from crates.io the first time (~12-20 min on 2 cores); later runs reuse
-# the installed binary.
+# Environment:
+#   BROKER_PORT             PLAINTEXT listener (default 19092)
+#   BROKER_CONTROLLER_PORT  KRaft controller listener (default BROKER_PORT + 1)
+#   BROKER_SASL_PORT        adds a SASL_SSL listener with SCRAM-SHA-512 on this port; the
+#                           certificate (self-signed, SAN 127.0.0.1 and localhost, PKCS#8
+#                           key) is generated at the first start: clients trust
+#                           $BROKER_DIR/tls/ca.pem
+#   BROKER_SCRAM_USERS      `name:password[ name:password]`, SCRAM-SHA-512 users written when
+#                           the storage is formatted (passwords without `,` or spaces)
+#   BROKER_DIR              pid file, server.properties, log (server.log) and data; kept
+#                           across a stop or a kill, so a start on the same directory comes
+#                           back to the same log (default target/broker)
+#   BROKER_HEAP             maximum heap (default 1g; the initial heap is 512m)
+#   KAFKA_JARS              jar cache (default ~/.cache/switchyard/kafka-<pom hash>); the
+#                           first start fetches about 45 jars (43 MB) with Maven, later
+#                           starts download nothing
+#
+# Settings that differ from Kafka's defaults, and why:
+#   - auto.create.topics.enable=false, like production clusters;
+#   - internal topics with replication 1 (one node) and few partitions (quick start);
+#   - group session limits low enough that a killed member is evicted within seconds
+#     (classic protocol: group.min.session.timeout.ms; KIP-848: group.consumer.*), so a
+#     SIGKILL in the chaos tests does not cost 45 s;
+#   - group.initial.rebalance.delay.ms=0, so a new group starts at once.
 set -euo pipefail
 
-TANSU_VERSION=0.6.0
+KAFKA_VERSION=4.4.0
 PORT=${BROKER_PORT:-19092}
+CONTROLLER_PORT=${BROKER_CONTROLLER_PORT:-$((PORT + 1))}
+SASL_PORT=${BROKER_SASL_PORT:-}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HERE=$ROOT/scripts/kafka
 DIR=${BROKER_DIR:-$ROOT/target/broker}
-PIDFILE=$DIR/tansu.pid
-LOG=$DIR/tansu.log
-export PATH="$HOME/.cargo/bin:$PATH"
+PIDFILE=$DIR/kafka.pid
+HEAP=${BROKER_HEAP:-1g}
+POM_HASH=$(sha256sum "$HERE/pom.xml" | cut -c1-12)
+JARS=${KAFKA_JARS:-${XDG_CACHE_HOME:-$HOME/.cache}/switchyard/kafka-$KAFKA_VERSION-$POM_HASH}
+L4J=(-Dlog4j2.configurationFile="$HERE/log4j2.properties")
 
-install() {
-  if command -v tansu >/dev/null 2>&1; then
+say() { echo "broker.sh: $*" >&2; }
+
+jars() {
+  if [ -f "$JARS/.complete" ]; then
     return
   fi
-  echo "broker.sh: installing tansu $TANSU_VERSION (one-time build, about 12-20 minutes)" >&2
-  cargo install tansu --version "$TANSU_VERSION" --features dynostore,libsql --locked >&2
+  say "fetching Apache Kafka $KAFKA_VERSION jars with Maven into $JARS (once)"
+  rm -rf "$JARS.partial"
+  mkdir -p "$(dirname "$JARS")"
+  if ! mvn -B -q -f "$HERE/pom.xml" \
+    org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$JARS.partial" >&2; then
+    say "Maven could not fetch org.apache.kafka:kafka_2.13:$KAFKA_VERSION (output above)"
+    exit 1
+  fi
+  if [ ! -f "$JARS.partial/kafka_2.13-$KAFKA_VERSION.jar" ]; then
+    say "Maven finished but kafka_2.13-$KAFKA_VERSION.jar is not in $JARS.partial"
+    exit 1
+  fi
+  touch "$JARS.partial/.complete"
+  rm -rf "$JARS"
+  mv "$JARS.partial" "$JARS"
 }
 
 running() {
   [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null
 }
 
+port_taken() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# A self-signed certificate for 127.0.0.1 and its PKCS#8 key in one PEM file (the
+# broker's keystore); the certificate alone is what clients trust.
+tls() {
+  [ -f "$DIR/tls/broker.pem" ] && return
+  mkdir -p "$DIR/tls"
+  openssl req -x509 -newkey rsa:2048 -noenc -days 7 -subj "/CN=127.0.0.1" \
+    -addext "subjectAltName=IP:127.0.0.1,DNS:localhost" \
+    -addext "basicConstraints=critical,CA:TRUE" \
+    -keyout "$DIR/tls/key.pem" -out "$DIR/tls/ca.pem" 2>/dev/null
+  cat "$DIR/tls/ca.pem" "$DIR/tls/key.pem" >"$DIR/tls/broker.pem"
+}
+
+properties() {
+  local listeners="PLAINTEXT://127.0.0.1:$PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT"
+  local advertised="PLAINTEXT://127.0.0.1:$PORT"
+  local protocols="PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+  if [ -n "$SASL_PORT" ]; then
+    listeners="$listeners,SASL_SSL://127.0.0.1:$SASL_PORT"
+    advertised="$advertised,SASL_SSL://127.0.0.1:$SASL_PORT"
+    protocols="$protocols,SASL_SSL:SASL_SSL"
+  fi
+  cat <<EOF
+# Generated by scripts/broker.sh; regenerated at every start.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:$CONTROLLER_PORT
+controller.listener.names=CONTROLLER
+listeners=$listeners
+advertised.listeners=$advertised
+listener.security.protocol.map=$protocols
+inter.broker.listener.name=PLAINTEXT
+log.dirs=$DIR/data
+num.partitions=1
+auto.create.topics.enable=false
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=3
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=1
+group.initial.rebalance.delay.ms=0
+group.min.session.timeout.ms=1000
+group.consumer.min.session.timeout.ms=1000
+group.consumer.session.timeout.ms=6000
+group.consumer.min.heartbeat.interval.ms=500
+group.consumer.heartbeat.interval.ms=1000
+num.network.threads=3
+num.io.threads=4
+log.cleaner.dedupe.buffer.size=16777216
+EOF
+  if [ -n "$SASL_PORT" ]; then
+    cat <<EOF
+sasl.enabled.mechanisms=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+ssl.keystore.type=PEM
+ssl.keystore.location=$DIR/tls/broker.pem
+EOF
+  fi
+}
+
 start() {
-  install
-  mkdir -p "$DIR/schemas"
   if running; then
     echo "127.0.0.1:$PORT"
     return
   fi
-  # Another process (a broker started with another BROKER_DIR) would answer the
-  # readiness probe below in this broker's place, with other settings.
-  if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-    echo "broker.sh: 127.0.0.1:$PORT is already in use by another process; stop it or set BROKER_PORT" >&2
-    exit 1
-  fi
-  # Tansu resolves a file:// registry relative to its working directory.
-  (cd "$DIR" && exec tansu broker \
-    --listener-url "tcp://127.0.0.1:$PORT" \
-    --advertised-listener-url "tcp://127.0.0.1:$PORT" \
-    --storage-engine memory://tansu/ \
-    --schema-registry "file://./schemas") >"$LOG" 2>&1 &
-  echo $! >"$PIDFILE"
-  # Ready when the port accepts connections (bounded: 15 s).
-  for _ in $(seq 1 150); do
-    if running && (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-      echo "127.0.0.1:$PORT"
-      return
-    fi
-    if ! running; then
-      echo "broker.sh: tansu exited; log follows" >&2
-      cat "$LOG" >&2
+  # Another process would answer the readiness probe in this broker's place.
+  for p in "$PORT" "$CONTROLLER_PORT" $SASL_PORT; do
+    if port_taken "$p"; then
+      say "127.0.0.1:$p is already in use by another process; stop it or set BROKER_PORT"
       exit 1
     fi
-    sleep 0.1
   done
-  echo "broker.sh: tansu did not listen on 127.0.0.1:$PORT within 15 s" >&2
-  exit 1
+  jars
+  mkdir -p "$DIR"
+  [ -n "$SASL_PORT" ] && tls
+  properties >"$DIR/server.properties"
+  if [ ! -f "$DIR/data/meta.properties" ]; then
+    local cid scram=()
+    cid=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    for user in ${BROKER_SCRAM_USERS:-}; do
+      scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
+    done
+    if ! java "${L4J[@]}" -Dkafka.logs.dir="$DIR" -cp "$JARS/*" kafka.tools.StorageTool \
+      format -t "$cid" -c "$DIR/server.properties" "${scram[@]}" >"$DIR/format.log" 2>&1; then
+      say "formatting the storage failed:"
+      cat "$DIR/format.log" >&2
+      exit 1
+    fi
+  fi
+  java -Xms512m -Xmx"$HEAP" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    "${L4J[@]}" -Dkafka.logs.dir="$DIR" -Djava.io.tmpdir="$DIR" \
+    -cp "$JARS/*" kafka.Kafka "$DIR/server.properties" >"$DIR/stdout.log" 2>&1 &
+  echo $! >"$PIDFILE"
+  # Ready when a metadata request succeeds (bounded: 90 s).
+  if ! java "${L4J[@]}" -Dkafka.logs.dir="$DIR/probe" -cp "$JARS/*" "$HERE/Ready.java" \
+    "127.0.0.1:$PORT" 90 >"$DIR/ready.log" 2>&1; then
+    say "the broker did not answer a metadata request within 90 s"
+    cat "$DIR/ready.log" >&2
+    tail -n 40 "$DIR/server.log" "$DIR/stdout.log" >&2 2>/dev/null || true
+    stop
+    exit 1
+  fi
+  echo "127.0.0.1:$PORT"
 }
 
 stop() {
   if running; then
-    kill "$(cat "$PIDFILE")" 2>/dev/null || true
-    for _ in $(seq 1 50); do running || break; sleep 0.1; done
-    running && kill -9 "$(cat "$PIDFILE")" 2>/dev/null || true
+    local pid
+    pid=$(cat "$PIDFILE")
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 1 300); do running || break; sleep 0.1; done
+    if running; then
+      say "the broker did not stop within 30 s of SIGTERM; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do running || break; sleep 0.1; done
+    fi
+  fi
+  rm -f "$PIDFILE"
+}
+
+crash() {
+  if running; then
+    local pid
+    pid=$(cat "$PIDFILE")
+    kill -KILL "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do running || break; sleep 0.1; done
   fi
   rm -f "$PIDFILE"
 }
@@ -81,6 +214,10 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) if running; then echo "running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"; else echo "stopped"; exit 1; fi ;;
-  *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
+  kill) crash ;;
+  jars) jars && echo "$JARS" ;;
+  status)
+    if running; then echo "running on 127.0.0.1:$PORT (pid $(cat "$PIDFILE"))"; else echo "stopped"; exit 1; fi
+    ;;
+  *) echo "usage: $0 start|stop|kill|status|jars" >&2; exit 2 ;;
 esac

@@ -100,56 +100,6 @@ async fn missing_topics_are_named_when_creation_is_off() {
     assert!(!err.contains(&t.triggers), "{err}");
 }
 
-/// The mock cluster never answers CreateTopics, so this runs against the real broker
-/// (the second pass of `.ci/run`); on the mock it only checks the timeout path is bounded.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_topics_are_created_when_configured() {
-    let kafka = Kafka::start();
-    if !kafka.is_real() {
-        println!(
-            "mock cluster: CreateTopics is not implemented there; covered by the real-broker pass"
-        );
-        return;
-    }
-    let t = Topics {
-        triggers: unique("new-trig"),
-        status: unique("new-status"),
-        dlq: unique("new-dlq"),
-        group: unique("group"),
-        actions: unique("actions"),
-        entities: unique("entities"),
-        watches: unique("new-watches"),
-        triggers_partitions: 4,
-        status_partitions: 4,
-    };
-    let rx = Receiver::start().await;
-    let cfg = config_toml(&kafka, &t, "").replace(
-        "create_topics = false",
-        "create_topics = true\ntopic_partitions = 4",
-    );
-    let _d = Dispatcher::start_with_config(&cfg, &[]);
-    // Once the dispatcher created the topics, a trigger flows through them.
-    let ev = webhook_event("r_created", &rx.url("/ok"), true);
-    let payload = serde_json::to_vec(&ev).unwrap();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let p = kafka.producer();
-        let r = rdkafka::producer::FutureRecord::<str, [u8]>::to(&t.triggers)
-            .payload(&payload[..])
-            .key("r_created");
-        if p.send(r, Duration::from_secs(2)).await.is_ok() {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "triggers topic never created"
-        );
-    }
-    let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "SUCCESS", |u| u.iter().any(|u| u.is_terminal()))
-        .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_command_publishes_and_prints_the_run_id() {
     let kafka = Kafka::start();
@@ -209,7 +159,7 @@ async fn rebalance_drains_revoked_partitions_and_loses_nothing() {
         .iter()
         .map(|r| record(Some(r), &webhook_event(r, &url, true)))
         .collect();
-    kafka.produce_refetchable(&t.triggers, &records[..60]).await;
+    kafka.produce(&t.triggers, &records[..60]).await;
     rx.wait_requests(10, WAIT).await;
     let second = Dispatcher::start(&kafka, &t, extra);
     let deadline = std::time::Instant::now() + WAIT;
@@ -220,7 +170,7 @@ async fn rebalance_drains_revoked_partitions_and_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    kafka.produce_refetchable(&t.triggers, &records[60..]).await;
+    kafka.produce(&t.triggers, &records[60..]).await;
 
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "120 terminal runs", |u| StatusLog::finished(u) >= 120)

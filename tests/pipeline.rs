@@ -280,7 +280,7 @@ async fn full_partition_window_holds_intake_and_still_completes() {
         .map(|n| record(None, &webhook_event(&format!("r_win_{n}"), &url, true)))
         .collect();
     // Produced before the dispatcher starts, so the window fills at once.
-    kafka.produce_refetchable(&t.triggers, &records).await;
+    kafka.produce(&t.triggers, &records).await;
     let cfg = config_toml(&kafka, &t, "[dispatch]\npartition_window = 4\n");
     let debug = [(
         "SWITCHYARD_LOG__LEVEL",
@@ -374,10 +374,9 @@ async fn sigterm_drains_in_flight_runs_and_commits() {
 
 /// While the DLQ cannot be written, the partition does not advance past the bad record;
 /// once it can, the record lands in the DLQ and the offset completes. On the mock the
-/// DLQ topic refuses writes (fault injection). On the real broker a JSON schema for the
-/// DLQ topic in Tansu's schema registry makes the broker reject the record (INVALID_RECORD),
-/// until the schema is removed. (Deleting the topic does not work there: Tansu 0.6.0
-/// acknowledges writes to a deleted topic.)
+/// DLQ topic refuses writes (fault injection). On Apache Kafka the DLQ topic's
+/// `max.message.bytes` is lowered below any DLQ record (the broker answers
+/// MESSAGE_TOO_LARGE), then restored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
     use rdkafka::types::RDKafkaRespErr;
@@ -406,17 +405,10 @@ async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
             "refused writes (mock fault injection)"
         }
         None => {
-            let Some(dir) = std::env::var_os("SWITCHYARD_TEST_SCHEMA_DIR") else {
-                println!("real broker without SWITCHYARD_TEST_SCHEMA_DIR: cannot make the DLQ unwritable; skipped");
-                return;
-            };
-            let schema = r#"{"type": "object", "properties": {"value": {"type": "object"}}}"#;
-            std::fs::write(
-                std::path::Path::new(&dir).join(format!("{}.json", t.dlq)),
-                schema,
-            )
-            .unwrap();
-            "rejecting writes (Tansu schema validation)"
+            kafka
+                .alter_topic_config(&t.dlq, "max.message.bytes", "64")
+                .await;
+            "refusing records (max.message.bytes = 64)"
         }
     };
     // The poisoned record, then a good one behind it.
@@ -457,9 +449,9 @@ async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
             .topic_error(&t.dlq, RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR)
             .unwrap(),
         None => {
-            let dir = std::env::var_os("SWITCHYARD_TEST_SCHEMA_DIR").unwrap();
-            std::fs::remove_file(std::path::Path::new(&dir).join(format!("{}.json", t.dlq)))
-                .unwrap();
+            kafka
+                .alter_topic_config(&t.dlq, "max.message.bytes", "1048588")
+                .await
         }
     }
     let dlq = read_dlq(&kafka, &t, 1, WAIT).await;

@@ -106,9 +106,7 @@ async fn dispatch_one(
     m: &Value,
     timeout: Duration,
 ) -> StatusLog {
-    kafka
-        .produce_refetchable(&t.triggers, &[record(Some(run), m)])
-        .await;
+    kafka.produce(&t.triggers, &[record(Some(run), m)]).await;
     let mut status = StatusLog::new(kafka, t);
     status
         .wait_until(timeout, &format!("{run} finished"), |u| {
@@ -199,14 +197,14 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
         .iter()
         .map(|m| record(m["context"]["runId"].as_str(), m))
         .collect();
-    kafka.produce_refetchable(&t.triggers, &records).await;
+    kafka.produce(&t.triggers, &records).await;
     let change = json!({"action": "UPDATE", "resourceType": "entity", "status": "SUCCESS",
         "trigger": {"by": {"orgId": "org_T", "userId": "u@clients"}, "at": "2026-11-28T10:00:00.000Z", "origin": "API"},
         "context": {"entity": "vm-1", "blueprint": "vm"},
         "diff": {"before": {"identifier": "vm-1"}, "after": {"identifier": "vm-1", "title": "VM 1"}},
         "changelogDestination": {"type": "WEBHOOK", "agent": true, "url": receiver.url("/changes")}});
     kafka
-        .produce_refetchable(&changelog, &[record(Some("vm-1"), &change)])
+        .produce(&changelog, &[record(Some("vm-1"), &change)])
         .await;
 
     let mut status = StatusLog::new(&kafka, &t);
@@ -499,36 +497,28 @@ async fn the_mapping_file_shapes_the_request_decrypts_and_reports() {
     );
 }
 
-/// Port's managed Kafka is SASL_SSL with SCRAM-SHA-512 (reference §4.1). Tansu does SCRAM
-/// but serves plain TCP whatever `--cert` says, so TLS is terminated by a proxy in front
-/// of it. The dispatcher is configured by a Port agent's environment variables alone
+/// Port's managed Kafka is SASL_SSL with SCRAM-SHA-512 (reference §4.1). The test starts
+/// an Apache Kafka broker of its own with a SASL_SSL listener (a certificate for
+/// 127.0.0.1 generated at start) and the agent's SCRAM user written when its storage is
+/// formatted. The dispatcher is configured by a Port agent's environment variables alone
 /// (plus a file naming switchyard's own topics and the test CA).
+#[cfg(feature = "real-broker")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
-    use common::tansu::{free_port, Tansu};
-    use common::tls_proxy::TlsProxy;
-    if std::env::var("SWITCHYARD_TEST_BROKERS").is_err() {
-        println!("runs in the real-broker pass: it starts its own Tansu with authentication");
-        return;
-    }
+    use common::broker::{Broker, BrokerOptions};
     const USER: &str = "org_T-agent";
     const PASS: &str = "kafka-pass-9f3e";
-    let dir = scratch_dir();
-    let (open_port, auth_port, tls_port) = (free_port(), free_port(), free_port());
-    // An open broker on the SQLite file creates the SCRAM user and the topics ...
-    let mut open = Tansu::start(open_port, &dir);
-    open.create_user(USER, PASS);
-    let setup = Kafka::at(&format!("127.0.0.1:{open_port}"));
+    let broker = Broker::start(BrokerOptions {
+        sasl_ssl: true,
+        scram_users: vec![(USER.into(), PASS.into())],
+    });
+    // The topics are made over the broker's PLAINTEXT listener, as an operator would.
+    let setup = Kafka::at(&broker.bootstrap());
     let t = setup.topics(2).await;
     let changelog = unique("changelog");
     setup.create_topic(&changelog, 1).await;
-    open.stop();
-    // ... then the same storage is served with authentication, behind TLS.
-    let upstream = format!("127.0.0.1:{auth_port}").parse().unwrap();
-    let proxy = TlsProxy::start(tls_port, upstream, &dir).await;
-    let _broker = Tansu::start_with(auth_port, tls_port, true, &dir);
-    let ca = proxy.ca_pem.to_str().unwrap().to_owned();
-    let brokers = format!("127.0.0.1:{tls_port}");
+    let ca = broker.ca_pem().to_str().unwrap().to_owned();
+    let brokers = broker.sasl_bootstrap();
     let secure = |password: &'static str| {
         vec![
             ("security.protocol", "SASL_SSL"),
@@ -585,9 +575,9 @@ async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
     ];
     let _d = Dispatcher::start_with_config(&toml, &agent_env);
     let m = port_signed(envelope("r_scram", &receiver.url("/deploy"), true));
-    let status = dispatch_one(&kafka, &t, "r_scram", &m, Duration::from_secs(90)).await;
+    let mut status = dispatch_one(&kafka, &t, "r_scram", &m, Duration::from_secs(90)).await;
     assert_eq!(
-        status.terminal("r_scram")[0].status,
+        status.sole_terminal("r_scram").await.status,
         Some(switchyard::model::RunStatus::Success)
     );
     assert_signed_over_raw_bytes(&request_of(&receiver, "r_scram"));
@@ -623,7 +613,7 @@ async fn dlq_replays_return_to_their_topic_and_skip_the_age_limit() {
     let sig = hmac_b64(SECRET, format!("{ts}.{old}").as_bytes());
     old["headers"] = json!({"X-Port-Signature": sig, "X-Port-Timestamp": ts});
     kafka
-        .produce_refetchable(&t.triggers, &[record(Some("r_old"), &old)])
+        .produce(&t.triggers, &[record(Some("r_old"), &old)])
         .await;
     // The changelog destination is down until the replay.
     receiver.set_default_status(503);
@@ -631,7 +621,7 @@ async fn dlq_replays_return_to_their_topic_and_skip_the_age_limit() {
         "context": {"entity": "vm-2", "blueprint": "vm"}, "diff": {"before": null, "after": {}},
         "changelogDestination": {"type": "WEBHOOK", "agent": true, "url": receiver.url("/changes")}});
     kafka
-        .produce_refetchable(&changelog, &[record(Some("vm-2"), &change)])
+        .produce(&changelog, &[record(Some("vm-2"), &change)])
         .await;
     let dlq = read_dlq(&kafka, &t, 2, Duration::from_secs(60)).await;
     let mut classes: Vec<_> = dlq

@@ -1,16 +1,16 @@
-//! Test harness: a Kafka endpoint (librdkafka's in-process mock cluster, or the real broker
-//! named by `SWITCHYARD_TEST_BROKERS`), fresh topics per test, the switchyard binary as a
-//! child process, readers for the status and DLQ topics, and a scriptable HTTP receiver.
+//! Test harness: a Kafka endpoint (librdkafka's in-process mock cluster, or the Apache
+//! Kafka broker named by `SWITCHYARD_TEST_BROKERS`), fresh topics per test, the switchyard
+//! binary as a child process, readers for the status and DLQ topics that read to the end
+//! of the topic before they say "nothing else", and a scriptable HTTP receiver.
 
 #![allow(dead_code)]
 
+pub mod broker;
 pub mod github;
 pub mod gitlab;
 pub mod port_api;
 pub mod receiver;
 pub mod registry;
-pub mod tansu;
-pub mod tls_proxy;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{DefaultProducerContext, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -53,6 +53,9 @@ pub struct Kafka {
 }
 
 impl Kafka {
+    /// The broker named by `SWITCHYARD_TEST_BROKERS`, or else a mock cluster of the test's
+    /// own. With the `real-broker` feature on, a missing `SWITCHYARD_TEST_BROKERS` fails
+    /// the test: that pass exists to run on Apache Kafka, never silently on the mock.
     pub fn start() -> Kafka {
         match std::env::var("SWITCHYARD_TEST_BROKERS") {
             Ok(b) if !b.is_empty() => Kafka {
@@ -60,6 +63,10 @@ impl Kafka {
                 mock: None,
                 options: Vec::new(),
             },
+            _ if cfg!(feature = "real-broker") => panic!(
+                "the real-broker feature is on but SWITCHYARD_TEST_BROKERS is not set: start \
+                 Apache Kafka with `scripts/broker.sh start` and set it to the address printed"
+            ),
             _ => {
                 let mock = MockCluster::new(1).expect("starting the mock cluster");
                 Kafka {
@@ -179,6 +186,31 @@ impl Kafka {
         resource.get(key).and_then(|e| e.value.clone())
     }
 
+    /// Set one configuration value of a topic (AlterConfigs; real broker only). Other
+    /// values of the topic return to their defaults, as AlterConfigs replaces them all.
+    pub async fn alter_topic_config(&self, topic: &str, key: &str, value: &str) {
+        use rdkafka::admin::{AlterConfig, ResourceSpecifier};
+        assert!(self.is_real(), "the mock cluster has no AlterConfigs");
+        let admin: AdminClient<DefaultClientContext> = self.config().create().unwrap();
+        let change = AlterConfig::new(ResourceSpecifier::Topic(topic)).set(key, value);
+        let res = admin
+            .alter_configs([&change], &AdminOptions::new())
+            .await
+            .expect("alter_configs");
+        for r in res {
+            r.unwrap_or_else(|e| panic!("setting {key}={value} on {topic}: {e:?}"));
+        }
+        // The broker applies it through its metadata log; wait until it reads back.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while self.topic_config(topic, key).await.as_deref() != Some(value) {
+            assert!(
+                Instant::now() < deadline,
+                "{key}={value} never applied to {topic}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn config(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.brokers);
@@ -228,21 +260,9 @@ impl Kafka {
         }
     }
 
-    /// Produce records that a consumer may have to re-fetch from the middle (after a
-    /// pause, or from a committed offset after a rebalance).
-    ///
-    /// Tansu 0.6.0 returns no records for a fetch that starts inside a record batch;
-    /// Apache Kafka returns the containing batch and the client skips ahead. On a real
-    /// broker each record is therefore sent as its own batch. See README "Testing".
-    pub async fn produce_refetchable(&self, topic: &str, records: &[(Option<String>, Vec<u8>)]) {
-        if self.is_real() {
-            self.produce_each(topic, records).await
-        } else {
-            self.produce(topic, records).await
-        }
-    }
-
-    /// Committed offsets of `group` on `topic`, by partition.
+    /// Committed offsets of `group` on `topic`, by partition; a partition with no commit
+    /// yet is absent. A request or partition error fails the test: a committed total that
+    /// silently left out a partition would look like "nothing committed" there.
     pub fn committed(&self, group: &str, topic: &str, partitions: i32) -> HashMap<i32, i64> {
         let c: BaseConsumer = self.config().set("group.id", group).create().unwrap();
         let mut tpl = TopicPartitionList::new();
@@ -251,14 +271,27 @@ impl Kafka {
         }
         let got = c
             .committed_offsets(tpl, Timeout::After(Duration::from_secs(10)))
-            .unwrap();
-        got.elements()
-            .iter()
-            .filter_map(|e| match e.offset() {
-                Offset::Offset(o) => Some((e.partition(), o)),
-                _ => None,
-            })
-            .collect()
+            .unwrap_or_else(|e| panic!("reading the committed offsets of {group}: {e}"));
+        let mut out = HashMap::new();
+        for e in got.elements() {
+            if let Err(err) = e.error() {
+                panic!(
+                    "committed offset of {group} on {topic}/{}: {err}",
+                    e.partition()
+                );
+            }
+            match e.offset() {
+                Offset::Offset(o) => {
+                    out.insert(e.partition(), o);
+                }
+                Offset::Invalid => {} // nothing committed on this partition yet
+                other => panic!(
+                    "committed offset of {group} on {topic}/{}: unexpected {other:?}",
+                    e.partition()
+                ),
+            }
+        }
+        out
     }
 
     /// Sum of committed offsets across partitions (= records committed past, when each
@@ -267,16 +300,36 @@ impl Kafka {
         self.committed(group, topic, partitions).values().sum()
     }
 
-    /// Poll until the committed total reaches `want` or the timeout passes.
+    /// Poll until the committed total reaches `want`; returns it (callers compare it
+    /// exactly). Fails the test when `timeout` passes first.
     pub async fn wait_committed(&self, t: &Topics, want: i64, timeout: Duration) -> i64 {
         let deadline = Instant::now() + timeout;
         loop {
             let got = self.committed_total(&t.group, &t.triggers, t.triggers_partitions);
-            if got >= want || Instant::now() > deadline {
+            if got >= want {
                 return got;
             }
+            assert!(
+                Instant::now() < deadline,
+                "group {} committed {got} of {want} records on {} within {timeout:?}",
+                t.group,
+                t.triggers
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+
+    /// High watermark of every partition of `topic`.
+    pub fn high_watermarks(&self, topic: &str, partitions: i32) -> HashMap<i32, i64> {
+        let c: BaseConsumer = self.config().create().unwrap();
+        (0..partitions)
+            .map(|p| {
+                let (_, high) = c
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .unwrap_or_else(|e| panic!("watermarks of {topic}/{p}: {e}"));
+                (p, high)
+            })
+            .collect()
     }
 
     /// A reader of every partition of `topic`, from the beginning.
@@ -314,17 +367,131 @@ pub struct Topics {
     pub status_partitions: i32,
 }
 
+/// How long a reader waits for "nothing else arrives" before it checks the high
+/// watermarks.
+pub const QUIET: Duration = Duration::from_millis(500);
+
+/// Longest a reader may take to reach the high watermarks it was shown.
+const CATCH_UP: Duration = Duration::from_secs(60);
+
+/// Reads every partition of a topic from the beginning and knows how far it got, so that
+/// "nothing else" is checked against the topic's high watermarks, not only against a
+/// quiet moment. Consumer errors (a broker restarting, say) are logged and skipped.
+pub struct Tail {
+    consumer: StreamConsumer,
+    topic: String,
+    partitions: i32,
+    /// One past the last offset read, per partition.
+    next: HashMap<i32, i64>,
+}
+
+impl Tail {
+    pub fn new(kafka: &Kafka, topic: &str, partitions: i32) -> Tail {
+        Tail {
+            consumer: kafka.reader(topic, partitions),
+            topic: topic.to_owned(),
+            partitions,
+            next: HashMap::new(),
+        }
+    }
+
+    /// The next record, or `None` once `deadline` passes.
+    pub async fn next_before(&mut self, deadline: tokio::time::Instant) -> Option<OwnedMessage> {
+        loop {
+            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
+                Ok(Ok(m)) => {
+                    self.next.insert(m.partition(), m.offset() + 1);
+                    return Some(m.detach());
+                }
+                Ok(Err(e)) => eprintln!("reader of {}: {e}; continuing", self.topic),
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Everything still to come: read until `quiet` passes with nothing new, then on to
+    /// the high watermarks of every partition (fails the test if they are not reached
+    /// within a minute).
+    pub async fn rest(&mut self, quiet: Duration) -> Vec<OwnedMessage> {
+        let mut out = Vec::new();
+        while let Some(m) = self.next_before(tokio::time::Instant::now() + quiet).await {
+            out.push(m);
+        }
+        let deadline = tokio::time::Instant::now() + CATCH_UP;
+        loop {
+            let behind: Vec<(i32, i64, i64)> = (0..self.partitions)
+                .filter_map(|p| {
+                    let (low, high) = self
+                        .consumer
+                        .fetch_watermarks(&self.topic, p, Duration::from_secs(10))
+                        .unwrap_or_else(|e| panic!("watermarks of {}/{p}: {e}", self.topic));
+                    let at = self.next.get(&p).copied().unwrap_or(0).max(low);
+                    (at < high).then_some((p, at, high))
+                })
+                .collect();
+            if behind.is_empty() {
+                return out;
+            }
+            match self.next_before(deadline).await {
+                Some(m) => out.push(m),
+                None => panic!(
+                    "reader of {} did not reach the high watermarks within {CATCH_UP:?}: \
+                     (partition, read to, high) {behind:?}",
+                    self.topic
+                ),
+            }
+        }
+    }
+}
+
 /// Follows the status topic and keeps every run update seen.
 pub struct StatusLog {
-    consumer: StreamConsumer,
+    tail: Tail,
     pub updates: Vec<RunUpdate>,
+    /// Runs with a terminal update among `updates`.
+    done: std::collections::HashSet<String>,
+    /// Read to the end of the topic since the last update arrived.
+    settled: bool,
 }
 
 impl StatusLog {
     pub fn new(kafka: &Kafka, t: &Topics) -> StatusLog {
         StatusLog {
-            consumer: kafka.reader(&t.status, t.status_partitions),
+            tail: Tail::new(kafka, &t.status, t.status_partitions),
             updates: Vec::new(),
+            done: std::collections::HashSet::new(),
+            settled: false,
+        }
+    }
+
+    fn push(&mut self, m: &OwnedMessage) {
+        let u: RunUpdate =
+            serde_json::from_slice(m.payload().expect("status records have a value"))
+                .expect("status records are run updates");
+        assert_eq!(
+            m.key(),
+            Some(u.run_id.as_bytes()),
+            "status key is the run id"
+        );
+        if u.is_terminal() {
+            self.done.insert(u.run_id.clone());
+        }
+        self.updates.push(u);
+        self.settled = false;
+    }
+
+    /// Read until `n` distinct runs have a terminal update (cheap per record, for
+    /// thousands of runs); panics with the count after `timeout`.
+    pub async fn wait_finished(&mut self, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.done.len() < n {
+            match self.tail.next_before(deadline).await {
+                Some(m) => self.push(&m),
+                None => panic!(
+                    "timed out after {timeout:?}: {} of {n} runs have a terminal update",
+                    self.done.len()
+                ),
+            }
         }
     }
 
@@ -337,20 +504,9 @@ impl StatusLog {
     ) -> &[RunUpdate] {
         let deadline = tokio::time::Instant::now() + timeout;
         while !done(&self.updates) {
-            match tokio::time::timeout_at(deadline, self.consumer.recv()).await {
-                Ok(Ok(m)) => {
-                    let u: RunUpdate = serde_json::from_slice(m.payload().unwrap())
-                        .expect("status records are run updates");
-                    assert_eq!(
-                        m.key(),
-                        Some(u.run_id.as_bytes()),
-                        "status key is the run id"
-                    );
-                    self.updates.push(u);
-                }
-                // Transient (e.g. while a broker restarts); librdkafka reconnects.
-                Ok(Err(e)) => eprintln!("status reader: {e}; continuing"),
-                Err(_) => panic!(
+            match self.tail.next_before(deadline).await {
+                Some(m) => self.push(&m),
+                None => panic!(
                     "timed out after {timeout:?} waiting for {what}; saw {} updates: {:#?}",
                     self.updates.len(),
                     self.updates.iter().rev().take(10).collect::<Vec<_>>()
@@ -360,12 +516,14 @@ impl StatusLog {
         &self.updates
     }
 
-    /// Keep reading for `quiet` to collect stragglers (e.g. to check nothing else comes).
+    /// Collect the stragglers: read until `quiet` passes with nothing new, then to the
+    /// status topic's high watermarks, so that "nothing else came" means nothing else is
+    /// on the topic.
     pub async fn settle(&mut self, quiet: Duration) {
-        while let Ok(Ok(m)) = tokio::time::timeout(quiet, self.consumer.recv()).await {
-            self.updates
-                .push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        for m in self.tail.rest(quiet).await {
+            self.push(&m);
         }
+        self.settled = true;
     }
 
     /// Number of distinct runs with a terminal status among `updates`.
@@ -388,6 +546,21 @@ impl StatusLog {
             .filter(|u| u.is_terminal())
             .collect()
     }
+
+    /// The one terminal update of `run`, read after the topic settled (a second one
+    /// arriving later would otherwise go unseen). Fails unless there is exactly one.
+    pub async fn sole_terminal(&mut self, run: &str) -> RunUpdate {
+        if !self.settled {
+            self.settle(QUIET).await;
+        }
+        let terminal = self.terminal(run);
+        assert_eq!(
+            terminal.len(),
+            1,
+            "run {run}: expected exactly one terminal update, got {terminal:#?}"
+        );
+        terminal[0].clone()
+    }
 }
 
 /// A record (DLQ or other) as read back.
@@ -398,27 +571,8 @@ pub struct DlqEntry {
     pub headers: HashMap<String, String>,
 }
 
-/// Read `n` DLQ records (panics after `timeout`).
-pub async fn read_dlq(kafka: &Kafka, t: &Topics, n: usize, timeout: Duration) -> Vec<DlqEntry> {
-    read_records(kafka, &t.dlq, 1, n, timeout).await
-}
-
-/// Read `n` records of `topic` from the beginning (panics after `timeout`).
-pub async fn read_records(
-    kafka: &Kafka,
-    topic: &str,
-    partitions: i32,
-    n: usize,
-    timeout: Duration,
-) -> Vec<DlqEntry> {
-    let c = kafka.reader(topic, partitions);
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut out = Vec::new();
-    while out.len() < n {
-        let m = match tokio::time::timeout_at(deadline, c.recv()).await {
-            Ok(m) => m.unwrap(),
-            Err(_) => panic!("timed out waiting for {n} records on {topic}; got {out:#?}"),
-        };
+impl DlqEntry {
+    fn of(m: &OwnedMessage) -> DlqEntry {
         let headers = m
             .headers()
             .map(|hs| {
@@ -432,12 +586,44 @@ pub async fn read_records(
                     .collect()
             })
             .unwrap_or_default();
-        out.push(DlqEntry {
+        DlqEntry {
             key: m.key().map(<[u8]>::to_vec),
             payload: m.payload().map(<[u8]>::to_vec),
             headers,
-        });
+        }
     }
+}
+
+/// Read the test's DLQ: exactly `n` records (see [`read_records`]).
+pub async fn read_dlq(kafka: &Kafka, t: &Topics, n: usize, timeout: Duration) -> Vec<DlqEntry> {
+    read_records(kafka, &t.dlq, 1, n, timeout).await
+}
+
+/// Read exactly `n` records of `topic` from the beginning: fails when fewer arrive within
+/// `timeout`, or when an (n+1)-th is on the topic once it settled (read to its high
+/// watermarks).
+pub async fn read_records(
+    kafka: &Kafka,
+    topic: &str,
+    partitions: i32,
+    n: usize,
+    timeout: Duration,
+) -> Vec<DlqEntry> {
+    let mut tail = Tail::new(kafka, topic, partitions);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut out = Vec::new();
+    while out.len() < n {
+        match tail.next_before(deadline).await {
+            Some(m) => out.push(DlqEntry::of(&m)),
+            None => panic!("timed out waiting for {n} records on {topic}; got {out:#?}"),
+        }
+    }
+    let extra: Vec<DlqEntry> = tail.rest(QUIET).await.iter().map(DlqEntry::of).collect();
+    assert!(
+        extra.is_empty(),
+        "expected exactly {n} records on {topic}; {} more: {extra:#?}",
+        extra.len()
+    );
     out
 }
 
@@ -539,6 +725,14 @@ impl Dispatcher {
         Dispatcher {
             child: Some(child),
             log,
+        }
+    }
+
+    /// True while the process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(c) => c.try_wait().unwrap().is_none(),
+            None => false,
         }
     }
 

@@ -1,0 +1,157 @@
+//! What only a real broker can show: topics switchyard creates (CreateTopics and
+//! DescribeConfigs, which the mock cluster lacks) and the KIP-848 consumer group
+//! protocol. Built only with the `real-broker` feature; without `SWITCHYARD_TEST_BROKERS`
+//! these tests fail.
+
+mod common;
+
+use std::time::Duration;
+
+use common::receiver::Receiver;
+use common::*;
+use serde_json::json;
+use switchyard::model::RunStatus;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// `kafka.create_topics = true`: the triggers, status, DLQ and watches topics are created
+/// at start with `kafka.topic_partitions` partitions, the watches topic compacted; the
+/// entities topic on the first UPSERT_ENTITY run, compacted too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topics_are_created_when_configured() {
+    let kafka = Kafka::start();
+    let t = Topics {
+        triggers: unique("new-trig"),
+        status: unique("new-status"),
+        dlq: unique("new-dlq"),
+        group: unique("group"),
+        actions: unique("actions"),
+        entities: unique("new-entities"),
+        watches: unique("new-watches"),
+        triggers_partitions: 4,
+        status_partitions: 4,
+    };
+    let rx = Receiver::start().await;
+    let cfg = config_toml(&kafka, &t, "").replace(
+        "create_topics = false",
+        "create_topics = true\ntopic_partitions = 4",
+    );
+    let d = Dispatcher::start_with_config(&cfg, &[]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !d.logs().contains("created missing topics") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no topics created:\n{}",
+            d.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for topic in [&t.triggers, &t.status, &t.dlq, &t.watches] {
+        assert_eq!(kafka.partitions(topic), 4, "partitions of {topic}");
+    }
+    let upsert = json!({
+        "run": {"id": "r_created_entity"},
+        "action": {"identifier": "register", "blueprint": "service",
+            "invocationMethod": {"type": "UPSERT_ENTITY", "blueprintIdentifier": "service",
+                "mapping": {"identifier": "svc-new", "properties": {}}}},
+        "trigger": {}, "inputs": {}, "entity": null, "event": null
+    });
+    kafka
+        .produce(
+            &t.triggers,
+            &[
+                record(
+                    Some("r_created"),
+                    &webhook_event("r_created", &rx.url("/ok"), true),
+                ),
+                record(Some("r_created_entity"), &upsert),
+            ],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_finished(2, WAIT).await;
+    assert_eq!(
+        log.sole_terminal("r_created").await.status,
+        Some(RunStatus::Success)
+    );
+    assert_eq!(
+        log.sole_terminal("r_created_entity").await.status,
+        Some(RunStatus::Success)
+    );
+    assert_eq!(
+        kafka.partitions(&t.entities),
+        4,
+        "partitions of {}",
+        t.entities
+    );
+    let mut policies = Vec::new();
+    for (topic, want) in [
+        (&t.watches, "compact"),
+        (&t.entities, "compact"),
+        (&t.status, "delete"),
+        (&t.dlq, "delete"),
+    ] {
+        let policy = kafka.topic_config(topic, "cleanup.policy").await;
+        assert_eq!(policy.as_deref(), Some(want), "cleanup.policy of {topic}");
+        policies.push(format!("{topic}={}", policy.unwrap()));
+    }
+    println!("created: 5 topics of 4 partitions; cleanup.policy {policies:?}");
+}
+
+/// `kafka.group_protocol = "consumer"` (KIP-848): two members share six partitions, one is
+/// killed mid-run and a third joins; every run still ends exactly once and the group
+/// commits past every record. The broker owns the session timeout here (scripts/broker.sh
+/// sets `group.consumer.session.timeout.ms` to 6 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kip848_consumer_protocol_group_survives_a_kill_and_a_join() {
+    const RUNS: usize = 600;
+    let kafka = Kafka::start();
+    let t = kafka.topics(6).await;
+    let rx = Receiver::start().await;
+    rx.set_default_delay(Duration::from_millis(10));
+    // The classic-only client settings must go: librdkafka refuses them under KIP-848.
+    let cfg = config_toml(&kafka, &t, "")
+        .replace("\"session.timeout.ms\" = 6000\n", "")
+        .replace("\"heartbeat.interval.ms\" = 500\n", "");
+    let env = [("SWITCHYARD_KAFKA__GROUP_PROTOCOL", "consumer")];
+    let mut members: Vec<Dispatcher> = (0..2)
+        .map(|_| Dispatcher::start_with_config(&cfg, &env))
+        .collect();
+    let runs: Vec<String> = (0..RUNS).map(|n| format!("r_848_{n}")).collect();
+    let url = rx.url("/deploy");
+    let records: Vec<_> = runs
+        .iter()
+        .map(|r| record(Some(r), &webhook_event(r, &url, true)))
+        .collect();
+    kafka.produce(&t.triggers, &records[..RUNS / 2]).await;
+    rx.wait_requests(RUNS / 4, WAIT).await;
+    members[0].kill();
+    members.push(Dispatcher::start_with_config(&cfg, &env));
+    kafka.produce(&t.triggers, &records[RUNS / 2..]).await;
+
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_finished(RUNS, Duration::from_secs(120)).await;
+    log.settle(QUIET).await;
+    for r in &runs {
+        assert_eq!(log.terminal(r).len(), 1, "run {r}: {:#?}", log.of(r));
+        assert_eq!(
+            log.terminal(r)[0].status,
+            Some(RunStatus::Success),
+            "run {r}"
+        );
+    }
+    let committed = kafka.wait_committed(&t, RUNS as i64, WAIT).await;
+    assert_eq!(committed, RUNS as i64);
+    let logs = members[2].logs();
+    assert!(
+        logs.contains("group_protocol=Consumer"),
+        "the member did not use KIP-848:\n{logs}"
+    );
+    assert!(logs.contains("partitions assigned"), "{logs}");
+    println!(
+        "kip-848: runs {RUNS}, one terminal each, committed {committed}, receiver requests {} \
+         (duplicates {})",
+        rx.count(),
+        rx.count() - RUNS
+    );
+}
