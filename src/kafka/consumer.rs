@@ -642,6 +642,7 @@ pub fn start<S: Sink>(
     for (key, v) in &k.consumer {
         c.set(key, v);
     }
+    let static_member = c.get("group.instance.id").is_some_and(|id| !id.is_empty());
     let (tx, rx) = mpsc::channel();
     let ctx = Ctx {
         marks_ready: sub.marks_ready,
@@ -663,12 +664,19 @@ pub fn start<S: Sink>(
     consumer.subscribe(&topics)?;
     let thread = std::thread::Builder::new()
         .name("switchyard-consumer".into())
-        .spawn(move || poll_loop(consumer, shutdown))
+        .spawn(move || poll_loop(consumer, shutdown, static_member))
         .expect("spawning a thread only fails when the OS is out of resources");
     Ok(ConsumerHandle { thread })
 }
 
-fn poll_loop<S: Sink>(consumer: Arc<BaseConsumer<Ctx<S>>>, shutdown: CancellationToken) {
+/// `static_member`: the member has a `group.instance.id` (KIP-345), so it must not leave
+/// the group on shutdown: the instance that comes back with the same id within the
+/// session timeout gets its partitions back without a rebalance.
+fn poll_loop<S: Sink>(
+    consumer: Arc<BaseConsumer<Ctx<S>>>,
+    shutdown: CancellationToken,
+    static_member: bool,
+) {
     let mut exported = Instant::now();
     while !shutdown.is_cancelled() {
         if exported.elapsed() >= EXPORT_INTERVAL {
@@ -698,7 +706,13 @@ fn poll_loop<S: Sink>(consumer: Arc<BaseConsumer<Ctx<S>>>, shutdown: Cancellatio
     tracing::info!(partitions = all.len(), "stopping: draining in-flight runs");
     ctx.drain(&consumer, &all);
     ctx.sink.revoked(&all);
-    consumer.unsubscribe();
+    if static_member {
+        // Closing (the drop below) does not send LeaveGroup for a static member;
+        // unsubscribing would.
+        tracing::info!("static group member: keeping the membership for the next start");
+    } else {
+        consumer.unsubscribe();
+    }
     // The drain dropped the partition queues, which held the only other references.
     drop(consumer);
     tracing::info!("consumer closed");
