@@ -33,3 +33,13 @@ pub mod trace;
 pub mod trigger;
 pub mod util;
 pub mod watch;
+
+/// Unit tests that change the process environment hold this lock for their whole body,
+/// so that no two of them change it at the same time and none reads a variable another
+/// is setting (the test harness runs tests on parallel threads of one process).
+#[cfg(test)]
+pub(crate) fn env_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that failed while holding it leaves it poisoned; the environment is fine.
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -13,7 +13,11 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, so that tests can pause and advance it (outside a runtime it is the
+// system's monotonic clock).
+use tokio::time::Instant;
 
 use crate::config::{BreakerConfig, RateLimitConfig};
 use crate::metrics;
@@ -255,8 +259,8 @@ mod tests {
         )
     }
 
-    #[test]
-    fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
+    #[tokio::test(start_paused = true)]
+    async fn opens_after_consecutive_failures_and_a_success_resets_the_count() {
         let b = breakers(3, Duration::from_secs(60));
         b.record("h:1", true);
         b.record("h:1", true);
@@ -266,29 +270,46 @@ mod tests {
         assert!(b.admit("h:1").is_ok(), "the success reset the count");
         b.record("h:1", true);
         let refused = b.admit("h:1").unwrap_err();
-        assert!(refused.wait > Duration::from_secs(59));
+        assert_eq!(refused.wait, Duration::from_secs(60));
+        assert_eq!(refused.failures, 3);
         assert!(b.admit("other:1").is_ok(), "per destination");
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert_eq!(b.check("h:1").unwrap_err().wait, Duration::from_secs(1));
     }
 
-    #[test]
-    fn half_open_lets_one_probe_through_and_its_result_decides() {
+    #[tokio::test(start_paused = true)]
+    async fn half_open_lets_one_probe_through_and_its_result_decides() {
         let b = breakers(1, Duration::from_millis(30));
         b.record("h:1", true);
         assert!(b.admit("h:1").is_err());
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(b.admit("h:1").is_err(), "still open 1 ms before open_for");
+        tokio::time::advance(Duration::from_millis(1)).await;
         assert!(b.admit("h:1").is_ok(), "the probe");
         assert!(b.admit("h:1").is_err(), "only one probe at a time");
         b.record("h:1", true);
         assert!(b.admit("h:1").is_err(), "probe failed: open again");
-        std::thread::sleep(Duration::from_millis(40));
+        tokio::time::advance(Duration::from_millis(30)).await;
         assert!(b.admit("h:1").is_ok());
         b.record("h:1", false);
         assert!(b.admit("h:1").is_ok(), "probe succeeded: closed");
         assert!(b.admit("h:1").is_ok());
     }
 
-    #[test]
-    fn token_bucket_allows_the_burst_then_spaces_requests_at_the_rate() {
+    #[tokio::test(start_paused = true)]
+    async fn an_unreported_probe_is_replaced_after_open_for() {
+        let b = breakers(1, Duration::from_millis(30));
+        b.record("h:1", true);
+        tokio::time::advance(Duration::from_millis(30)).await;
+        assert!(b.admit("h:1").is_ok(), "the probe, which never reports");
+        tokio::time::advance(Duration::from_millis(29)).await;
+        assert!(b.admit("h:1").is_err());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(b.admit("h:1").is_ok(), "a new probe");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn token_bucket_allows_the_burst_then_spaces_requests_at_the_rate() {
         let l = RateLimiter::new(&RateLimitConfig {
             per_second: 10.0,
             burst: Some(3),
@@ -298,17 +319,13 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(l.reserve(Some("a")), Duration::ZERO);
         }
-        let w1 = l.reserve(Some("a"));
-        let w2 = l.reserve(Some("a"));
-        assert!(
-            w1 > Duration::from_millis(90) && w1 <= Duration::from_millis(100),
-            "{w1:?}"
-        );
-        assert!(
-            w2 > Duration::from_millis(190) && w2 <= Duration::from_millis(200),
-            "{w2:?}"
-        );
+        assert_eq!(l.reserve(Some("a")), Duration::from_millis(100));
+        assert_eq!(l.reserve(Some("a")), Duration::from_millis(200));
         assert_eq!(l.reserve(Some("b")), Duration::ZERO, "per host");
+        // Refill: 300 ms pays back the two borrowed tokens and earns one.
+        tokio::time::advance(Duration::from_millis(300)).await;
+        assert_eq!(l.reserve(Some("a")), Duration::ZERO);
+        assert_eq!(l.reserve(Some("a")), Duration::from_millis(100));
         assert!(RateLimiter::new(&RateLimitConfig::default()).is_none());
     }
 }

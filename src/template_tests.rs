@@ -181,15 +181,16 @@ fn secrets_come_only_from_the_resolved_store_when_built_from_an_event() {
 fn each_distinct_program_is_compiled_once() {
     let r = Renderer::new();
     let c = ctx();
+    // Two distinct programs (`.run.id`, used twice, and `.action.identifier`).
+    let templates = json!({"a": "{{ .run.id }}", "b": "x{{ .run.id }}y",
+                           "c": "{{ .action.identifier }}"});
+    let first = r.render(&templates, &c, "m").unwrap();
+    assert_eq!(r.cached(), 2);
     for _ in 0..10 {
-        r.render(
-            &json!({"a": "{{ .run.id }}", "b": "x{{ .run.id }}y"}),
-            &c,
-            "m",
-        )
-        .unwrap();
+        assert_eq!(r.render(&templates, &c, "m").unwrap(), first);
     }
-    assert_eq!(r.cached(), 1);
+    assert_eq!(r.cached(), 2, "nothing compiled again");
+    assert_ne!(first["a"], first["c"], "the two programs differ: {first}");
 }
 
 #[test]
@@ -205,6 +206,7 @@ fn plain_strings_pass_through() {
 fn event_templates_cannot_read_the_process_environment() {
     // The process environment holds credentials (PORT_CLIENT_SECRET, tokens); a template
     // written by whoever publishes a trigger must not be able to copy it into a request.
+    let _env = crate::env_lock();
     std::env::set_var("SWITCHYARD_TEMPLATE_TEST_SECRET", "leak-me");
     for code in [
         "{{ env.SWITCHYARD_TEMPLATE_TEST_SECRET }}",

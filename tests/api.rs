@@ -123,8 +123,8 @@ async fn async_run_is_reported_through_the_api_with_ports_rules() {
         StatusLog::finished(u) >= 1
     })
     .await;
+    let done = log.sole_terminal("r_api").await;
     let ups = log.of("r_api");
-    let done = log.terminal("r_api")[0].clone();
     assert_eq!(done.status, Some(RunStatus::Success));
     assert_eq!(done.status_label.as_deref(), Some("live"));
     assert!(ups
@@ -278,16 +278,48 @@ async fn api_rejects_what_port_rejects() {
     );
 }
 
-/// Without tokens in the config, the API is disabled, not open.
+/// Without tokens in the config, the API is disabled, not open: for a run that exists,
+/// GET and PATCH get the router's empty 404 with no token, a random token or the token
+/// an enabled API would take, and nothing is written to the status topic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_without_tokens_is_disabled() {
     let kafka = Kafka::start();
     let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
     let d = Dispatcher::start(&kafka, &t, "");
+    // An async run: IN_PROGRESS, waiting for a report that an open API would take.
+    let ev = webhook_event("r_closed", &rx.url("/deploy"), false);
+    kafka.produce(&t.triggers, &[record(None, &ev)]).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "the run in progress", |u| {
+        u.iter()
+            .any(|u| u.run_id == "r_closed" && u.status == Some(RunStatus::InProgress))
+    })
+    .await;
+    log.settle(QUIET).await;
+    let before = log.updates.len();
     let api = Client::new(&d);
-    let (code, _) = api
-        .raw("GET", "/v1/actions/runs/r_any", None, Some(TEST_TOKEN))
-        .await;
-    assert_eq!(code, 404);
+    let patch = json!({"status": "SUCCESS"}).to_string();
+    let mut answers = Vec::new();
+    for token in [None, Some("random-9d1c"), Some(TEST_TOKEN)] {
+        for (method, body) in [("GET", None), ("PATCH", Some(patch.clone()))] {
+            let (code, body) = api
+                .raw(method, "/v1/actions/runs/r_closed", body, token)
+                .await;
+            answers.push(format!("{method} with {token:?}: {code}"));
+            assert_eq!(
+                (code, body),
+                (404, Value::String(String::new())),
+                "{method} with token {token:?}"
+            );
+        }
+    }
+    log.settle(Duration::from_secs(1)).await;
+    assert_eq!(log.updates.len(), before, "{:#?}", &log.updates[before..]);
+    assert!(
+        log.terminal("r_closed").is_empty(),
+        "the PATCH was not applied"
+    );
     assert!(d.logs().contains("status API disabled"));
+    println!("disabled API: {answers:?}; status topic unchanged ({before} updates)");
 }

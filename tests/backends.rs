@@ -104,7 +104,7 @@ async fn kafka_backend_rejects_a_scalar_payload() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
         .await;
-    let f = log.terminal("r_kafka_bad")[0].clone();
+    let f = log.sole_terminal("r_kafka_bad").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert_eq!(
         f.summary.as_deref(),
@@ -142,7 +142,7 @@ async fn upsert_entity_writes_the_entity_to_a_compacted_topic() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
         .await;
-    let done = log.terminal("r_upsert")[0].clone();
+    let done = log.sole_terminal("r_upsert").await;
     assert_eq!(done.status, Some(RunStatus::Success), "{done:?}");
     assert!(done.summary.unwrap().starts_with("upserted service/svc-a"));
 
@@ -174,7 +174,7 @@ async fn upsert_entity_validation_failure_names_the_field() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
         .await;
-    let f = log.terminal("r_upsert_bad")[0].clone();
+    let f = log.sole_terminal("r_upsert_bad").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert!(
         f.summary
@@ -202,7 +202,10 @@ async fn upsert_entity_catalog_response_decides_the_status() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
         .await;
-    assert_eq!(log.terminal("r_cat_ok")[0].status, Some(RunStatus::Success));
+    assert_eq!(
+        log.sole_terminal("r_cat_ok").await.status,
+        Some(RunStatus::Success)
+    );
     let reqs = rx.requests();
     assert_eq!(reqs[0].method, "PUT");
     assert_eq!(reqs[0].path, "/api/blueprints/service/entities/svc-a");
@@ -218,7 +221,7 @@ async fn upsert_entity_catalog_response_decides_the_status() {
         .await;
     log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 2)
         .await;
-    let f = log.terminal("r_cat_fail")[0].clone();
+    let f = log.sole_terminal("r_cat_fail").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert!(f.summary.unwrap().starts_with("catalog HTTP 422"));
 }
@@ -286,7 +289,7 @@ async fn azure_devops_posts_a_signed_payload_to_the_incoming_webhook() {
         .await;
     log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
         .await;
-    let f = log.terminal("r_ado_missing")[0].clone();
+    let f = log.sole_terminal("r_ado_missing").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert!(f
         .summary
@@ -417,10 +420,10 @@ async fn gitlab_failed_pipeline_and_rejected_token_fail_the_run() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "two FAILUREs", |u| StatusLog::finished(u) >= 2)
         .await;
-    let f = log.terminal("r_gl_fail")[0].clone();
+    let f = log.sole_terminal("r_gl_fail").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert_eq!(f.summary.as_deref(), Some("pipeline 77 failed"));
-    let n = log.terminal("r_gl_notoken")[0].clone();
+    let n = log.sole_terminal("r_gl_notoken").await;
     assert_eq!(n.status, Some(RunStatus::Failure));
     assert!(
         n.summary
@@ -562,13 +565,13 @@ async fn github_without_run_details_finds_the_run_and_reports_failure() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "two terminal", |u| StatusLog::finished(u) >= 2)
         .await;
-    let f = log.terminal("r_gh_204")[0].clone();
+    let f = log.sole_terminal("r_gh_204").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert_eq!(
         f.summary.as_deref(),
         Some("workflow run 9001 concluded timed_out")
     );
-    let m = log.terminal("r_gh_many")[0].clone();
+    let m = log.sole_terminal("r_gh_many").await;
     assert_eq!(m.status, Some(RunStatus::Failure));
     assert!(m.summary.unwrap().contains("GitHub accepts at most 10"));
     let calls = fake.calls();
@@ -584,6 +587,20 @@ async fn github_without_run_details_finds_the_run_and_reports_failure() {
     assert!(calls
         .iter()
         .any(|c| c.path.ends_with("/actions/workflows/deploy.yml/runs")));
+    // The listing also held an older run and a later one: only ours is followed.
+    let followed: std::collections::BTreeSet<&str> = calls
+        .iter()
+        .filter_map(|c| c.path.split("/actions/runs/").nth(1))
+        .collect();
+    assert_eq!(
+        followed,
+        std::collections::BTreeSet::from(["9001"]),
+        "{calls:#?}"
+    );
+    assert!(calls
+        .iter()
+        .all(|c| c.headers.get("authorization").map(String::as_str)
+            == Some(&format!("Bearer {TEST_TOKEN}")[..])));
     let polls: Vec<_> = calls
         .iter()
         .filter(|c| c.path.ends_with("/actions/runs/9001"))
@@ -612,11 +629,13 @@ async fn github_app_tokens_are_fetched_per_installation_and_refreshed_before_exp
         env!("CARGO_MANIFEST_DIR")
     );
     let _d = Dispatcher::start(&kafka, &t, &extra);
-    let ev = |run: &str| {
+    let ev_in = |run: &str, org: &str| {
         let mut e = github_event(run, json!({"ref": "main"}));
         e["action"]["invocationMethod"]["reportWorkflowStatus"] = json!(false);
+        e["action"]["invocationMethod"]["org"] = json!(org);
         e
     };
+    let ev = |run: &str| ev_in(run, "acme");
     kafka
         .produce(
             &t.triggers,
@@ -662,6 +681,26 @@ async fn github_app_tokens_are_fetched_per_installation_and_refreshed_before_exp
         .collect();
     assert_eq!(dispatches.len(), 4);
     assert_eq!(dispatches[3].headers["authorization"], "Bearer ghs_test_3");
+
+    // A repository of another org belongs to another installation: its own token.
+    kafka
+        .produce(&t.triggers, &[record(None, &ev_in("r_app_5", "globex"))])
+        .await;
+    log.wait_until(WAIT, "five dispatches", |u| dispatched(u, 5))
+        .await;
+    assert_eq!(count("/repos/globex/checkout/installation"), 1);
+    assert_eq!(count("/app/installations/4343/access_tokens"), 1);
+    assert_eq!(
+        count("/app/installations/4242/access_tokens"),
+        3,
+        "acme's token untouched"
+    );
+    let calls = fake.calls();
+    let globex = calls
+        .iter()
+        .find(|c| c.path == "/repos/globex/checkout/actions/workflows/deploy.yml/dispatches")
+        .expect("dispatched to globex");
+    assert_eq!(globex.headers["authorization"], "Bearer ghs_test_4");
     assert!(log
         .updates
         .iter()

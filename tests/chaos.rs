@@ -72,45 +72,6 @@ async fn produce_paced(kafka: &Kafka, topic: &str, records: &[Record], per_secon
     }
 }
 
-/// Triggers-topic partitions in `("TOPIC", N)` pairs of one log line.
-fn partitions_in(line: &str, topic: &str) -> Vec<i32> {
-    let needle = format!("(\"{topic}\", ");
-    line.match_indices(&needle)
-        .filter_map(|(i, _)| {
-            let rest = &line[i + needle.len()..];
-            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-            digits.parse().ok()
-        })
-        .collect()
-}
-
-/// What a member's log says it held: every partition it was ever assigned, and what it
-/// held at the end (assignments minus revocations, in log order).
-struct Held {
-    ever: BTreeSet<i32>,
-    last: BTreeSet<i32>,
-}
-
-fn held(logs: &str, topic: &str) -> Held {
-    let mut h = Held {
-        ever: BTreeSet::new(),
-        last: BTreeSet::new(),
-    };
-    for line in logs.lines() {
-        if line.contains("partitions assigned") {
-            for p in partitions_in(line, topic) {
-                h.ever.insert(p);
-                h.last.insert(p);
-            }
-        } else if line.contains("partitions revoked") {
-            for p in partitions_in(line, topic) {
-                h.last.remove(&p);
-            }
-        }
-    }
-    h
-}
-
 /// How far each member's log had got at one moment (whole lines), to tell what happened
 /// before that moment from what happened after it.
 fn marks(members: &[Dispatcher]) -> Vec<usize> {

@@ -139,7 +139,10 @@ async fn trigger_command_publishes_and_prints_the_run_id() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "SUCCESS", |u| u.iter().any(|u| u.is_terminal()))
         .await;
-    assert_eq!(log.terminal("r_cli")[0].status, Some(RunStatus::Success));
+    assert_eq!(
+        log.sole_terminal("r_cli").await.status,
+        Some(RunStatus::Success)
+    );
 }
 
 /// A second member joins mid-run: the first drains the revoked partitions, commits, and

@@ -12,6 +12,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::FutureRecord;
 use rdkafka::util::Timeout;
 use serde_json::{json, Value};
+use switchyard::model::RunStatus;
 
 const WAIT: Duration = Duration::from_secs(60);
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
@@ -62,8 +63,19 @@ async fn logs_carry_run_fields_hide_secrets_and_trace_context_propagates() {
     log.wait_until(WAIT, "both terminal", |u| StatusLog::finished(u) >= 2)
         .await;
 
+    // Three requests (the failing run makes two attempts), one SUCCESS, one FAILURE:
+    // the checks below then run over something.
+    assert_eq!(
+        log.sole_terminal("r_obs_ok").await.status,
+        Some(RunStatus::Success)
+    );
+    assert_eq!(
+        log.sole_terminal("r_obs_fail").await.status,
+        Some(RunStatus::Failure)
+    );
     // The backend got the secret (that is its job) and the trace context.
     let reqs = rx.requests();
+    assert_eq!(reqs.len(), 3, "{reqs:#?}");
     assert!(reqs
         .iter()
         .all(|r| r.headers["authorization"] == format!("Bearer {TEST_TOKEN}")));
@@ -71,6 +83,7 @@ async fn logs_carry_run_fields_hide_secrets_and_trace_context_propagates() {
 
     // Every run update carries the trace context, and none carries the secret.
     let n = log.of("r_obs_ok").len() + log.of("r_obs_fail").len();
+    assert!(n >= 4, "{:#?}", log.updates);
     let records = read_records(&kafka, &t.status, t.status_partitions, n, WAIT).await;
     for r in &records {
         assert_eq!(
@@ -94,14 +107,31 @@ async fn logs_carry_run_fields_hide_secrets_and_trace_context_propagates() {
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
+    // The lines of the dispatch path (pipeline, pools, backends), chosen by target, not
+    // by the run id whose presence is being checked.
     let about_runs: Vec<&Value> = lines
         .iter()
-        .filter(|l| l.to_string().contains("r_obs_"))
+        .filter(|l| {
+            l["target"].as_str().is_some_and(|t| {
+                [
+                    "switchyard::pipeline",
+                    "switchyard::pool",
+                    "switchyard::backends",
+                ]
+                .iter()
+                .any(|p| t.starts_with(p))
+            })
+        })
         .collect();
+    let targets: std::collections::BTreeSet<&str> = about_runs
+        .iter()
+        .filter_map(|l| l["target"].as_str())
+        .collect();
+    println!("dispatch-path log targets: {targets:?}");
     assert!(about_runs.len() >= 3, "{logs}");
     for l in &about_runs {
-        let span = &l["span"];
-        let fields = if span.is_object() { span } else { l };
+        let fields = &l["span"];
+        assert_eq!(fields["name"], "run", "not in the run's span: {l}");
         assert!(
             fields["run_id"]
                 .as_str()

@@ -76,7 +76,7 @@ async fn sync_failure_reports_status_and_body_and_dead_letters() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "FAILURE", |u| u.iter().any(|u| u.is_terminal()))
         .await;
-    let fail = log.terminal("r_sync_fail")[0].clone();
+    let fail = log.sole_terminal("r_sync_fail").await;
     assert_eq!(fail.status, Some(RunStatus::Failure));
     assert_eq!(
         fail.summary.as_deref(),
@@ -128,7 +128,7 @@ async fn async_run_with_non_2xx_still_fails() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "FAILURE", |u| u.iter().any(|u| u.is_terminal()))
         .await;
-    let f = log.terminal("r_async_fail")[0].clone();
+    let f = log.sole_terminal("r_async_fail").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert!(f.summary.unwrap().starts_with("HTTP 404 Not Found"));
 }
@@ -208,12 +208,17 @@ async fn bad_inputs_fail_to_the_dlq_and_offsets_move_past_them() {
         assert_eq!(f.len(), 1, "{run}");
         assert_eq!(f[0].status, Some(RunStatus::Failure));
     }
-    assert!(log.terminal("r_unknown")[0]
+    assert!(log
+        .sole_terminal("r_unknown")
+        .await
         .summary
         .as_deref()
         .unwrap()
         .contains("unknown invocationMethod.type"));
-    assert_eq!(log.terminal("r_after")[0].status, Some(RunStatus::Success));
+    assert_eq!(
+        log.sole_terminal("r_after").await.status,
+        Some(RunStatus::Success)
+    );
     assert_eq!(rx.count(), 1, "only the good event reaches the receiver");
     assert_eq!(
         kafka.wait_committed(&t, 5, WAIT).await,
@@ -332,6 +337,7 @@ async fn no_run_is_lost_when_the_dispatcher_is_killed_mid_flight() {
         StatusLog::finished(u) >= 200
     })
     .await;
+    log.settle(QUIET).await;
     let missing: Vec<_> = runs.iter().filter(|r| log.terminal(r).is_empty()).collect();
     let requests = rx.count();
     println!(
@@ -344,6 +350,10 @@ async fn no_run_is_lost_when_the_dispatcher_is_killed_mid_flight() {
         missing.is_empty(),
         "runs without a terminal status: {missing:?}"
     );
+    for r in &runs {
+        let done = log.sole_terminal(r).await;
+        assert_eq!(done.status, Some(RunStatus::Success), "run {r}: {done:?}");
+    }
     assert_eq!(
         committed_at_kill, 0,
         "nothing may be committed before its update"

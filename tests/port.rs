@@ -334,11 +334,11 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
 
     // The status topic is the source of truth, whatever Port said.
     assert_eq!(
-        status.terminal("r_sync")[0].status,
+        status.sole_terminal("r_sync").await.status,
         Some(switchyard::model::RunStatus::Success)
     );
     assert_eq!(
-        status.terminal("r_fail")[0].status,
+        status.sole_terminal("r_fail").await.status,
         Some(switchyard::model::RunStatus::Failure)
     );
     assert!(status.terminal("r_async").is_empty());
@@ -434,7 +434,7 @@ async fn the_mapping_file_shapes_the_request_decrypts_and_reports() {
     );
     receiver.set_default_status(201);
     receiver.set_default_body(body);
-    let status = dispatch_one(&kafka, &t, "r_tf", &m, Duration::from_secs(60)).await;
+    let mut status = dispatch_one(&kafka, &t, "r_tf", &m, Duration::from_secs(60)).await;
     let seen = receiver
         .requests()
         .into_iter()
@@ -453,7 +453,7 @@ async fn the_mapping_file_shapes_the_request_decrypts_and_reports() {
         "leaves evaluated, the secret input decrypted, a jq error is null"
     );
     assert_signed_over_raw_bytes(&seen);
-    let done = status.terminal("r_tf")[0].clone();
+    let done = status.sole_terminal("r_tf").await;
     assert_eq!(
         done.status,
         Some(switchyard::model::RunStatus::Success),

@@ -53,20 +53,21 @@ open_for = "2s"
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "20 terminal", |u| StatusLog::finished(u) >= 20)
         .await;
+    let mut down_summaries = Vec::new();
     for n in 0..10 {
-        let up_run = log.terminal(&format!("r_up_{n}"))[0].clone();
+        let up_run = log.sole_terminal(&format!("r_up_{n}")).await;
         assert_eq!(up_run.status, Some(RunStatus::Success), "{up_run:?}");
-        let down_run = log.terminal(&format!("r_down_{n}"))[0].clone();
+        let down_run = log.sole_terminal(&format!("r_down_{n}")).await;
         assert_eq!(down_run.status, Some(RunStatus::Failure));
+        down_summaries.push(down_run.summary.unwrap_or_default());
     }
-    let circuit_failures = (0..10)
-        .filter(|n| {
-            log.terminal(&format!("r_down_{n}"))[0]
-                .summary
-                .as_deref()
-                .unwrap_or("")
-                .starts_with("circuit open for 127.0.0.1:")
-        })
+    let circuit_failures = down_summaries
+        .iter()
+        .filter(|s| s.starts_with("circuit open for 127.0.0.1:"))
+        .count();
+    let http_failures = down_summaries
+        .iter()
+        .filter(|s| s.starts_with("HTTP 503"))
         .count();
     let page = http_get(&format!("{}/metrics", d.http_base())).await.1;
     let rejected = sample(
@@ -85,6 +86,9 @@ open_for = "2s"
         down.count() < 20,
         "the breaker held back most of the 40 attempts"
     );
+    // Each failed run ends either on its last HTTP 503 or on the open circuit.
+    assert_eq!(circuit_failures + http_failures, 10, "{down_summaries:#?}");
+    assert!(circuit_failures >= 1, "{down_summaries:#?}");
     assert!(rejected >= 20.0, "{page}");
     assert_eq!(up.count(), 10);
     assert_eq!(
@@ -107,7 +111,7 @@ open_for = "2s"
     log.wait_until(WAIT, "recovered run", |u| StatusLog::finished(u) >= 21)
         .await;
     assert_eq!(
-        log.terminal("r_down_back")[0].status,
+        log.sole_terminal("r_down_back").await.status,
         Some(RunStatus::Success)
     );
     let page = http_get(&format!("{}/metrics", d.http_base())).await.1;

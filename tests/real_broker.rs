@@ -133,12 +133,8 @@ async fn kip848_consumer_protocol_group_survives_a_kill_and_a_join() {
     log.wait_finished(RUNS, Duration::from_secs(120)).await;
     log.settle(QUIET).await;
     for r in &runs {
-        assert_eq!(log.terminal(r).len(), 1, "run {r}: {:#?}", log.of(r));
-        assert_eq!(
-            log.terminal(r)[0].status,
-            Some(RunStatus::Success),
-            "run {r}"
-        );
+        let done = log.sole_terminal(r).await;
+        assert_eq!(done.status, Some(RunStatus::Success), "run {r}: {done:?}");
     }
     let committed = kafka.wait_committed(&t, RUNS as i64, WAIT).await;
     assert_eq!(committed, RUNS as i64);
@@ -153,5 +149,84 @@ async fn kip848_consumer_protocol_group_survives_a_kill_and_a_join() {
          (duplicates {})",
         rx.count(),
         rx.count() - RUNS
+    );
+}
+
+/// Static membership (`group.instance.id`) for rolling restarts: a member stopped with
+/// SIGTERM and started again with the same id within the session timeout gets its
+/// partitions back without a rebalance, and the other member notices nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_static_member_restarts_without_a_rebalance() {
+    const RUNS: usize = 60;
+    let kafka = Kafka::start();
+    let t = kafka.topics(6).await;
+    let rx = Receiver::start().await;
+    let cfg = |id: &str| {
+        config_toml(&kafka, &t, "").replace(
+            "\"session.timeout.ms\" = 6000\n",
+            &format!("\"session.timeout.ms\" = 30000\n\"group.instance.id\" = \"{id}\"\n"),
+        )
+    };
+    let mut a = Dispatcher::start_with_config(&cfg("sy-static-a"), &[]);
+    let b = Dispatcher::start_with_config(&cfg("sy-static-b"), &[]);
+    // Stable: both hold partitions and nothing changed for two seconds.
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut stable_since = None;
+    let mut last = (String::new(), String::new());
+    loop {
+        let now = (a.logs(), b.logs());
+        let both = !held(&now.0, &t.triggers).last.is_empty()
+            && !held(&now.1, &t.triggers).last.is_empty();
+        if both && now == last {
+            let since = *stable_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() >= Duration::from_secs(2) {
+                break;
+            }
+        } else {
+            stable_since = None;
+        }
+        last = now;
+        assert!(std::time::Instant::now() < deadline, "no stable assignment");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let a_held = held(&a.logs(), &t.triggers).last;
+    let b_mark = b.logs().len();
+
+    let status = a.terminate(Duration::from_secs(30));
+    assert!(status.success(), "{status:?}:\n{}", a.logs());
+    assert!(a.logs().contains("static group member"), "{}", a.logs());
+    let a2 = Dispatcher::start_with_config(&cfg("sy-static-a"), &[]);
+    let deadline = std::time::Instant::now() + WAIT;
+    while held(&a2.logs(), &t.triggers).last.is_empty() {
+        assert!(std::time::Instant::now() < deadline, "{}", a2.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let runs: Vec<String> = (0..RUNS).map(|n| format!("r_static_{n}")).collect();
+    let url = rx.url("/ok");
+    let records: Vec<_> = runs
+        .iter()
+        .map(|r| record(Some(r), &webhook_event(r, &url, true)))
+        .collect();
+    kafka.produce(&t.triggers, &records).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_finished(RUNS, WAIT).await;
+    log.settle(QUIET).await;
+    for r in &runs {
+        assert_eq!(log.sole_terminal(r).await.status, Some(RunStatus::Success));
+    }
+    let a2_held = held(&a2.logs(), &t.triggers).last;
+    let b_after = b.logs()[b_mark..].to_owned();
+    println!(
+        "static membership: a held {a_held:?}, after its restart {a2_held:?}; b's log after \
+         the restart: {} lines about partitions",
+        b_after.lines().filter(|l| l.contains("partitions")).count()
+    );
+    assert_eq!(
+        a2_held, a_held,
+        "the restarted member got its partitions back"
+    );
+    assert!(
+        !b_after.contains("partitions revoked") && !b_after.contains("partitions assigned"),
+        "the other member went through a rebalance:\n{b_after}"
     );
 }

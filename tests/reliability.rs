@@ -29,7 +29,7 @@ async fn retries_503_then_succeeds() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
         .await;
-    let done = log.terminal("r_flaky")[0].clone();
+    let done = log.sole_terminal("r_flaky").await;
     assert_eq!(done.status, Some(RunStatus::Success));
     assert_eq!(done.attempt, Some(3));
     let notices: Vec<String> = log
@@ -93,7 +93,7 @@ async fn attempts_run_out_into_failure_and_the_dlq() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "FAILURE", |u| StatusLog::finished(u) >= 1)
         .await;
-    let f = log.terminal("r_down")[0].clone();
+    let f = log.sole_terminal("r_down").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert_eq!(f.attempt, Some(3));
     assert!(f.summary.unwrap().starts_with("HTTP 503"));
@@ -131,19 +131,19 @@ async fn expired_events_are_not_dispatched() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "three terminal", |u| StatusLog::finished(u) >= 3)
         .await;
-    let f = log.terminal("r_past_deadline")[0].clone();
+    let f = log.sole_terminal("r_past_deadline").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert_eq!(
         f.summary.as_deref(),
         Some("expired: deadline 2020-01-01T00:00:00Z passed")
     );
-    let old = log.terminal("r_too_old")[0].clone();
+    let old = log.sole_terminal("r_too_old").await;
     assert!(old
         .summary
         .unwrap()
         .contains("dispatch.max_event_age is 1s"));
     // The future deadline does not expire, but max_event_age applies to it as well.
-    let fut = log.terminal("r_future_deadline")[0].clone();
+    let fut = log.sole_terminal("r_future_deadline").await;
     assert!(fut.summary.unwrap().starts_with("expired: the event is"));
     assert_eq!(rx.count(), 0, "nothing expired was dispatched");
     let dlq = read_dlq(&kafka, &t, 3, WAIT).await;
@@ -236,12 +236,15 @@ async fn credential_failures_pause_the_backend_without_failing_runs() {
     let mut log = StatusLog::new(&kafka, &t);
     log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
         .await;
+    assert_eq!(
+        log.sole_terminal("r_401").await.status,
+        Some(RunStatus::Success)
+    );
     let updates = log.of("r_401");
     assert!(
         updates.iter().all(|u| u.status != Some(RunStatus::Failure)),
         "{updates:#?}"
     );
-    assert_eq!(log.terminal("r_401")[0].status, Some(RunStatus::Success));
     let pauses: Vec<_> = updates
         .iter()
         .filter_map(|u| u.message.as_deref())
@@ -293,7 +296,7 @@ async fn a_hanging_backend_times_out_while_other_lanes_flow() {
     );
     log.wait_until(WAIT, "hang times out", |u| StatusLog::finished(u) >= 21)
         .await;
-    let f = log.terminal("r_hang")[0].clone();
+    let f = log.sole_terminal("r_hang").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
     assert_eq!(
         f.summary.as_deref(),

@@ -90,11 +90,13 @@ fn example_events_decode_and_name_a_backend() {
     assert!(n >= 3);
 }
 
-/// Every version of a schema (`NAME.vN.avsc`) can read data written with the previous
-/// version (Apache Avro's resolution rules). With one version per record today, the check
-/// also runs on an evolved trigger schema (an added field with a default) both ways.
+/// Schema files are `NAME.vN.avsc`, numbered from 1 without gaps, and every version can
+/// read data written with the one before it (Apache Avro's resolution rules). Each record
+/// has one version today, so no pair is on disk yet: the rules are also checked on an
+/// evolved trigger schema (an added field with a default), both ways, and on a broken
+/// evolution (no default), which must fail.
 #[test]
-fn each_schema_version_reads_the_previous_one() {
+fn schemas_are_numbered_from_v1_and_evolve_by_avro_rules() {
     use apache_avro::schema_compatibility::SchemaCompatibility;
     use std::collections::BTreeMap;
     let mut versions: BTreeMap<String, BTreeMap<u32, Schema>> = BTreeMap::new();
@@ -110,6 +112,16 @@ fn each_schema_version_reads_the_previous_one() {
             .entry(base.to_owned())
             .or_default()
             .insert(v.parse().expect("a version number"), schema);
+    }
+    assert!(
+        versions.contains_key("trigger_event") && versions.contains_key("run_update"),
+        "{:?}",
+        versions.keys().collect::<Vec<_>>()
+    );
+    for (base, vs) in &versions {
+        let numbers: Vec<u32> = vs.keys().copied().collect();
+        let expected: Vec<u32> = (1..=numbers.len() as u32).collect();
+        assert_eq!(numbers, expected, "{base}: versions from 1 without gaps");
     }
     let mut pairs = 0;
     for (base, vs) in &versions {

@@ -119,6 +119,7 @@ fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn a_port_agent_environment_works_unchanged() {
     // The secret itself is read from the process environment, like every env secret.
+    let _env = crate::env_lock();
     std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
     let mapping = std::env::temp_dir().join(format!("sy-mapping-{}.json", std::process::id()));
     std::fs::write(&mapping, r#"[{"enabled": true, "url": "\"https://x\""}]"#).unwrap();
@@ -171,6 +172,7 @@ fn a_port_agent_environment_works_unchanged() {
 
 #[test]
 fn port_defaults_follow_the_org_and_yield_to_explicit_settings() {
+    let _env = crate::env_lock();
     std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
     let text = "[port]\norg_id = \"org_Y\"\nclient_secret = { env = \"PORT_CLIENT_SECRET\" }\n";
     let cfg = Config::from_toml(text, no_env()).unwrap();

@@ -40,6 +40,7 @@ fn the_first_enabled_entry_wins() {
 
 #[test]
 fn leaves_are_jq_programs_and_keys_keep_their_defaults() {
+    let _env = crate::env_lock();
     std::env::set_var("SWITCHYARD_MAPPING_TEST_TOKEN", "tf-token");
     let m = mapping(json!([{
         "enabled": true,
@@ -148,6 +149,7 @@ fn problems_are_listed_at_load() {
 
 #[test]
 fn the_builtin_default_maps_gitlab_and_webhooks() {
+    let _env = crate::env_lock();
     std::env::set_var("GITLAB_URL", "https://gitlab.internal/");
     std::env::set_var("grp_sub_svc", "glptt-trigger");
     let m = Mapping::builtin();

@@ -2,6 +2,13 @@
 //! (`default_branch`), workflow dispatch (200 with run details, or 204 like older GHES),
 //! workflow runs listing, and a workflow run whose status follows a script. The first
 //! polls can be answered with a secondary rate limit (403 + Retry-After).
+//!
+//! Every route authenticates, as GitHub does: with a personal token, only the test token
+//! ([`super::TEST_TOKEN`]); as an App, an App JWT for the App endpoints and, elsewhere,
+//! an unexpired installation token of the installation that owns the repository's org
+//! (`acme` is installation 4242, `globex` 4343). Unknown run ids are 404. The listing
+//! holds three `workflow_dispatch` runs: one from an hour before the dispatch, the one
+//! the dispatch created ([`RUN_ID`]), and one two minutes after it.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -28,10 +35,15 @@ pub struct Call {
 #[derive(Default)]
 struct Inner {
     calls: Vec<Call>,
-    /// App mode: installation tokens issued (token, expiry), and their lifetime.
+    /// Token mode: the one token accepted.
+    pat: Option<String>,
+    /// App mode: installation tokens issued (token, installation, expiry), and their
+    /// lifetime.
     app: Option<rsa::pkcs1v15::VerifyingKey<sha2::Sha256>>,
-    issued: Vec<(String, std::time::SystemTime)>,
+    issued: Vec<(String, u64, std::time::SystemTime)>,
     token_ttl: std::time::Duration,
+    /// When the last dispatch arrived (the listing's runs are placed around it).
+    dispatched_at: Option<time::OffsetDateTime>,
     /// (status, conclusion) per poll; the last one stays.
     script: VecDeque<(String, Option<String>)>,
     run_details: bool,
@@ -47,6 +59,16 @@ pub struct FakeGithub {
 
 pub const RUN_ID: u64 = 9001;
 
+/// The App's installations, by org.
+pub const INSTALLATIONS: [(&str, u64); 2] = [("acme", 4242), ("globex", 4343)];
+
+fn installation_of(org: &str) -> Option<u64> {
+    INSTALLATIONS
+        .iter()
+        .find(|(o, _)| *o == org)
+        .map(|(_, id)| *id)
+}
+
 type St = State<Arc<Mutex<Inner>>>;
 
 impl FakeGithub {
@@ -57,6 +79,7 @@ impl FakeGithub {
                 .map(|(s, c)| (s.to_string(), c.map(str::to_owned)))
                 .collect(),
             run_details,
+            pat: Some(super::TEST_TOKEN.to_owned()),
             ..Inner::default()
         }));
         let app = Router::new()
@@ -99,6 +122,7 @@ impl FakeGithub {
         let key = rsa::RsaPrivateKey::from_pkcs1_pem(&pem).unwrap();
         let mut st = self.inner.lock().unwrap();
         st.app = Some(rsa::pkcs1v15::VerifyingKey::new(key.to_public_key()));
+        st.pat = None;
         st.token_ttl = token_ttl;
     }
 
@@ -189,15 +213,28 @@ fn valid_jwt(key: &rsa::pkcs1v15::VerifyingKey<sha2::Sha256>, jwt: &str) -> bool
         && claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap() <= 600
 }
 
-/// In App mode, API calls need an issued, unexpired installation token.
-fn token_ok(st: &Inner, h: &HeaderMap) -> bool {
-    if st.app.is_none() {
-        return true;
-    }
+/// Whether a repository call of `org` is authenticated: the personal token, or an issued,
+/// unexpired installation token of the org's installation.
+fn token_ok(st: &Inner, h: &HeaderMap, org: &str) -> bool {
     let t = bearer(h);
-    st.issued
-        .iter()
-        .any(|(tok, exp)| *tok == t && *exp > std::time::SystemTime::now())
+    if let Some(pat) = &st.pat {
+        return t == *pat;
+    }
+    let Some(installation) = installation_of(org) else {
+        return false;
+    };
+    st.issued.iter().any(|(tok, inst, exp)| {
+        *tok == t && *inst == installation && *exp > std::time::SystemTime::now()
+    })
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({"message": "Not Found",
+                    "documentation_url": "https://docs.github.com/rest"})),
+    )
+        .into_response()
 }
 
 async fn installation(
@@ -214,11 +251,14 @@ async fn installation(
     );
     let st = s.lock().unwrap();
     match &st.app {
-        Some(key) if valid_jwt(key, &bearer(&h)) => Json(
-            json!({"id": 4242, "app_id": 12345, "target_type": "Organization",
+        Some(key) if valid_jwt(key, &bearer(&h)) => match installation_of(&org) {
+            Some(id) => Json(
+                json!({"id": id, "app_id": 12345, "target_type": "Organization",
                         "account": {"login": org}}),
-        )
-        .into_response(),
+            )
+            .into_response(),
+            None => not_found(),
+        },
         _ => unauthorized(),
     }
 }
@@ -233,12 +273,15 @@ async fn access_token(State(s): St, Path(id): Path<u64>, h: HeaderMap) -> Respon
     );
     let mut st = s.lock().unwrap();
     let ok = st.app.as_ref().is_some_and(|k| valid_jwt(k, &bearer(&h)));
-    if !ok || id != 4242 {
+    if !ok {
         return unauthorized();
+    }
+    if !INSTALLATIONS.iter().any(|(_, i)| *i == id) {
+        return not_found();
     }
     let token = format!("ghs_test_{}", st.issued.len() + 1);
     let expires = std::time::SystemTime::now() + st.token_ttl;
-    st.issued.push((token.clone(), expires));
+    st.issued.push((token.clone(), id, expires));
     let at = time::OffsetDateTime::from(expires);
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     (
@@ -257,7 +300,7 @@ async fn repository(
     h: HeaderMap,
 ) -> Response {
     record(&s, "GET", format!("/repos/{org}/{repo}"), &h, b"");
-    if !token_ok(&s.lock().unwrap(), &h) {
+    if !token_ok(&s.lock().unwrap(), &h, &org) {
         return unauthorized();
     }
     Json(
@@ -280,7 +323,12 @@ async fn dispatch(
         &h,
         &body,
     );
-    if !s.lock().unwrap().run_details {
+    let mut st = s.lock().unwrap();
+    if !token_ok(&st, &h, &org) {
+        return unauthorized();
+    }
+    st.dispatched_at = Some(time::OffsetDateTime::now_utc());
+    if !st.run_details {
         return StatusCode::NO_CONTENT.into_response();
     }
     Json(json!({
@@ -303,14 +351,28 @@ async fn list_runs(
         &h,
         b"",
     );
-    let now = time::OffsetDateTime::now_utc();
+    let st = s.lock().unwrap();
+    if !token_ok(&st, &h, &org) {
+        return unauthorized();
+    }
+    let at = st
+        .dispatched_at
+        .unwrap_or_else(time::OffsetDateTime::now_utc);
     let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
-    Json(json!({"total_count": 1, "workflow_runs": [{
-        "id": RUN_ID, "event": "workflow_dispatch", "status": "queued", "conclusion": null,
-        "created_at": now.format(&fmt).unwrap(),
-        "html_url": format!("https://github.example.com/{org}/{repo}/actions/runs/{RUN_ID}")
-    }]}))
-    .into_response()
+    // Newest first, as GitHub lists them: someone else's later run, ours, an older one.
+    let runs: Vec<Value> = [
+        (RUN_ID + 1, at + time::Duration::minutes(2)),
+        (RUN_ID, at),
+        (RUN_ID - 1, at - time::Duration::hours(1)),
+    ]
+    .iter()
+    .map(|(id, created)| {
+        json!({"id": id, "event": "workflow_dispatch", "status": "queued", "conclusion": null,
+               "created_at": created.format(&fmt).unwrap(),
+               "html_url": format!("https://github.example.com/{org}/{repo}/actions/runs/{id}")})
+    })
+    .collect();
+    Json(json!({"total_count": runs.len(), "workflow_runs": runs})).into_response()
 }
 
 async fn run(
@@ -326,6 +388,12 @@ async fn run(
         b"",
     );
     let mut st = s.lock().unwrap();
+    if !token_ok(&st, &h, &org) {
+        return unauthorized();
+    }
+    if id != RUN_ID {
+        return not_found();
+    }
     if st.primary_limited_polls > 0 {
         st.primary_limited_polls -= 1;
         let reset = std::time::SystemTime::now()

@@ -1,7 +1,8 @@
 //! A fake GitLab speaking the two REST endpoints switchyard uses, with the real shapes:
 //! `POST /api/v4/projects/:id/trigger/pipeline` (form: token, ref, variables[KEY]) →
 //! 201 pipeline JSON, and `GET /api/v4/projects/:id/pipelines/:pipeline_id` (header
-//! PRIVATE-TOKEN) → pipeline JSON whose `status` follows a script.
+//! PRIVATE-TOKEN) → pipeline JSON whose `status` follows a script. Pipelines are keyed by
+//! (project, id), as in GitLab: a pipeline id asked for under another project is 404.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -32,7 +33,8 @@ struct Inner {
     next_id: u64,
     /// Statuses each new pipeline goes through, one per poll (the last one stays).
     script: Vec<String>,
-    pipelines: HashMap<u64, VecDeque<String>>,
+    /// By (project path, pipeline id).
+    pipelines: HashMap<(String, u64), VecDeque<String>>,
     /// Polls to answer with 429 + Retry-After before the real answers.
     rate_limited_polls: u32,
     trigger_token: String,
@@ -137,7 +139,7 @@ async fn trigger(
     let id = st.next_id;
     st.next_id += 1;
     let script: VecDeque<String> = st.script.iter().cloned().collect();
-    st.pipelines.insert(id, script);
+    st.pipelines.insert((project.clone(), id), script);
     let git_ref = form
         .iter()
         .find(|(k, _)| k == "ref")
@@ -196,7 +198,7 @@ async fn pipeline(
         )
             .into_response();
     }
-    let Some(script) = st.pipelines.get_mut(&id) else {
+    let Some(script) = st.pipelines.get_mut(&(project.clone(), id)) else {
         return (
             StatusCode::NOT_FOUND,
             Json(json!({"message": "404 Not found"})),

@@ -788,6 +788,45 @@ impl Dispatcher {
     }
 }
 
+/// Triggers-topic partitions in `("TOPIC", N)` pairs of one log line.
+pub fn partitions_in(line: &str, topic: &str) -> Vec<i32> {
+    let needle = format!("(\"{topic}\", ");
+    line.match_indices(&needle)
+        .filter_map(|(i, _)| {
+            let rest = &line[i + needle.len()..];
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .collect()
+}
+
+/// What a member's log says it held: every partition it was ever assigned, and what it
+/// held at the end (assignments minus revocations, in log order).
+pub struct Held {
+    pub ever: std::collections::BTreeSet<i32>,
+    pub last: std::collections::BTreeSet<i32>,
+}
+
+pub fn held(logs: &str, topic: &str) -> Held {
+    let mut h = Held {
+        ever: std::collections::BTreeSet::new(),
+        last: std::collections::BTreeSet::new(),
+    };
+    for line in logs.lines() {
+        if line.contains("partitions assigned") {
+            for p in partitions_in(line, topic) {
+                h.ever.insert(p);
+                h.last.insert(p);
+            }
+        } else if line.contains("partitions revoked") {
+            for p in partitions_in(line, topic) {
+                h.last.remove(&p);
+            }
+        }
+    }
+    h
+}
+
 /// GET `url`: status and body.
 pub async fn http_get(url: &str) -> (u16, String) {
     let r = reqwest::get(url).await.unwrap();

@@ -4,6 +4,8 @@
 //! `POST /v1/actions/runs/{id}/logs`, `PATCH /v1/actions/runs/{id}/response`,
 //! `PATCH /v1/workflows/nodes/runs/{id}` and `POST /v1/workflows/nodes/runs/{id}/logs`.
 //! Every call is recorded; the next N report calls can be made to fail with a status.
+//! Only tokens this fake issued are accepted (each unguessable), as Port accepts only its
+//! own.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -26,6 +28,8 @@ pub struct ApiCall {
 struct Inner {
     calls: Vec<ApiCall>,
     tokens_issued: u32,
+    /// Every access token issued, as `Bearer <token>`.
+    issued: Vec<String>,
     /// Report calls still to fail, and with which status.
     failing: u32,
     fail_status: u16,
@@ -132,7 +136,8 @@ impl FakePort {
                 return (StatusCode::UNAUTHORIZED, "bad credentials").into_response();
             }
             i.tokens_issued += 1;
-            let token = format!("tok-{}", i.tokens_issued);
+            let token = format!("tok-{}-{:016x}", i.tokens_issued, rand::random::<u64>());
+            i.issued.push(format!("Bearer {token}"));
             return axum::Json(
                 json!({"ok": true, "accessToken": token, "expiresIn": 3600, "tokenType": "Bearer"}),
             )
@@ -142,8 +147,8 @@ impl FakePort {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .unwrap_or("");
-        if !auth.starts_with("Bearer tok-") {
-            return (StatusCode::UNAUTHORIZED, "no token").into_response();
+        if !i.issued.iter().any(|t| t == auth) {
+            return (StatusCode::UNAUTHORIZED, "not a token this API issued").into_response();
         }
         let known = matches!(
             (
