@@ -159,7 +159,12 @@ start() {
   properties >"$DIR/server.properties"
   if [ ! -f "$DIR/data/meta.properties" ]; then
     local cid scram=()
-    cid=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    # Kafka's own form (Uuid.randomUuid): 16 random bytes, base64url without padding,
+    # never starting with '-' (it would read as an option).
+    cid=-
+    while [ "${cid:0:1}" = "-" ]; do
+      cid=$(head -c16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=')
+    done
     for user in ${BROKER_SCRAM_USERS:-}; do
       scram+=(--add-scram "SCRAM-SHA-512=[name=${user%%:*},password=${user#*:}]")
     done
