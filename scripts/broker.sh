@@ -191,27 +191,28 @@ start() {
   echo "127.0.0.1:$PORT"
 }
 
+# Send SIGNAL to the broker and wait up to TENTHS tenths of a second for it to exit;
+# succeeds once it has.
+signal_and_wait() {
+  kill "-$1" "$(cat "$PIDFILE")" 2>/dev/null || true
+  for _ in $(seq 1 "$2"); do
+    running || return 0
+    sleep 0.1
+  done
+  ! running
+}
+
 stop() {
-  if running; then
-    local pid
-    pid=$(cat "$PIDFILE")
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 300); do running || break; sleep 0.1; done
-    if running; then
-      say "the broker did not stop within 30 s of SIGTERM; killing it"
-      kill -KILL "$pid" 2>/dev/null || true
-      for _ in $(seq 1 50); do running || break; sleep 0.1; done
-    fi
+  if running && ! signal_and_wait TERM 300; then
+    say "the broker did not stop within 30 s of SIGTERM; killing it"
+    signal_and_wait KILL 50 || true
   fi
   rm -f "$PIDFILE"
 }
 
 crash() {
   if running; then
-    local pid
-    pid=$(cat "$PIDFILE")
-    kill -KILL "$pid" 2>/dev/null || true
-    for _ in $(seq 1 100); do running || break; sleep 0.1; done
+    signal_and_wait KILL 100 || true
   fi
   rm -f "$PIDFILE"
 }

@@ -84,7 +84,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let ledger = cfg
         .dedup
         .enabled
-        .then(|| crate::ledger::Ledger::new(cfg.dedup.max_runs));
+        .then(|| crate::ledger::Ledger::new(cfg.dedup.max_runs, k, cfg.dedup.catch_up));
     let tokens = cfg.api.resolve_tokens()?;
     let view = (!tokens.is_empty()).then(|| {
         Arc::new(crate::runview::RunView::new(
@@ -111,6 +111,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             full,
             cfg.dedup.catch_up,
             hard_stop.clone(),
+            ledger.clone(),
             move |u| {
                 if let Some(l) = &l {
                     l.observe(u);

@@ -6,12 +6,19 @@
 //! Before the consumer starts, the view catches up with the watermarks read at start.
 //! Memory is bounded by `dedup.max_runs` (oldest entries are forgotten first). The same
 //! tail ([`tail`]) feeds the run view of the status API.
+//!
+//! The view trails the topic, by about 100 ms normally, by seconds after a broker outage
+//! (the tail reconnects on its own schedule). A partition just assigned may hold events
+//! whose runs finished moments ago, so every assignment asks for a catch-up
+//! ([`Ledger::catch_up`]): the events of the new partitions wait (at most
+//! `dedup.catch_up`) until the tail has read the status topic up to where it ended at
+//! the assignment ([`Ledger::caught_up_for`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -43,23 +50,134 @@ struct View {
     order: VecDeque<String>,
 }
 
+/// Catch-ups asked for by partition assignments: `asked` numbers them, `met` is the
+/// newest one done, and each newly assigned partition waits for its number.
+#[derive(Default)]
+struct Gates {
+    asked: u64,
+    met: u64,
+    partitions: HashMap<(String, i32), u64>,
+}
+
 pub struct Ledger {
     view: Mutex<View>,
     max_runs: usize,
     suppressed: AtomicU64,
+    /// How far the tail has read the status topic: next offset per partition.
+    position: Mutex<HashMap<i32, i64>>,
+    gates: Mutex<Gates>,
+    /// The newest catch-up done (wakes the events waiting for it).
+    met: tokio::sync::watch::Sender<u64>,
+    /// Assignments arrive on the consumer thread; catch-ups run here.
+    runtime: tokio::runtime::Handle,
+    /// Where the status topic is, and how long a catch-up may hold events.
+    kafka: KafkaConfig,
+    limit: Duration,
 }
 
 impl Ledger {
-    pub fn new(max_runs: usize) -> Arc<Self> {
+    /// Call from inside the tokio runtime (catch-ups are spawned on it). `limit` bounds
+    /// how long a catch-up holds the events of newly assigned partitions.
+    pub fn new(max_runs: usize, kafka: &KafkaConfig, limit: Duration) -> Arc<Self> {
         Arc::new(Ledger {
             view: Mutex::new(View::default()),
             max_runs: max_runs.max(1),
             suppressed: AtomicU64::new(0),
+            position: Mutex::new(HashMap::new()),
+            gates: Mutex::new(Gates::default()),
+            met: tokio::sync::watch::Sender::new(0),
+            runtime: tokio::runtime::Handle::current(),
+            kafka: kafka.clone(),
+            limit,
         })
     }
 
     fn view(&self) -> std::sync::MutexGuard<'_, View> {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn gates(&self) -> std::sync::MutexGuard<'_, Gates> {
+        self.gates.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The tail read the status topic's `partition` up to `next` (exclusive).
+    pub fn advance(&self, partition: i32, next: i64) {
+        let mut pos = self.position.lock().unwrap_or_else(|p| p.into_inner());
+        pos.insert(partition, next);
+    }
+
+    fn reached(&self, ends: &HashMap<i32, i64>) -> bool {
+        let pos = self.position.lock().unwrap_or_else(|p| p.into_inner());
+        ends.iter()
+            .all(|(p, end)| *end <= 0 || pos.get(p).is_some_and(|at| at >= end))
+    }
+
+    /// `partitions` were just assigned: their events wait until the view has read the
+    /// status topic to where it ends now, or the limit passed. Returns at once (called
+    /// on the consumer thread); the catch-up runs on the runtime.
+    pub fn catch_up(self: &Arc<Self>, partitions: &[(String, i32)]) {
+        if partitions.is_empty() {
+            return;
+        }
+        let number = {
+            let mut g = self.gates();
+            g.asked += 1;
+            let n = g.asked;
+            for tp in partitions {
+                g.partitions.insert(tp.clone(), n);
+            }
+            n
+        };
+        let me = self.clone();
+        self.runtime.spawn(async move {
+            let (kafka, limit) = (&me.kafka, me.limit);
+            let deadline = Instant::now() + limit;
+            let mut done = false;
+            while !done && Instant::now() < deadline {
+                match crate::kafka::topics::from_start(kafka, &kafka.status_topic).await {
+                    Ok((_, ends)) => {
+                        while !me.reached(&ends) && Instant::now() < deadline {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        done = me.reached(&ends);
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the status topic's end for a catch-up failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+            if !done {
+                tracing::warn!(wait = ?limit,
+                    "the view of the status topic did not catch up after a partition assignment; dispatching anyway (a run that just finished elsewhere may be dispatched again)");
+            }
+            let met = {
+                let mut g = me.gates();
+                g.met = g.met.max(number);
+                let met = g.met;
+                g.partitions.retain(|_, n| *n > met);
+                met
+            };
+            me.met.send_replace(met);
+        });
+    }
+
+    /// Wait until the catch-up asked for when `topic`/`partition` was assigned is done
+    /// (at once when none is pending).
+    pub async fn caught_up_for(&self, topic: &str, partition: i32) {
+        let need = {
+            let g = self.gates();
+            if g.met >= g.asked {
+                return;
+            }
+            match g.partitions.get(&(topic.to_owned(), partition)) {
+                Some(n) if *n > g.met => *n,
+                _ => return,
+            }
+        };
+        let mut rx = self.met.subscribe();
+        // The sender lives as long as the ledger, which the caller holds.
+        let _ = rx.wait_for(|met| *met >= need).await;
     }
 
     /// What is known about `run_id`.
@@ -106,12 +224,15 @@ impl Ledger {
 /// Tail the status topic from the beginning, handing every run update to `observe`
 /// (the duplicate ledger, the run view). Returns once the tail has caught up with the
 /// watermarks read now (or after `catch_up` at most), and keeps tailing until `stop`.
+///
+/// `ledger`, when there is one, is told how far the tail has read, for its catch-ups.
 pub async fn tail(
     kafka: &KafkaConfig,
     codec: Arc<crate::avro::Codec>,
     full: bool,
     catch_up: Duration,
     stop: CancellationToken,
+    ledger: Option<Arc<Ledger>>,
     observe: impl Fn(&RunUpdate) + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let (tpl, ends) = crate::kafka::topics::from_start(kafka, &kafka.status_topic).await?;
@@ -139,6 +260,9 @@ pub async fn tail(
             match msg {
                 Ok(m) => {
                     position.insert(m.partition(), m.offset() + 1);
+                    if let Some(l) = &ledger {
+                        l.advance(m.partition(), m.offset() + 1);
+                    }
                     let bytes = m.payload().unwrap_or_default();
                     let u = match (full, bytes.first()) {
                         // The ledger alone needs five fields: skip the rest unparsed.
@@ -193,9 +317,9 @@ mod tests {
         u
     }
 
-    #[test]
-    fn finished_runs_and_started_non_idempotent_dispatches_are_remembered() {
-        let l = Ledger::new(10);
+    #[tokio::test]
+    async fn finished_runs_and_started_non_idempotent_dispatches_are_remembered() {
+        let l = Ledger::new(10, &KafkaConfig::default(), Duration::from_secs(1));
         l.observe(&update("a", 1, "WEBHOOK", RunStatus::InProgress));
         assert_eq!(l.seen("a"), None);
         l.observe(&update("a", 3, "WEBHOOK", RunStatus::Success));
@@ -208,9 +332,63 @@ mod tests {
         assert_eq!(l.seen("g"), Some(Seen::Finished));
     }
 
-    #[test]
-    fn memory_is_bounded_oldest_first() {
-        let l = Ledger::new(3);
+    /// A newly assigned partition's events wait until the view has read the status topic
+    /// to its end at the assignment; other partitions do not wait; the limit bounds it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_of_a_new_partition_wait_for_the_view_to_catch_up() {
+        use rdkafka::producer::{FutureProducer, FutureRecord};
+        let mock = rdkafka::mocking::MockCluster::new(1).unwrap();
+        mock.create_topic("status", 2, 1).unwrap();
+        let kafka = KafkaConfig {
+            brokers: mock.bootstrap_servers(),
+            status_topic: "status".into(),
+            ..KafkaConfig::default()
+        };
+        let producer: FutureProducer = crate::kafka::client_config(&kafka).create().unwrap();
+        for _ in 0..3 {
+            let r = FutureRecord::<str, str>::to("status")
+                .partition(0)
+                .payload("{}");
+            producer.send(r, Duration::from_secs(5)).await.unwrap();
+        }
+        let l = Ledger::new(10, &kafka, Duration::from_secs(30));
+        l.catch_up(&[("trig".to_owned(), 0)]);
+        let wait = |p: i32| {
+            let l = l.clone();
+            tokio::spawn(async move { l.caught_up_for("trig", p).await })
+        };
+        let other = wait(1);
+        tokio::time::timeout(Duration::from_secs(1), other)
+            .await
+            .expect("a partition without a catch-up does not wait")
+            .unwrap();
+        let mut new = wait(0);
+        l.advance(0, 2);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut new)
+                .await
+                .is_err(),
+            "released before the view reached the end (3)"
+        );
+        l.advance(0, 3);
+        tokio::time::timeout(Duration::from_secs(5), new)
+            .await
+            .expect("released once the view reached the end")
+            .unwrap();
+
+        // A view that never catches up holds the events for the limit only.
+        let stuck = Ledger::new(10, &kafka, Duration::from_millis(300));
+        stuck.catch_up(&[("trig".to_owned(), 0)]);
+        let started = std::time::Instant::now();
+        tokio::time::timeout(Duration::from_secs(5), stuck.caught_up_for("trig", 0))
+            .await
+            .expect("released at the limit");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+
+    #[tokio::test]
+    async fn memory_is_bounded_oldest_first() {
+        let l = Ledger::new(3, &KafkaConfig::default(), Duration::from_secs(1));
         for r in ["a", "b", "c", "d"] {
             l.observe(&update(r, 2, "WEBHOOK", RunStatus::Success));
         }

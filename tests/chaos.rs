@@ -195,7 +195,13 @@ impl Tally {
                         .expect("terminal updates name their source");
                     t.source.insert(r.clone(), (src.partition, src.offset));
                 }
-                Some(_) => t.doubled.push(r.clone()),
+                Some(many) => {
+                    let shown: Vec<String> = many
+                        .iter()
+                        .map(|u| format!("seq {} at {} {:?} {:?}", u.seq, u.at, u.status, u.source))
+                        .collect();
+                    t.doubled.push(format!("{r}: {}", shown.join("; ")));
+                }
             }
         }
         let requests = rx.requests();
@@ -210,6 +216,12 @@ impl Tally {
 
     fn duplicates(&self) -> usize {
         self.requests - self.requested_runs
+    }
+
+    /// Every run ended exactly once, and the group committed past every record.
+    fn assert_complete(&self, committed: i64) {
+        self.assert_exactly_once();
+        assert_eq!(committed, self.runs as i64, "committed offsets = records");
     }
 
     /// Every run: exactly one terminal update, SUCCESS, and at least one request.
@@ -234,6 +246,31 @@ impl Tally {
             "every run reached the receiver"
         );
     }
+}
+
+/// Read the status topic until every run has a terminal update and the topic settled,
+/// and the group's committed offsets (up to 90 s for them to reach every record; `runs`
+/// are all the records of the triggers topic). The caller prints its `chaos:` line,
+/// then checks with [`Tally::assert_complete`].
+async fn settle_and_tally(
+    kafka: &Kafka,
+    t: &Topics,
+    runs: &[String],
+    rx: &Receiver,
+    timeout: Duration,
+) -> (StatusLog, Tally, i64) {
+    let mut log = StatusLog::new(kafka, t);
+    log.wait_finished(runs.len(), timeout).await;
+    log.settle(QUIET).await;
+    let tally = Tally::of(&log, runs, rx);
+    let want = runs.len() as i64;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut committed = kafka.committed_total(&t.group, &t.triggers, t.triggers_partitions);
+    while committed < want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        committed = kafka.committed_total(&t.group, &t.triggers, t.triggers_partitions);
+    }
+    (log, tally, committed)
 }
 
 /// Runs a killed member had started and not committed: in the partitions it held when it
@@ -302,15 +339,8 @@ async fn chaos_group_failover_keeps_exactly_one_terminal_per_run() {
     };
     let ((), (killed_at, committed_at_kill, at_kill)) = tokio::join!(produce, chaos);
 
-    let mut log = StatusLog::new(&kafka, &t);
-    log.wait_finished(RUNS, Duration::from_secs(240)).await;
-    log.settle(QUIET).await;
-    let tally = Tally::of(&log, &runs, &rx);
-    tally.assert_exactly_once();
-    let committed = kafka
-        .wait_committed(&t, RUNS as i64, Duration::from_secs(60))
-        .await;
-    assert_eq!(committed, RUNS as i64, "committed offsets = records");
+    let (log, tally, committed) =
+        settle_and_tally(&kafka, &t, &runs, &rx, Duration::from_secs(240)).await;
 
     let logs: Vec<String> = members.iter().map(Dispatcher::logs).collect();
     let held_at_kill = held(&logs[0], &t.triggers).last;
@@ -340,6 +370,7 @@ async fn chaos_group_failover_keeps_exactly_one_terminal_per_run() {
         tally.duplicates(),
         in_flight.len(),
     );
+    tally.assert_complete(committed);
     assert!(
         tally.duplicates() <= in_flight.len(),
         "{} duplicate deliveries, but the killed member had only {} runs in flight",
@@ -389,15 +420,8 @@ async fn chaos_repeated_churn_keeps_exactly_one_terminal_per_run() {
     };
     let ((), kills) = tokio::join!(produce, chaos);
 
-    let mut log = StatusLog::new(&kafka, &t);
-    log.wait_finished(RUNS, Duration::from_secs(300)).await;
-    log.settle(QUIET).await;
-    let tally = Tally::of(&log, &runs, &rx);
-    tally.assert_exactly_once();
-    let committed = kafka
-        .wait_committed(&t, RUNS as i64, Duration::from_secs(60))
-        .await;
-    assert_eq!(committed, RUNS as i64, "committed offsets = records");
+    let (_, tally, committed) =
+        settle_and_tally(&kafka, &t, &runs, &rx, Duration::from_secs(300)).await;
     let mut in_flight = BTreeSet::new();
     let mut victims = Vec::new();
     for (victim, killed_at, committed, log_index) in &kills {
@@ -424,6 +448,7 @@ async fn chaos_repeated_churn_keeps_exactly_one_terminal_per_run() {
         100.0 * dups as f64 / RUNS as f64,
         in_flight.len(),
     );
+    tally.assert_complete(committed);
     assert!(
         dups <= in_flight.len(),
         "{dups} duplicate deliveries, but the killed members had only {} runs in flight",
@@ -458,15 +483,8 @@ async fn chaos_broker_restart_mid_run_loses_no_run() {
     };
     let ((), (before, down_for)) = tokio::join!(produce, chaos);
 
-    let mut log = StatusLog::new(&kafka, &t);
-    log.wait_finished(RUNS, Duration::from_secs(240)).await;
-    log.settle(QUIET).await;
-    let tally = Tally::of(&log, &runs, &rx);
-    tally.assert_exactly_once();
-    let committed = kafka
-        .wait_committed(&t, RUNS as i64, Duration::from_secs(90))
-        .await;
-    assert_eq!(committed, RUNS as i64, "committed offsets = records");
+    let (_, tally, committed) =
+        settle_and_tally(&kafka, &t, &runs, &rx, Duration::from_secs(240)).await;
     let alive = members
         .iter_mut()
         .filter_map(|m| m.is_running().then_some(()))
@@ -482,6 +500,7 @@ async fn chaos_broker_restart_mid_run_loses_no_run() {
         tally.requests,
         tally.duplicates(),
     );
+    tally.assert_complete(committed);
     assert_eq!(
         alive, 2,
         "a member exited instead of riding out the broker restart"
@@ -637,15 +656,8 @@ async fn chaos_hanging_backends_do_not_hold_a_rebalance() {
     };
     let ((), at_join) = tokio::join!(produce, chaos);
 
-    let mut log = StatusLog::new(&kafka, &t);
-    log.wait_finished(RUNS, Duration::from_secs(240)).await;
-    log.settle(QUIET).await;
-    let tally = Tally::of(&log, &runs, &rx);
-    tally.assert_exactly_once();
-    let committed = kafka
-        .wait_committed(&t, RUNS as i64, Duration::from_secs(60))
-        .await;
-    assert_eq!(committed, RUNS as i64, "committed offsets = records");
+    let (log, tally, committed) =
+        settle_and_tally(&kafka, &t, &runs, &rx, Duration::from_secs(240)).await;
 
     let logs: Vec<String> = members.iter().map(Dispatcher::logs).collect();
     // "revoke drained" lines: how long each revoke waited, and what it abandoned.
@@ -698,7 +710,8 @@ async fn chaos_hanging_backends_do_not_hold_a_rebalance() {
     let (gap, gap_partition) = longest_gap(&log.updates, &elsewhere, quick);
     let (kept_gap, kept_partition) = longest_gap(&log.updates, &kept, quick);
     println!(
-        "chaos: hanging backends during a rebalance: runs {RUNS} (60 hanging 15 s), revokes {}, \
+        "chaos: hanging backends during a rebalance: runs {RUNS} (60 hanging 15 s), committed \
+         {committed}, revokes {}, \
          longest revoke {longest} ms (grace {GRACE_MS} ms), runs abandoned at the grace {abandoned}, \
          receiver requests {} (duplicates {}), longest gap in terminal updates on the \
          partitions of members that revoked nothing {elsewhere:?}: {gap} ms (partition \
@@ -708,6 +721,7 @@ async fn chaos_hanging_backends_do_not_hold_a_rebalance() {
         tally.requests,
         tally.duplicates(),
     );
+    tally.assert_complete(committed);
     assert!(
         abandoned >= 1,
         "no revoke met a hanging request; the test proved nothing"

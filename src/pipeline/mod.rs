@@ -100,6 +100,9 @@ impl Pipeline {
 
 impl Sink for Pipeline {
     fn assigned(&self, partitions: &[(String, i32)]) {
+        if let Some(ledger) = &self.inner.ledger {
+            ledger.catch_up(partitions);
+        }
         self.inner.watcher.assigned(partitions);
     }
 
@@ -195,7 +198,7 @@ impl Inner {
             return;
         }
         let run_id = event.run.id.clone();
-        if self.is_duplicate(&run_id, &record) {
+        if self.is_duplicate(&run_id, &record).await {
             ticket.complete();
             return;
         }
@@ -308,14 +311,16 @@ impl Inner {
     }
 
     /// A redelivered run that is finished, or whose non-idempotent dispatch happened, is
-    /// not dispatched again (replays from the DLQ are always dispatched).
-    fn is_duplicate(&self, run_id: &str, record: &TriggerRecord) -> bool {
+    /// not dispatched again (replays from the DLQ are always dispatched). The event of a
+    /// partition just assigned first waits for the view to catch up.
+    async fn is_duplicate(&self, run_id: &str, record: &TriggerRecord) -> bool {
         let Some(ledger) = &self.ledger else {
             return false;
         };
         if replayed(record) {
             return false;
         }
+        ledger.caught_up_for(&record.topic, record.partition).await;
         let Some(seen) = ledger.seen(run_id) else {
             return false;
         };

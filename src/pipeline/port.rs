@@ -84,7 +84,7 @@ impl Inner {
             return;
         }
         let run_id = run.run_id.clone();
-        if self.is_duplicate(&run_id, &record) {
+        if self.is_duplicate(&run_id, &record).await {
             ticket.complete();
             return;
         }
