@@ -335,8 +335,6 @@ level = "warn,librdkafka=error"
     // Latency mode sends at once; throughput mode batches.
     pc.set("linger.ms", if opts.rate.is_some() { "0" } else { "5" })
         .set("queue.buffering.max.messages", "1000000");
-    // Batches are fine on Tansu too: neither system pauses a partition, so neither
-    // fetches from inside a batch (which Tansu 0.6.0 cannot serve).
     let producer: FutureProducer = pc.create()?;
     // Warm up before the clock starts: one event through the whole path (the child has
     // joined its group, its connections are open).

@@ -1,7 +1,7 @@
 //! Port compatibility end to end: signed agent envelopes on a `port`-format runs topic,
 //! a changelog topic, a webhook receiver that checks signatures over the raw bytes, and a
 //! fake of Port's API that must see the agent's calls, in the agent's order, with its
-//! bodies. Runs against the mock cluster and, in `.ci/run`, against Tansu.
+//! bodies. Runs against the mock cluster and, in `.ci/run`, against Apache Kafka.
 
 mod common;
 
