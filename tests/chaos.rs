@@ -298,6 +298,21 @@ fn in_flight_at_kill(
         .collect()
 }
 
+/// A receiver that answers in 10 ms, and `n` members of the test's group (with `extra`
+/// configuration), each of which has joined.
+async fn receiver_and_members(
+    kafka: &Kafka,
+    t: &Topics,
+    n: usize,
+    extra: &str,
+) -> (Receiver, Vec<Dispatcher>) {
+    let rx = Receiver::start().await;
+    rx.set_default_delay(Duration::from_millis(10));
+    let members: Vec<Dispatcher> = (0..n).map(|_| Dispatcher::start(kafka, t, extra)).collect();
+    wait_joined(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    (rx, members)
+}
+
 async fn wait_joined(members: &[&Dispatcher], timeout: Duration) {
     let deadline = Instant::now() + timeout;
     for m in members {
@@ -320,10 +335,7 @@ async fn chaos_group_failover_keeps_exactly_one_terminal_per_run() {
     const RUNS: usize = 3000;
     let kafka = Kafka::start();
     let t = kafka.topics(6).await;
-    let rx = Receiver::start().await;
-    rx.set_default_delay(Duration::from_millis(10));
-    let mut members: Vec<Dispatcher> = (0..3).map(|_| Dispatcher::start(&kafka, &t, "")).collect();
-    wait_joined(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let (rx, mut members) = receiver_and_members(&kafka, &t, 3, "").await;
     let (runs, records) = workload(RUNS, "r_fo", |_| rx.url("/deploy"));
     // 100 runs/s for 30 s, so the kill, the eviction (6 s session timeout) and the join
     // all happen while runs keep arriving on every partition.
@@ -392,10 +404,7 @@ async fn chaos_repeated_churn_keeps_exactly_one_terminal_per_run() {
     const KILLS: usize = 5;
     let kafka = Kafka::start();
     let t = kafka.topics(6).await;
-    let rx = Receiver::start().await;
-    rx.set_default_delay(Duration::from_millis(10));
-    let mut members: Vec<Dispatcher> = (0..3).map(|_| Dispatcher::start(&kafka, &t, "")).collect();
-    wait_joined(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let (rx, mut members) = receiver_and_members(&kafka, &t, 3, "").await;
     let seed: u64 = rand::rng().random();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let (runs, records) = workload(RUNS, "r_churn", |_| rx.url("/deploy"));
@@ -465,10 +474,7 @@ async fn chaos_broker_restart_mid_run_loses_no_run() {
     let mut broker = Broker::start(BrokerOptions::default());
     let kafka = Kafka::at(&broker.bootstrap());
     let t = kafka.topics(3).await;
-    let rx = Receiver::start().await;
-    rx.set_default_delay(Duration::from_millis(10));
-    let mut members: Vec<Dispatcher> = (0..2).map(|_| Dispatcher::start(&kafka, &t, "")).collect();
-    wait_joined(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let (rx, mut members) = receiver_and_members(&kafka, &t, 2, "").await;
     let (runs, records) = workload(RUNS, "r_brk", |_| rx.url("/deploy"));
     // 50 runs/s for 20 s; the broker is down for a few seconds a third of the way in.
     let produce = produce_paced(&kafka, &t.triggers, &records, 50);
@@ -629,15 +635,10 @@ async fn chaos_hanging_backends_do_not_hold_a_rebalance() {
     const GRACE_MS: i128 = 3000;
     let kafka = Kafka::start();
     let t = kafka.topics(6).await;
-    let rx = Receiver::start().await;
-    rx.set_default_delay(Duration::from_millis(10));
     let extra = "[dispatch]\nshutdown_grace = \"3s\"\n\
                  [backends.webhook]\ntimeout = \"60s\"\n\
                  [backends.webhook.retry]\nmax_attempts = 1\n";
-    let mut members: Vec<Dispatcher> = (0..3)
-        .map(|_| Dispatcher::start(&kafka, &t, extra))
-        .collect();
-    wait_joined(&members.iter().collect::<Vec<_>>(), Duration::from_secs(60)).await;
+    let (rx, mut members) = receiver_and_members(&kafka, &t, 3, extra).await;
     // One run in 50 hangs for 15 s; 100 runs/s for 30 s.
     let hangs = |i: usize| i % 50 == 7;
     let (runs, records) = workload(RUNS, "r_hang", |i| {
