@@ -50,24 +50,18 @@ struct View {
     order: VecDeque<String>,
 }
 
-/// Catch-ups asked for by partition assignments: `asked` numbers them, `met` is the
-/// newest one done, and each newly assigned partition waits for its number.
-#[derive(Default)]
-struct Gates {
-    asked: u64,
-    met: u64,
-    partitions: HashMap<(String, i32), u64>,
-}
-
 pub struct Ledger {
     view: Mutex<View>,
     max_runs: usize,
     suppressed: AtomicU64,
     /// How far the tail has read the status topic: next offset per partition.
     position: Mutex<HashMap<i32, i64>>,
-    gates: Mutex<Gates>,
+    /// Catch-ups asked for by partition assignments, numbered from 1.
+    asked: AtomicU64,
     /// The newest catch-up done (wakes the events waiting for it).
     met: tokio::sync::watch::Sender<u64>,
+    /// Newly assigned partitions whose catch-up is not done yet, with its number.
+    waiting: Mutex<HashMap<(String, i32), u64>>,
     /// Assignments arrive on the consumer thread; catch-ups run here.
     runtime: tokio::runtime::Handle,
     /// Where the status topic is, and how long a catch-up may hold events.
@@ -84,8 +78,9 @@ impl Ledger {
             max_runs: max_runs.max(1),
             suppressed: AtomicU64::new(0),
             position: Mutex::new(HashMap::new()),
-            gates: Mutex::new(Gates::default()),
+            asked: AtomicU64::new(0),
             met: tokio::sync::watch::Sender::new(0),
+            waiting: Mutex::new(HashMap::new()),
             runtime: tokio::runtime::Handle::current(),
             kafka: kafka.clone(),
             limit,
@@ -96,8 +91,8 @@ impl Ledger {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn gates(&self) -> std::sync::MutexGuard<'_, Gates> {
-        self.gates.lock().unwrap_or_else(|p| p.into_inner())
+    fn waiting(&self) -> std::sync::MutexGuard<'_, HashMap<(String, i32), u64>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The tail read the status topic's `partition` up to `next` (exclusive).
@@ -107,9 +102,10 @@ impl Ledger {
     }
 
     fn reached(&self, ends: &HashMap<i32, i64>) -> bool {
-        let pos = self.position.lock().unwrap_or_else(|p| p.into_inner());
-        ends.iter()
-            .all(|(p, end)| *end <= 0 || pos.get(p).is_some_and(|at| at >= end))
+        reached(
+            &self.position.lock().unwrap_or_else(|p| p.into_inner()),
+            ends,
+        )
     }
 
     /// `partitions` were just assigned: their events wait until the view has read the
@@ -120,12 +116,14 @@ impl Ledger {
             return;
         }
         let number = {
-            let mut g = self.gates();
-            g.asked += 1;
-            let n = g.asked;
+            let mut waiting = self.waiting();
+            // Numbered under the lock, after the partitions are in: an event that sees
+            // the new number finds its partition there.
+            let n = self.asked.load(Ordering::Acquire) + 1;
             for tp in partitions {
-                g.partitions.insert(tp.clone(), n);
+                waiting.insert(tp.clone(), n);
             }
+            self.asked.store(n, Ordering::Release);
             n
         };
         let me = self.clone();
@@ -151,29 +149,25 @@ impl Ledger {
                 tracing::warn!(wait = ?limit,
                     "the view of the status topic did not catch up after a partition assignment; dispatching anyway (a run that just finished elsewhere may be dispatched again)");
             }
-            let met = {
-                let mut g = me.gates();
-                g.met = g.met.max(number);
-                let met = g.met;
-                g.partitions.retain(|_, n| *n > met);
-                met
-            };
-            me.met.send_replace(met);
+            me.met.send_if_modified(|met| {
+                let newer = number > *met;
+                *met = (*met).max(number);
+                newer
+            });
+            let met = *me.met.borrow();
+            me.waiting().retain(|_, n| *n > met);
         });
     }
 
     /// Wait until the catch-up asked for when `topic`/`partition` was assigned is done
     /// (at once when none is pending).
     pub async fn caught_up_for(&self, topic: &str, partition: i32) {
-        let need = {
-            let g = self.gates();
-            if g.met >= g.asked {
-                return;
-            }
-            match g.partitions.get(&(topic.to_owned(), partition)) {
-                Some(n) if *n > g.met => *n,
-                _ => return,
-            }
+        // The common case, on every event: no catch-up pending, no lock taken.
+        if *self.met.borrow() >= self.asked.load(Ordering::Acquire) {
+            return;
+        }
+        let Some(need) = self.waiting().get(&(topic.to_owned(), partition)).copied() else {
+            return;
         };
         let mut rx = self.met.subscribe();
         // The sender lives as long as the ledger, which the caller holds.
@@ -250,7 +244,7 @@ pub async fn tail(
         let mut ready = Some(ready_tx);
         let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
         loop {
-            if ready.is_some() && ends.iter().all(|(p, end)| position[p] >= *end) {
+            if ready.is_some() && reached(&position, &ends) {
                 let _ = ready.take().map(|r| r.send(()));
             }
             let msg = tokio::select! {
@@ -281,6 +275,12 @@ pub async fn tail(
         tracing::warn!(wait = ?catch_up, "the view of the status topic has not caught up; starting anyway");
     }
     Ok(task)
+}
+
+/// Whether `position` (the next offset read, per partition) has reached `ends`.
+fn reached(position: &HashMap<i32, i64>, ends: &HashMap<i32, i64>) -> bool {
+    ends.iter()
+        .all(|(p, end)| position.get(p).copied().unwrap_or(0) >= *end)
 }
 
 /// The fields the ledger reads, parsed from a JSON run update without the rest (a
