@@ -11,7 +11,9 @@
 //! from the whole status topic. Rules (Port's): a finished run cannot change (409); a
 //! `terminationStatus` is accepted once; an unknown run is 404; bodies over 1 MiB are
 //! 413; a malformed body is 400 naming the field. Every request needs
-//! `Authorization: Bearer <token>` with a configured token (401 otherwise).
+//! `Authorization: Bearer <token>` with a configured token (401 otherwise) that has the
+//! scope: `read` for `GET`, `write` for the rest (403 otherwise). A run takes at most
+//! `api.max_log_appends` log lines (429 past it).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,6 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::config::ApiToken;
 use crate::kafka::publisher::Publisher;
 use crate::model::{now_rfc3339, LogLevel, RunStatus, RunUpdate};
 use crate::runview::{RunState, RunView};
@@ -40,17 +43,25 @@ const UNKNOWN_RUN_WAIT: Duration = Duration::from_secs(2);
 pub struct Api {
     pub view: Arc<RunView>,
     pub publisher: Arc<Publisher>,
-    pub tokens: Vec<String>,
+    pub tokens: Vec<ApiToken>,
+    /// Most log lines one run may receive through the API.
+    max_log_appends: u64,
     /// Writes to one run are serialised within this instance (striped by run id).
     locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 impl Api {
-    pub fn new(view: Arc<RunView>, publisher: Arc<Publisher>, tokens: Vec<String>) -> Self {
+    pub fn new(
+        view: Arc<RunView>,
+        publisher: Arc<Publisher>,
+        tokens: Vec<ApiToken>,
+        cfg: &crate::config::ApiConfig,
+    ) -> Self {
         Api {
             view,
             publisher,
             tokens,
+            max_log_appends: cfg.max_log_appends,
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
         }
     }
@@ -83,35 +94,54 @@ impl IntoResponse for Failure {
     }
 }
 
-fn authorize(api: &Api, headers: &HeaderMap) -> Result<(), Failure> {
+/// What a request needs from its token.
+#[derive(Clone, Copy)]
+enum Need {
+    Read,
+    Write,
+}
+
+fn authorize(api: &Api, headers: &HeaderMap, need: Need) -> Result<(), Failure> {
+    use subtle::ConstantTimeEq as _;
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    match given {
-        Some(t)
-            if api
-                .tokens
-                .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
-        {
-            Ok(())
-        }
-        Some(_) => Err(Failure(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "the bearer token is not valid".into(),
-        )),
-        None => Err(Failure(
+    let Some(given) = given else {
+        return Err(Failure(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing Authorization: Bearer <token>".into(),
-        )),
+        ));
+    };
+    // Every token is compared, in constant time, whichever matches.
+    let matched = api.tokens.iter().fold(None, |found, t| {
+        let eq = bool::from(t.token.as_bytes().ct_eq(given.as_bytes()));
+        found.or(eq.then_some(t))
+    });
+    let Some(token) = matched else {
+        return Err(Failure(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid".into(),
+        ));
+    };
+    let (allowed, scope) = match need {
+        Need::Read => (token.read, "read"),
+        Need::Write => (token.write, "write"),
+    };
+    if !allowed {
+        crate::metrics::get()
+            .refusals
+            .with_label_values(&["api_scope"])
+            .inc();
+        return Err(Failure(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            format!("this token lacks the {scope} scope"),
+        ));
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    Ok(())
 }
 
 /// Parse a JSON body; the error names the field (`link: invalid type …`).
@@ -227,7 +257,7 @@ async fn get_run(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, Failure> {
-    authorize(&api, &headers)?;
+    authorize(&api, &headers, Need::Read)?;
     Ok(ok(known_run(&api, &id).await?))
 }
 
@@ -237,7 +267,7 @@ async fn patch_run(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    authorize(&api, &headers)?;
+    authorize(&api, &headers, Need::Write)?;
     let req: PatchRun = parse(&body)?;
     let _guard = api.lock_for(&id).lock().await;
     let run = known_run(&api, &id).await?;
@@ -272,10 +302,21 @@ async fn post_log(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    authorize(&api, &headers)?;
+    authorize(&api, &headers, Need::Write)?;
     let req: PostLog = parse(&body)?;
     let _guard = api.lock_for(&id).lock().await;
     let run = known_run(&api, &id).await?;
+    if run.logs.len() as u64 + run.logs_dropped >= api.max_log_appends {
+        return Err(Failure(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_logs",
+            format!(
+                "run {id} has {} log lines; api.max_log_appends is {}",
+                run.logs.len() as u64 + run.logs_dropped,
+                api.max_log_appends
+            ),
+        ));
+    }
     let mut updates = vec![RunUpdate::log(&id, LogLevel::Info, req.message)];
     // A termination status closes the run; a label alone changes it while it is open.
     if req.termination_status.is_some() || req.status_label.is_some() {
@@ -304,7 +345,7 @@ async fn patch_response(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Failure> {
-    authorize(&api, &headers)?;
+    authorize(&api, &headers, Need::Write)?;
     let req: PatchResponse = parse(&body)?;
     if !(req.response.is_object() || req.response.is_array() || req.response.is_string()) {
         return Err(Failure(

@@ -64,7 +64,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         },
     ]);
     topics::ensure_topics(k, &required, k.create_topics).await?;
-    let secrets = cfg.resolve_secrets()?;
+    let store = Arc::new(crate::secrets::Store::from_config(&cfg)?);
+    let secrets = store.all();
     let hard_stop = CancellationToken::new();
     let publisher = Arc::new(
         Publisher::new(k, crate::avro::Codec::from_config(&cfg), hard_stop.clone())
@@ -86,18 +87,36 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .enabled
         .then(|| crate::ledger::Ledger::new(cfg.dedup.max_runs, k, cfg.dedup.catch_up));
     let tokens = cfg.api.resolve_tokens()?;
+    // Never shown in a run update, a DLQ record or a log line either.
+    crate::secrets::add_redacted(
+        tokens
+            .iter()
+            .map(|t| t.token.clone())
+            .chain(cfg.port_secret()),
+    );
+    let secrets_stop = CancellationToken::new();
+    let _stop_secrets = secrets_stop.clone().drop_guard();
+    crate::secrets::watch(store.clone(), Duration::from_secs(5), secrets_stop);
     let view = (!tokens.is_empty()).then(|| {
-        Arc::new(crate::runview::RunView::new(
+        Arc::new(crate::runview::RunView::bounded(
             cfg.api.max_runs,
             cfg.api.max_logs,
+            cfg.api.max_view_bytes,
         ))
     });
     let http_stop = CancellationToken::new();
     if !cfg.http.listen.is_empty() {
         let api = view
             .clone()
-            .map(|v| Arc::new(crate::api::Api::new(v, publisher.clone(), tokens)));
-        crate::server::start(&cfg.http.listen, publisher.clone(), api, http_stop.clone()).await?;
+            .map(|v| Arc::new(crate::api::Api::new(v, publisher.clone(), tokens, &cfg.api)));
+        crate::server::start(
+            &cfg.http.listen,
+            publisher.clone(),
+            api,
+            cfg.api.request_timeout,
+            http_stop.clone(),
+        )
+        .await?;
     }
     let _stop_http = http_stop.clone().drop_guard();
     // One tail of the status topic feeds the duplicate ledger and the run view.
@@ -139,7 +158,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         watcher.clone(),
         ledger,
         publisher.clone(),
-        secrets,
+        crate::pipeline::Guards {
+            sandbox: Arc::new(crate::sandbox::Sandbox::new(
+                &cfg.templates,
+                std::env::current_exe().context("locating this executable for template workers")?,
+            )),
+            secrets: store,
+            replay_key: cfg.replay_key()?,
+        },
         &cfg.dispatch,
     );
     let subscription = consumer::Subscription::triggers(&cfg);

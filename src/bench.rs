@@ -287,6 +287,8 @@ watches_topic = "{watches}"
 "fetch.wait.max.ms" = {fw}
 [backends.webhook]
 concurrency = {c}
+[backends.webhook.destinations]
+allow = ["127.0.0.1"]
 [http]
 listen = ""
 [log]

@@ -19,6 +19,14 @@ pub enum BadInput {
     UnknownBackend(String, String),
     #[error("template error in {0}")]
     Template(String),
+    #[error("template budget exceeded in {0}")]
+    TemplateBudget(String),
+    #[error("{0}")]
+    SecretScope(String),
+    #[error("the record is too large: {0}")]
+    TooLarge(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("expired: {0}")]
     Expired(String),
     #[error("unreadable Avro record: {0}")]
@@ -39,6 +47,10 @@ impl BadInput {
             BadInput::InvalidEvent(_) => "invalid_event",
             BadInput::UnknownBackend(..) => "unknown_backend",
             BadInput::Template(_) => "template_error",
+            BadInput::TemplateBudget(_) => "template_budget",
+            BadInput::SecretScope(_) => "secret_scope",
+            BadInput::TooLarge(_) => "too_large",
+            BadInput::Internal(_) => "internal",
             BadInput::Expired(_) => "expired",
             BadInput::Avro(_) => "avro",
             BadInput::Signature(_) => "signature",

@@ -38,6 +38,9 @@ pub async fn run(color: bool) -> anyhow::Result<()> {
     // Quick retries, so the failing sample shows them within the demo's few seconds.
     cfg.backends.webhook.retry.max_attempts = 3;
     cfg.backends.webhook.retry.initial_backoff = std::time::Duration::from_millis(200);
+    // The sample receiver is on loopback, which the destination policy refuses unless
+    // the operator opens it: the demo opens exactly that address.
+    cfg.backends.webhook.destinations.allow = vec!["127.0.0.1".into()];
     for (topic, partitions) in [
         (&cfg.kafka.triggers_topic, 3),
         (&cfg.kafka.status_topic, 1),

@@ -11,6 +11,65 @@ pub const H_SOURCE: &str = "switchyard-source";
 pub const H_FAILED_AT: &str = "switchyard-failed-at";
 /// Set on events that `dlq replay` re-published: `dlq-topic/partition/offset`.
 pub const H_REPLAYED_FROM: &str = "switchyard-replayed-from";
+/// `base64(HMAC-SHA256(dlq.replay_key, …))` over the replay marker, the key and the
+/// value: only `switchyard dlq replay` can make a marker the dispatcher honours.
+pub const H_REPLAY_MAC: &str = "switchyard-replay-mac";
+
+/// The MAC of a replayed record (see [`H_REPLAY_MAC`]).
+pub fn replay_mac(
+    key: &[u8],
+    replayed_from: &str,
+    record_key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any size");
+    mac.update(b"switchyard-replay/v1\n");
+    mac.update(replayed_from.as_bytes());
+    mac.update(b"\n");
+    mac.update(&Sha256::digest(record_key.unwrap_or_default()));
+    mac.update(&Sha256::digest(value.unwrap_or_default()));
+    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+}
+
+/// Whether a record carries a replay marker with a valid MAC under `key`. A marker
+/// without one (a producer setting the header itself) is counted and ignored.
+pub fn verified_replay(
+    key: Option<&[u8]>,
+    headers: &[(String, Option<Vec<u8>>)],
+    record_key: Option<&[u8]>,
+    value: Option<&[u8]>,
+) -> bool {
+    use subtle::ConstantTimeEq as _;
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+    };
+    let Some(from) = header(H_REPLAYED_FROM) else {
+        return false;
+    };
+    let valid = match (key, header(H_REPLAY_MAC)) {
+        (Some(key), Some(given)) => {
+            let want = replay_mac(key, &String::from_utf8_lossy(from), record_key, value);
+            bool::from(want.as_bytes().ct_eq(given))
+        }
+        _ => false,
+    };
+    if !valid {
+        crate::metrics::get()
+            .refusals
+            .with_label_values(&["replay_mac"])
+            .inc();
+        tracing::warn!(replayed_from = %String::from_utf8_lossy(from),
+            "a record claims to be a DLQ replay without a valid switchyard-replay-mac; \
+             it is treated as an ordinary record (duplicate and age checks apply)");
+    }
+    valid
+}
 
 /// Build the DLQ record for `record`: original key, value and headers, then ours.
 pub fn record(source: &TriggerRecord, error: &str, class: &str, attempts: u32) -> DlqRecord {
@@ -21,7 +80,7 @@ pub fn record(source: &TriggerRecord, error: &str, class: &str, attempts: u32) -
         .cloned()
         .collect();
     for (k, v) in [
-        (H_ERROR, error.to_owned()),
+        (H_ERROR, crate::secrets::redact(error).into_owned()),
         (H_CLASS, class.to_owned()),
         (H_ATTEMPTS, attempts.to_string()),
         (H_SOURCE, source.source().to_string()),

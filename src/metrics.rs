@@ -64,7 +64,27 @@ pub struct Metrics {
     pub port_skipped: IntCounterVec,
     /// Calls to Port's API, by call and outcome (`ok`, `retried`, `rejected`).
     pub port_api_calls: IntCounterVec,
+    /// Refusals by the sandbox and the policies, by reason (a closed set:
+    /// [`REFUSAL_REASONS`]).
+    pub refusals: IntCounterVec,
+    /// Template worker processes started (the first ones, and each replacement).
+    pub template_workers_started: IntCounter,
 }
+
+/// Every `reason` label of `switchyard_refusals_total`.
+pub const REFUSAL_REASONS: &[&str] = &[
+    "template_budget",
+    "secret_scope",
+    "destination",
+    "too_large",
+    "kafka_topic",
+    "avro",
+    "panic",
+    "credentials_wait",
+    "replay_mac",
+    "api_scope",
+    "action_not_registered",
+];
 
 /// The process-wide metrics.
 pub fn get() -> &'static Metrics {
@@ -111,7 +131,20 @@ impl Metrics {
             r.register(Box::new(h.clone())).expect("unique metric");
             h
         };
+        let refusals = counters(
+            "refusals_total",
+            "Refusals by the template sandbox, the size caps and the policies, by reason.",
+            &["reason"],
+        );
+        for reason in REFUSAL_REASONS {
+            refusals.with_label_values(&[reason]);
+        }
         Metrics {
+            refusals,
+            template_workers_started: counter(
+                "template_workers_started_total",
+                "Template worker processes started (first ones and replacements).",
+            ),
             events_consumed: counters(
                 "events_consumed_total",
                 "Trigger records handed to the pipeline.",

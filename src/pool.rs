@@ -11,7 +11,9 @@
 //! ([`crate::protect`]): an open breaker refuses the attempt without a request (a retryable
 //! failure that waits for the next probe), and the rate limit delays it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use rand::Rng;
 use tokio::sync::Semaphore;
@@ -22,7 +24,7 @@ use crate::config::{PoolConfig, RetryConfig};
 use crate::kafka::publisher::RunWriter;
 use crate::metrics;
 use crate::model::{LogLevel, RunUpdate};
-use crate::protect::{Breakers, RateLimiter};
+use crate::protect::{Breakers, CredentialPauses, RateLimiter};
 use crate::util::scopeguard;
 
 pub struct Pool {
@@ -30,8 +32,8 @@ pub struct Pool {
     permits: Semaphore,
     timeout: Duration,
     retry: RetryConfig,
-    /// Set after a credential failure: no attempt starts before this instant.
-    paused_until: std::sync::Mutex<Option<Instant>>,
+    /// Destinations paused after a credential failure.
+    pauses: CredentialPauses,
     breakers: Breakers,
     limiter: Option<RateLimiter>,
 }
@@ -52,50 +54,36 @@ impl Pool {
             permits: Semaphore::new(cfg.concurrency),
             timeout: cfg.timeout,
             retry: cfg.retry.clone(),
-            paused_until: std::sync::Mutex::new(None),
+            pauses: CredentialPauses::new(name, cfg.retry.credentials_pause),
             breakers: Breakers::new(name, &cfg.breaker),
             limiter: RateLimiter::new(&cfg.rate_limit),
         }
     }
 
-    /// True while the backend is paused after a credential failure.
-    pub fn paused(&self) -> bool {
-        self.pause_deadline().is_some_and(|t| t > Instant::now())
+    /// Destinations paused after a credential failure.
+    pub fn paused(&self) -> usize {
+        self.pauses.paused()
     }
 
-    fn pause_deadline(&self) -> Option<Instant> {
-        *self.paused_until.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Wait out a pause; `None` when `abandon` fires first.
-    async fn unpaused(&self, abandon: &CancellationToken) -> Option<()> {
-        while let Some(until) = self.pause_deadline().filter(|t| *t > Instant::now()) {
+    /// Wait out the pause of `dest`, or until `limit`; `None` when `abandon` fires
+    /// first.
+    async fn unpaused(
+        &self,
+        dest: &str,
+        limit: Option<Instant>,
+        abandon: &CancellationToken,
+    ) -> Option<()> {
+        while let Some(until) = self.pauses.deadline(dest) {
+            let until = limit.map_or(until, |l| until.min(l));
+            if until <= Instant::now() {
+                break;
+            }
             tokio::select! {
-                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = tokio::time::sleep_until(until) => {}
                 _ = abandon.cancelled() => return None,
             }
         }
         Some(())
-    }
-
-    /// Pause the backend after a credential failure (extending a pause, never shortening).
-    fn pause(&self, why: &str) -> Instant {
-        let until = Instant::now() + self.retry.credentials_pause;
-        let mut p = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        if p.is_none_or(|t| t < until) {
-            *p = Some(until);
-            metrics::get()
-                .backend_paused
-                .with_label_values(&[self.name])
-                .set(1);
-            tracing::error!(
-                backend = self.name,
-                pause_s = self.retry.credentials_pause.as_secs_f64(),
-                reason = why,
-                "credentials rejected; backend paused, its runs wait"
-            );
-        }
-        p.expect("set above")
     }
 
     /// Attempt `req` until it settles or the attempts run out. Retries are announced
@@ -114,34 +102,58 @@ impl Pool {
         let in_flight = metrics::get().in_flight.with_label_values(&[self.name]);
         in_flight.inc();
         let _done = scopeguard(move || in_flight.dec());
+        // A credential pause holds this destination only (a backend with no per-run
+        // destination pauses as a whole), and a run waits on pauses for at most
+        // `credentials_max_wait` in all.
+        let dest = backend.destination(req).unwrap_or_default();
+        let cap = self.retry.credentials_max_wait;
+        let mut rejected: Option<(Instant, Report)> = None;
         loop {
-            self.unpaused(abandon).await?;
+            let limit = rejected.as_ref().map(|(since, _)| *since + cap);
+            self.unpaused(&dest, limit, abandon).await?;
+            if let Some((since, last)) = rejected.take_if(|(since, _)| since.elapsed() >= cap) {
+                metrics::get()
+                    .refusals
+                    .with_label_values(&["credentials_wait"])
+                    .inc();
+                let mut report = last;
+                report.summary = format!(
+                    "{} (credentials still rejected after {:.0} s; retry.credentials_max_wait \
+                     is {cap:?})",
+                    report.summary,
+                    since.elapsed().as_secs_f64()
+                );
+                return Some(Attempted {
+                    report,
+                    attempt,
+                    duration: start.elapsed(),
+                });
+            }
             let report = self.once(backend, req, abandon).await?;
             if report.outcome == Outcome::CredentialsRejected {
-                // Do not burn the event: the backend pauses and this run waits to probe.
-                let until = self.pause(&report.summary);
-                let wait = until.saturating_duration_since(Instant::now());
+                // Do not burn the event: the destination pauses and this run waits to
+                // probe again.
+                let until = self.pauses.pause(&dest, &report.summary);
+                let since = rejected.as_ref().map_or_else(Instant::now, |(s, _)| *s);
+                let wait = until
+                    .saturating_duration_since(Instant::now())
+                    .min(cap.saturating_sub(since.elapsed()));
+                let shown = if dest.is_empty() {
+                    self.name
+                } else {
+                    dest.as_str()
+                };
                 let notice = format!(
-                    "{} paused: credentials rejected ({}); retrying in {:.0} s",
-                    self.name,
+                    "{shown} paused: credentials rejected ({}); retrying in {:.0} s",
                     cause(&report.summary),
                     wait.as_secs_f64()
                 );
                 let u = RunUpdate::log(&req.run_id, LogLevel::Error, notice);
                 Box::pin(writer.emit(u)).await.ok()?;
+                rejected = Some((since, report));
                 continue;
             }
-            if self.pause_deadline().is_some() {
-                *self.paused_until.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                metrics::get()
-                    .backend_paused
-                    .with_label_values(&[self.name])
-                    .set(0);
-                tracing::info!(
-                    backend = self.name,
-                    "credentials accepted again; backend resumed"
-                );
-            }
+            self.pauses.resume(&dest);
             if report.outcome != Outcome::Retryable || attempt >= max {
                 return Some(Attempted {
                     report,

@@ -155,6 +155,13 @@ pub async fn select(cfg: &KafkaConfig, s: &Selection) -> anyhow::Result<Vec<Dead
 /// Publish `letters` to the topics they came from; returns how many were published.
 pub async fn replay(config: &Config, letters: &[DeadLetter]) -> anyhow::Result<usize> {
     let cfg = &config.kafka;
+    let key = config.replay_key()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "dlq.replay_key is not set: switchyard honours a replayed record (no duplicate \
+             check, no age check) only with a MAC made with that key; set it to the same \
+             secret as the dispatchers'"
+        )
+    })?;
     let producer: FutureProducer = crate::kafka::client_config(cfg)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -175,6 +182,11 @@ pub async fn replay(config: &Config, letters: &[DeadLetter]) -> anyhow::Result<u
         headers = headers.insert(Header {
             key: dlq::H_REPLAYED_FROM,
             value: Some(source.as_str()),
+        });
+        let mac = dlq::replay_mac(&key, &source, l.key.as_deref(), l.payload.as_deref());
+        headers = headers.insert(Header {
+            key: dlq::H_REPLAY_MAC,
+            value: Some(mac.as_str()),
         });
         let topic = l.destination(config);
         let mut record = FutureRecord::<[u8], [u8]>::to(&topic).headers(headers);

@@ -2,7 +2,8 @@
 //!
 //! Any instance answers for any run, whoever dispatched it: each instance tails the whole
 //! status topic (see [`crate::ledger::tail`]) into this view. Memory is bounded:
-//! `api.max_runs` runs (oldest forgotten first) and `api.max_logs` log lines per run.
+//! `api.max_runs` runs and `api.max_view_bytes` bytes of run state (oldest forgotten
+//! first), and `api.max_logs` log lines per run.
 //! A run's first terminal status is final; later status changes on the topic (a race
 //! between two writers) do not change what the view reports.
 
@@ -47,6 +48,11 @@ pub struct RunState {
     /// Where the run's trigger was read (API writes carry it on too).
     #[serde(skip)]
     pub source: Option<crate::model::SourceRef>,
+    /// Bytes of the log lines kept, and of the response as JSON (for the byte bound).
+    #[serde(skip)]
+    log_bytes: usize,
+    #[serde(skip)]
+    response_bytes: usize,
 }
 
 impl RunState {
@@ -67,7 +73,21 @@ impl RunState {
             ended_at: None,
             last_seq: 0,
             source: None,
+            log_bytes: 0,
+            response_bytes: 0,
         }
+    }
+
+    /// About how many bytes this state holds.
+    fn weight(&self) -> usize {
+        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+        256 + self.id.len()
+            + opt(&self.status_label)
+            + opt(&self.summary)
+            + opt(&self.external_run_id)
+            + self.link.iter().map(|l| l.len() + 24).sum::<usize>()
+            + self.log_bytes
+            + self.response_bytes
     }
 
     pub fn is_terminal(&self) -> bool {
@@ -110,6 +130,7 @@ impl RunState {
             }
             UpdateKind::Log => {
                 if self.logs.len() < max_logs {
+                    self.log_bytes += 64 + u.message.as_ref().map_or(0, String::len);
                     self.logs.push(LogLine {
                         at: u.at.clone(),
                         level: u.level,
@@ -119,7 +140,13 @@ impl RunState {
                     self.logs_dropped += 1;
                 }
             }
-            UpdateKind::Response => self.response.clone_from(&u.response),
+            UpdateKind::Response => {
+                self.response.clone_from(&u.response);
+                self.response_bytes = u
+                    .response
+                    .as_ref()
+                    .map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len()));
+            }
         }
     }
 }
@@ -128,6 +155,8 @@ impl RunState {
 struct Inner {
     runs: HashMap<String, RunState>,
     order: VecDeque<String>,
+    /// Sum of the runs' weights.
+    bytes: usize,
     /// Updates applied locally before the tail reads them back (`run_id`, `seq`, `at`).
     echoes: HashSet<(String, u64, String)>,
 }
@@ -136,15 +165,27 @@ pub struct RunView {
     inner: Mutex<Inner>,
     max_runs: usize,
     max_logs: usize,
+    max_bytes: usize,
 }
 
 impl RunView {
     pub fn new(max_runs: usize, max_logs: usize) -> Self {
+        Self::bounded(max_runs, max_logs, usize::MAX)
+    }
+
+    /// A view that also forgets its oldest runs past `max_bytes` of state.
+    pub fn bounded(max_runs: usize, max_logs: usize, max_bytes: usize) -> Self {
         RunView {
             inner: Mutex::new(Inner::default()),
             max_runs: max_runs.max(1),
             max_logs,
+            max_bytes,
         }
+    }
+
+    /// About how many bytes the view holds.
+    pub fn bytes(&self) -> usize {
+        self.lock().bytes
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -181,16 +222,33 @@ impl RunView {
     fn fold(&self, inner: &mut Inner, u: &RunUpdate) {
         if !inner.runs.contains_key(&u.run_id) {
             inner.order.push_back(u.run_id.clone());
-            inner.runs.insert(u.run_id.clone(), RunState::new(u));
-            while inner.runs.len() > self.max_runs {
-                let Some(old) = inner.order.pop_front() else {
-                    break;
-                };
-                inner.runs.remove(&old);
-            }
+            let state = RunState::new(u);
+            inner.bytes += state.weight();
+            inner.runs.insert(u.run_id.clone(), state);
         }
         if let Some(state) = inner.runs.get_mut(&u.run_id) {
+            let before = state.weight();
             state.apply(u, self.max_logs);
+            let after = state.weight();
+            inner.bytes = (inner.bytes + after).saturating_sub(before);
+        }
+        // Forget the oldest runs past either bound (never the one just updated).
+        while inner.runs.len() > self.max_runs
+            || (inner.bytes > self.max_bytes && inner.runs.len() > 1)
+        {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if old == u.run_id {
+                inner.order.push_back(old);
+                if inner.runs.len() <= self.max_runs {
+                    break;
+                }
+                continue;
+            }
+            if let Some(gone) = inner.runs.remove(&old) {
+                inner.bytes = inner.bytes.saturating_sub(gone.weight());
+            }
         }
     }
 }
@@ -261,5 +319,26 @@ mod tests {
         v.observe(&at(RunUpdate::log("t", LogLevel::Info, "x"), 1, "1"));
         assert!(v.get("r").is_none(), "oldest forgotten");
         assert!(v.get("t").is_some());
+    }
+
+    #[test]
+    fn the_view_is_bounded_in_bytes() {
+        let v = RunView::bounded(1000, 1000, 64 * 1024);
+        for n in 0..100 {
+            let run = format!("r{n}");
+            v.observe(&at(
+                RunUpdate::log(&run, LogLevel::Info, "x".repeat(4000)),
+                1,
+                "1",
+            ));
+            v.observe(&at(
+                RunUpdate::response(&run, serde_json::json!({"b": "y".repeat(4000)})),
+                2,
+                "1",
+            ));
+        }
+        assert!(v.bytes() <= 64 * 1024, "{} bytes", v.bytes());
+        assert!(v.get("r99").is_some(), "the newest run is kept");
+        assert!(v.get("r0").is_none(), "the oldest run is forgotten");
     }
 }

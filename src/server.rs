@@ -2,7 +2,8 @@
 //! and the status API ([`crate::api`]) when tokens are configured.
 //!
 //! `/readyz` answers 200 once the consumer has joined its group and the producer can
-//! reach a broker (a metadata request, bounded to 2 s); otherwise 503 with the reason.
+//! reach a broker (a metadata request, bounded to 2 s, made at most every 5 s however
+//! often `/readyz` is probed); otherwise 503 with the reason.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -30,13 +31,20 @@ pub fn mark_joined() {
 
 struct Shared {
     publisher: Arc<Publisher>,
+    /// The last broker check and when it ran: `/readyz` asks the broker at most once per
+    /// [`READY_TTL`], however often it is probed.
+    last_check: tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, String)>>,
 }
+
+/// How long a `/readyz` broker check is reused.
+const READY_TTL: Duration = Duration::from_secs(5);
 
 /// Bind `listen` and serve until `stop` fires. Returns the bound address.
 pub async fn start(
     listen: &str,
     publisher: Arc<Publisher>,
     api: Option<Arc<crate::api::Api>>,
+    request_timeout: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(listen)
@@ -47,11 +55,30 @@ pub async fn start(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
-        .with_state(Arc::new(Shared { publisher }));
+        .with_state(Arc::new(Shared {
+            publisher,
+            last_check: tokio::sync::Mutex::new(None),
+        }));
     let with_api = api.is_some();
     if let Some(api) = api {
         app = app.merge(crate::api::routes(api));
     }
+    // Every request, body included, within `api.request_timeout` (long-lived streams,
+    // when there are any, are routed outside this layer).
+    let app = app.layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| async move {
+            match tokio::time::timeout(request_timeout, next.run(req)).await {
+                Ok(resp) => resp,
+                Err(_) => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!(
+                        "the request took longer than api.request_timeout ({request_timeout:?})\n"
+                    ),
+                )
+                    .into_response(),
+            }
+        },
+    ));
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -83,6 +110,18 @@ async fn ready(State(s): State<Arc<Shared>>) -> (StatusCode, String) {
             "not ready: the consumer has not joined its group yet\n".into(),
         );
     }
+    let mut last = s.last_check.lock().await;
+    if let Some((at, code, text)) = last.as_ref() {
+        if at.elapsed() < READY_TTL {
+            return (*code, text.clone());
+        }
+    }
+    let (code, text) = broker_check(&s).await;
+    *last = Some((std::time::Instant::now(), code, text.clone()));
+    (code, text)
+}
+
+async fn broker_check(s: &Shared) -> (StatusCode, String) {
     let producer = s.publisher.producer().get();
     let reach = tokio::task::spawn_blocking(move || {
         producer

@@ -14,7 +14,7 @@ pub fn init(cfg: &LogConfig) {
         .unwrap_or_else(|| EnvFilter::new(&cfg.level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::secrets::RedactingStderr)
         .with_ansi(std::io::stderr().is_terminal());
     let _ = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use jaq_core::load::{Arena, File, Loader};
-use jaq_core::{data, unwrap_valr, Compiler, Ctx, Vars};
+use jaq_core::{data, Compiler, Ctx, Vars};
 use jaq_json::Val;
 use serde_json::{Map, Number, Value};
 
@@ -23,6 +23,232 @@ type Program = jaq_core::Filter<data::JustLut<Val>>;
 /// Upper bound on cached programs. Templates come from events, so a stream of distinct
 /// templates must not grow memory without bound; past the cap programs are compiled per use.
 const CACHE_CAP: usize = 4096;
+/// Upper bound on the source text of cached programs, in bytes.
+const CACHE_BYTES: usize = 4 * 1024 * 1024;
+/// Default longest program accepted, in bytes (`templates.max_program_bytes`).
+pub const MAX_PROGRAM: usize = 16 * 1024;
+
+/// The jq definitions templates may use: jq's standard library without `halt`,
+/// `halt_error`, `debug`, `stderr`, `input(s)` and `env`. An explicit list, so a new
+/// jaq release cannot add a capability unnoticed.
+const ALLOWED_DEFS: &[&str] = &[
+    "@base64",
+    "@base64d",
+    "@html",
+    "@htmld",
+    "@json",
+    "@sh",
+    "@text",
+    "@uri",
+    "@urid",
+    "abs",
+    "add",
+    "all",
+    "any",
+    "arrays",
+    "booleans",
+    "capture",
+    "capture_of_match",
+    "combinations",
+    "del",
+    "delpaths",
+    "drem",
+    "empty",
+    "error",
+    "false",
+    "finites",
+    "first",
+    "flatten",
+    "from_entries",
+    "fromdate",
+    "gamma",
+    "getpath",
+    "gsub",
+    "in",
+    "index",
+    "infinite",
+    "inside",
+    "isarray",
+    "isboolean",
+    "isempty",
+    "isfinite",
+    "isinfinite",
+    "isnan",
+    "isnormal",
+    "isnumber",
+    "isobject",
+    "isstring",
+    "iterables",
+    "join",
+    "keys",
+    "last",
+    "logb",
+    "map",
+    "map_values",
+    "match",
+    "max",
+    "max_by",
+    "min",
+    "min_by",
+    "nan",
+    "nexttoward",
+    "normals",
+    "not",
+    "nth",
+    "null",
+    "nulls",
+    "numbers",
+    "objects",
+    "paths",
+    "pick",
+    "pow10",
+    "range",
+    "recurse",
+    "repeat",
+    "rindex",
+    "scalars",
+    "scalb",
+    "scan",
+    "scan_",
+    "select",
+    "setpath",
+    "significand",
+    "split",
+    "splits",
+    "strings",
+    "sub",
+    "test",
+    "to_entries",
+    "toboolean",
+    "todate",
+    "tonumber",
+    "tostring",
+    "totype",
+    "transpose",
+    "true",
+    "type",
+    "unique",
+    "unique_by",
+    "until",
+    "values",
+    "walk",
+    "while",
+    "with_entries",
+];
+
+/// The native jq functions templates may use (see [`ALLOWED_DEFS`]).
+const ALLOWED_NATIVES: &[&str] = &[
+    "acos",
+    "acosh",
+    "ascii_downcase",
+    "ascii_upcase",
+    "asin",
+    "asinh",
+    "atan",
+    "atan2",
+    "atanh",
+    "bsearch",
+    "cbrt",
+    "ceil",
+    "contains",
+    "copysign",
+    "cos",
+    "cosh",
+    "decode_base64",
+    "decode_uri",
+    "encode_base64",
+    "encode_uri",
+    "endswith",
+    "erf",
+    "erfc",
+    "error_empty",
+    "escape_html",
+    "escape_sh",
+    "exp",
+    "exp10",
+    "exp2",
+    "explode",
+    "expm1",
+    "fabs",
+    "fdim",
+    "first",
+    "floor",
+    "fma",
+    "fmax",
+    "fmin",
+    "fmod",
+    "frexp",
+    "fromdateiso8601",
+    "fromjson",
+    "gmtime",
+    "group_by",
+    "has",
+    "hypot",
+    "ilogb",
+    "implode",
+    "indices",
+    "j0",
+    "j1",
+    "jn",
+    "key_values",
+    "keys_unsorted",
+    "last",
+    "ldexp",
+    "length",
+    "lgamma",
+    "limit",
+    "localtime",
+    "log",
+    "log10",
+    "log1p",
+    "log2",
+    "ltrim",
+    "ltrimstr",
+    "matches",
+    "max_by_or_empty",
+    "min_by_or_empty",
+    "mktime",
+    "modf",
+    "nearbyint",
+    "nextafter",
+    "now",
+    "path",
+    "path_value",
+    "pow",
+    "range",
+    "remainder",
+    "reverse",
+    "rint",
+    "round",
+    "rtrim",
+    "rtrimstr",
+    "scalbln",
+    "sin",
+    "sinh",
+    "skip",
+    "sort",
+    "sort_by",
+    "split_",
+    "split_matches",
+    "sqrt",
+    "startswith",
+    "strflocaltime",
+    "strftime",
+    "strptime",
+    "tan",
+    "tanh",
+    "tgamma",
+    "tobytes",
+    "todateiso8601",
+    "tojson",
+    "trim",
+    "trunc",
+    "unescape_html",
+    "utf8bytelength",
+    "y0",
+    "y1",
+    "yn",
+];
 
 /// A template failure: which field, and what jq said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,10 +272,28 @@ pub enum Trust {
 }
 
 /// Compiles, caches and evaluates templates. Cheap to share (`Arc`).
-#[derive(Default)]
+///
+/// A `Renderer` has no budget of its own: event templates run through
+/// [`crate::sandbox::Sandbox`], which evaluates them here in a worker process it can kill.
 pub struct Renderer {
     trust: Trust,
+    /// Longest program accepted, in bytes.
+    max_program: usize,
+    /// Told the field before each jq program runs (the sandbox worker reports it, so that
+    /// an overrun names the field).
+    observer: Option<fn(&str)>,
     cache: Mutex<HashMap<String, Arc<Program>>>,
+}
+
+impl Default for Renderer {
+    fn default() -> Self {
+        Renderer {
+            trust: Trust::Event,
+            max_program: MAX_PROGRAM,
+            observer: None,
+            cache: Mutex::default(),
+        }
+    }
 }
 
 /// The evaluation context of one run: the event plus `.secrets`, converted once.
@@ -105,6 +349,11 @@ impl Context {
         Context(Val::obj(obj))
     }
 
+    /// The context as a jq value.
+    pub fn val(&self) -> &Val {
+        &self.0
+    }
+
     /// A context that is exactly `input` (no `.secrets`), converted once for many
     /// programs.
     pub fn plain(input: &Value) -> Context {
@@ -116,6 +365,19 @@ impl Renderer {
     /// A renderer of event templates ([`Trust::Event`]).
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A renderer of event templates accepting programs up to `max_program` bytes.
+    pub fn with_max_program(max_program: usize) -> Self {
+        Renderer {
+            max_program,
+            ..Self::default()
+        }
+    }
+
+    /// Call `f` with the field before each jq program (not plain paths) runs.
+    pub fn observe(&mut self, f: fn(&str)) {
+        self.observer = Some(f);
     }
 
     /// A renderer of operator programs ([`Trust::Operator`]).
@@ -227,39 +489,61 @@ impl Renderer {
             field: field.to_owned(),
             message,
         };
+        if let Some(steps) = simple_path(code) {
+            if let Some(v) = walk_path(input, &steps) {
+                return Ok(val_to_json(&v));
+            }
+        }
+        if let Some(observe) = self.observer {
+            observe(field);
+        }
         let program = self.program(code).map_err(err)?;
         let vars = match self.trust {
             Trust::Event => Vars::new([]),
             Trust::Operator => Vars::new([environment()]),
         };
         let jq_ctx = Ctx::<data::JustLut<Val>>::new(&program.lut, vars);
-        let first = program
-            .id
-            .run((jq_ctx, input.clone()))
-            .map(unwrap_valr)
-            .next();
+        // Never `unwrap_valr`: it exits the process on `halt`. The allow-list keeps
+        // `halt` out of templates; any other exception is an ordinary template error.
+        let first = program.id.run((jq_ctx, input.clone())).next();
         match first {
             None => Ok(Value::Null),
             Some(Ok(v)) => Ok(val_to_json(&v)),
-            Some(Err(e)) => Err(err(format!("jq error in `{code}`: {e}"))),
+            Some(Err(exn)) => match exn.get_err() {
+                Ok(e) => Err(err(format!("jq error in `{code}`: {e}"))),
+                Err(_) => Err(err(format!("jq error in `{code}`: halt is not allowed"))),
+            },
         }
     }
 
     fn program(&self, code: &str) -> Result<Arc<Program>, String> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = cache.get(code) {
+        if code.len() > self.max_program {
+            return Err(format!(
+                "the program is {} bytes; templates.max_program_bytes is {}",
+                code.len(),
+                self.max_program
+            ));
+        }
+        if let Some(p) = self.lock().get(code) {
             return Ok(p.clone());
         }
+        // Compiled outside the lock: a slow compile holds up no other render.
         let program = Arc::new(compile(code, self.trust)?);
-        if cache.len() < CACHE_CAP {
+        let mut cache = self.lock();
+        let bytes: usize = cache.keys().map(String::len).sum();
+        if cache.len() < CACHE_CAP && bytes + code.len() <= CACHE_BYTES {
             cache.insert(code.to_owned(), program.clone());
         }
         Ok(program)
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Program>>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Number of cached programs (for tests and metrics).
     pub fn cached(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.lock().len()
     }
 }
 
@@ -276,10 +560,13 @@ fn compile(code: &str, trust: Trust) -> Result<Program, String> {
     let defs = jaq_core::defs()
         .chain(jaq_std::defs())
         .chain(jaq_json::defs());
+    let defs = defs.filter(|d| ALLOWED_DEFS.contains(&d.name));
     let funs = jaq_core::funs()
         .chain(jaq_std::funs())
         .chain(jaq_json::funs())
-        .filter(move |(name, _, _)| trust == Trust::Operator || *name != "env");
+        .filter(move |(name, _, _)| {
+            ALLOWED_NATIVES.contains(name) || (trust == Trust::Operator && *name == "env")
+        });
     let globals: &[&str] = match trust {
         Trust::Event => &[],
         Trust::Operator => &["$ENV"],
@@ -319,6 +606,96 @@ fn compile(code: &str, trust: Trust) -> Result<Program, String> {
                 .collect();
             format!("jq error in `{code}`: {}", msgs.join("; "))
         })
+}
+
+/// One step of a plain path expression.
+#[derive(Debug, PartialEq, Eq)]
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// The steps of `code` when it is a plain path (`.`, `.a.b`, `.a["b-c"]`, `.a[0]`): the
+/// common template, which reads the context and builds nothing. Such a program cannot
+/// loop or allocate beyond the context it reads, so it needs no sandbox.
+fn simple_path(code: &str) -> Option<Vec<Step<'_>>> {
+    let mut rest = code.strip_prefix('.')?;
+    let mut steps = Vec::new();
+    let ident = |s: &str| {
+        s.bytes()
+            .position(|b| !(b.is_ascii_alphanumeric() || b == b'_'))
+            .unwrap_or(s.len())
+    };
+    let mut first = true;
+    while !rest.is_empty() {
+        let after_dot = if first {
+            Some(rest)
+        } else {
+            rest.strip_prefix('.')
+        };
+        first = false;
+        if let Some(r) =
+            after_dot.filter(|r| r.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+        {
+            let n = ident(r);
+            steps.push(Step::Key(&r[..n]));
+            rest = &r[n..];
+            continue;
+        }
+        let r = after_dot.filter(|r| r.starts_with('[')).unwrap_or(rest);
+        let inner = r.strip_prefix('[')?;
+        let close = inner.find(']')?;
+        let (body, tail) = (&inner[..close], &inner[close + 1..]);
+        if let Some(key) = body.strip_prefix('"').and_then(|b| b.strip_suffix('"')) {
+            if key.contains(['"', '\\']) {
+                return None;
+            }
+            steps.push(Step::Key(key));
+        } else if !body.is_empty() && body.len() <= 9 && body.bytes().all(|b| b.is_ascii_digit()) {
+            steps.push(Step::Index(body.parse().ok()?));
+        } else {
+            return None;
+        }
+        rest = tail;
+    }
+    Some(steps)
+}
+
+/// Follow `steps` from `v`; `None` when jq would raise an error (indexing a string, say),
+/// so that jq itself reports it.
+fn walk_path(v: &Val, steps: &[Step<'_>]) -> Option<Val> {
+    let mut cur = v.clone();
+    for step in steps {
+        cur = match (&cur, step) {
+            (Val::Null, _) => Val::Null,
+            (Val::Obj(o), Step::Key(k)) => o
+                .get(&Val::from(k.to_string()))
+                .cloned()
+                .unwrap_or(Val::Null),
+            (Val::Arr(a), Step::Index(i)) => a.get(*i).cloned().unwrap_or(Val::Null),
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// Whether rendering `value` runs any jq program beyond a plain path (keys included):
+/// only those need the sandbox's budgets.
+pub fn needs_sandbox(value: &Value) -> bool {
+    let text = |s: &str| match split(s) {
+        Ok(segs) => segs
+            .iter()
+            .any(|seg| matches!(seg, Segment::Expr(code) if simple_path(code).is_none())),
+        Err(_) => false,
+    };
+    match value {
+        Value::String(s) => text(s),
+        Value::Array(items) => items.iter().any(needs_sandbox),
+        Value::Object(map) => map
+            .iter()
+            .any(|(k, v)| (!is_spread(k) && text(k)) || needs_sandbox(v)),
+        _ => false,
+    }
 }
 
 fn snippet(s: &str) -> &str {

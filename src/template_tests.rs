@@ -181,9 +181,9 @@ fn secrets_come_only_from_the_resolved_store_when_built_from_an_event() {
 fn each_distinct_program_is_compiled_once() {
     let r = Renderer::new();
     let c = ctx();
-    // Two distinct programs (`.run.id`, used twice, and `.action.identifier`).
-    let templates = json!({"a": "{{ .run.id }}", "b": "x{{ .run.id }}y",
-                           "c": "{{ .action.identifier }}"});
+    // Two distinct programs, one used twice (plain paths are never compiled).
+    let templates = json!({"a": "{{ .run.id | ascii_upcase }}", "b": "x{{ .run.id | ascii_upcase }}y",
+                           "c": "{{ .action.identifier // \"none\" }}", "d": "{{ .run.id }}"});
     let first = r.render(&templates, &c, "m").unwrap();
     assert_eq!(r.cached(), 2);
     for _ in 0..10 {
@@ -227,4 +227,112 @@ fn event_templates_cannot_read_the_process_environment() {
             .unwrap(),
         "leak-me"
     );
+}
+
+/// The in-process plain-path evaluation gives what jq gives, for every shape of path.
+#[test]
+fn plain_paths_match_jq() {
+    let c = ctx();
+    let r = Renderer::new();
+    let codes = [
+        ".",
+        ".run",
+        ".run.id",
+        ".inputs.tags[1]",
+        ".inputs.tags[7]",
+        ".inputs[\"extra\"].y",
+        ".inputs.extra[\"x\"]",
+        ".nope.deeper",
+        ".inputs.version.x",
+        ".inputs.tags.a",
+        ".secrets[\"my-name\"]",
+        ".inputs.tags[0]",
+        "._x",
+        ".inputs.extra.y",
+    ];
+    for code in codes {
+        assert!(simple_path(code).is_some(), "{code} is a plain path");
+        let fast = r.first(code, &c, "f");
+        // The same program through jaq: `(.) | <path>` is not a plain path.
+        let slow = r.first(&format!("(.) | {code}"), &c, "f");
+        assert_eq!(fast.is_ok(), slow.is_ok(), "{code}: {fast:?} vs {slow:?}");
+        if let (Ok(a), Ok(b)) = (&fast, &slow) {
+            assert_eq!(a, b, "{code}");
+        }
+    }
+    for code in [
+        ".a | .b",
+        ".a[]",
+        ".a[-1]",
+        ".[\"a\\\"b\"]",
+        ".a.b?",
+        "..",
+        ".a + 1",
+        "$x",
+    ] {
+        assert!(simple_path(code).is_none(), "{code} is not a plain path");
+    }
+}
+
+/// Templates can use none of jq's process-level functions, and `halt` is an ordinary
+/// error (it used to end the process).
+#[test]
+fn process_functions_are_not_in_the_allow_list() {
+    let c = ctx();
+    let r = Renderer::new();
+    for code in [
+        "halt",
+        "halt_error",
+        "halt_error(1)",
+        "input",
+        "inputs",
+        "debug",
+        "debug(1)",
+        "stderr",
+        "env",
+        "$ENV",
+        "env.HOME",
+        "$__prog_args",
+        "import \"a\" as a; 1",
+        "include \"b\"; 1",
+    ] {
+        let e = r.first(code, &c, "f").unwrap_err();
+        assert!(
+            e.message.contains("undefined")
+                || e.message.contains("syntax")
+                || e.message.contains("error"),
+            "{code}: {e:?}"
+        );
+    }
+    // Ordinary functions stay.
+    assert_eq!(
+        r.first("[.inputs.tags[] | ascii_upcase] | join(\",\")", &c, "f")
+            .unwrap(),
+        "A,B"
+    );
+    // Operator programs keep env.
+    let op = Renderer::operator();
+    std::env::var("PATH").unwrap();
+    assert!(op.first("env.PATH", &c, "f").unwrap().is_string());
+}
+
+#[test]
+fn long_programs_are_refused() {
+    let r = Renderer::with_max_program(64);
+    let code = format!("{} | length", "\"a\" + ".repeat(20) + "\"b\"");
+    let e = r.first(&code, &ctx(), "f").unwrap_err();
+    assert!(
+        e.message.contains("templates.max_program_bytes is 64"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn needs_sandbox_only_for_more_than_plain_paths() {
+    assert!(!needs_sandbox(
+        &json!({"a": "{{ .x.y }}", "b": ["t {{ .z[0] }}"], "c": 1})
+    ));
+    assert!(needs_sandbox(&json!({"a": "{{ .x | length }}"})));
+    assert!(needs_sandbox(&json!({"{{ .k | tostring }}": 1})));
+    assert!(needs_sandbox(&json!([{"x": "{{ until(false; .) }}"}])));
 }

@@ -329,8 +329,13 @@ impl Watcher {
                     _ = token.cancelled() => return,
                     _ = self.stop.cancelled() => return,
                 };
+                let poll =
+                    tokio::time::timeout(self.cfg.poll_timeout, backend.follow(&watch.state));
                 tokio::select! {
-                    p = backend.follow(&watch.state) => p,
+                    p = poll => p.unwrap_or_else(|_| Progress::Failed(format!(
+                        "the poll took longer than watch.poll_timeout ({:?})",
+                        self.cfg.poll_timeout
+                    ))),
                     _ = token.cancelled() => return,
                     _ = self.stop.cancelled() => return,
                 }

@@ -323,3 +323,75 @@ async fn api_without_tokens_is_disabled() {
     assert!(d.logs().contains("status API disabled"));
     println!("disabled API: {answers:?}; status topic unchanged ({before} updates)");
 }
+
+/// Tokens carry scopes: a read-only token reads a run but cannot report on it (403), a
+/// token with no `scopes` keeps both, and a run takes a bounded number of log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_scopes_and_the_log_cap_hold() {
+    const READER: &str = "reader-token-123456";
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let api = "[api]\ntokens = [{ env = \"SWITCHYARD_TEST_TOKEN\" }, \
+               { env = \"SWITCHYARD_TEST_READER\", scopes = [\"read\"] }]\nmax_log_appends = 3\n";
+    let d = Dispatcher::start_with_config(
+        &config_toml(&kafka, &t, api),
+        &[("SWITCHYARD_TEST_READER", READER)],
+    );
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(
+                None,
+                &webhook_event("r_scoped_api", &rx.url("/a"), false),
+            )],
+        )
+        .await;
+    let c = Client::new(&d);
+    let path = "/v1/actions/runs/r_scoped_api";
+    let deadline = std::time::Instant::now() + WAIT;
+    while c.raw("GET", path, None, Some(READER)).await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, body) = c
+        .raw(
+            "PATCH",
+            path,
+            Some(json!({"statusLabel": "x"}).to_string()),
+            Some(READER),
+        )
+        .await;
+    assert_eq!(code, 403, "{body}");
+    assert_eq!(body["message"], "this token lacks the write scope");
+    // The unscoped token writes, up to the cap (the dispatch may have logged already).
+    let logs = format!("{path}/logs");
+    let (_, run) = c.send("GET", path, None).await;
+    let have = run["run"]["logs"].as_array().unwrap().len();
+    assert!(have < 3, "{run}");
+    for n in have..3 {
+        let (code, body) = c
+            .send("POST", &logs, Some(json!({"message": format!("l{n}")})))
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = c
+        .send("POST", &logs, Some(json!({"message": "one too many"})))
+        .await;
+    assert_eq!(code, 429, "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("api.max_log_appends is 3"),
+        "{body}"
+    );
+    let page = http_get(&format!("{}/metrics", d.http_base())).await.1;
+    assert_eq!(
+        sample(&page, "switchyard_refusals_total{reason=\"api_scope\"}"),
+        Some(1.0)
+    );
+}

@@ -191,7 +191,7 @@ async fn upsert_entity_catalog_response_decides_the_status() {
     let t = kafka.topics(1).await;
     let rx = Receiver::start().await;
     let extra = format!(
-        "catalog_url = \"{}\"\ncatalog_token_secret = \"token\"\n",
+        "catalog_url = \"{}\"\ncatalog_token_secret = \"credential\"\n",
         rx.url("/api")
     );
     // Appended to the [backends.upsert_entity] table the test config ends with.
@@ -232,7 +232,7 @@ async fn azure_devops_posts_a_signed_payload_to_the_incoming_webhook() {
     let t = kafka.topics(1).await;
     let azure = Receiver::start().await;
     let extra = format!(
-        "[backends.azure_devops]\nbase_url = \"{}\"\nsecret = \"token\"\n",
+        "[backends.azure_devops]\nbase_url = \"{}\"\nsecret = \"credential\"\n",
         azure.url("")
     );
     let _d = Dispatcher::start(&kafka, &t, &extra);
@@ -299,8 +299,8 @@ async fn azure_devops_posts_a_signed_payload_to_the_incoming_webhook() {
 
 fn gitlab_config(fake: &common::gitlab::FakeGitlab) -> String {
     format!(
-        "[backends.gitlab]\nbase_url = \"{}\"\nread_token_secret = \"token\"\n\
-         trigger_tokens = {{ \"grp/sub/svc\" = \"token\" }}\n[watch]\npoll_interval = \"200ms\"\n",
+        "[backends.gitlab]\nbase_url = \"{}\"\nread_token_secret = \"credential\"\n\
+         trigger_tokens = {{ \"grp/sub/svc\" = \"credential\" }}\n[watch]\npoll_interval = \"200ms\"\n",
         fake.url()
     )
 }
@@ -436,7 +436,7 @@ async fn gitlab_failed_pipeline_and_rejected_token_fail_the_run() {
 
 fn github_config(fake: &common::github::FakeGithub) -> String {
     format!(
-        "[backends.github]\napi_url = \"{}\"\ntoken_secret = \"token\"\n[watch]\npoll_interval = \"200ms\"\n",
+        "[backends.github]\napi_url = \"{}\"\ntoken_secret = \"credential\"\n[watch]\npoll_interval = \"200ms\"\n",
         fake.url()
     )
 }

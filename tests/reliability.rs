@@ -216,7 +216,7 @@ async fn dlq_replay_selects_by_class_and_run_with_a_dry_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn credential_failures_pause_the_backend_without_failing_runs() {
+async fn credential_failures_pause_the_destination_without_failing_runs() {
     let kafka = Kafka::start();
     let t = kafka.topics(1).await;
     let rx = Receiver::start().await;
@@ -245,10 +245,14 @@ async fn credential_failures_pause_the_backend_without_failing_runs() {
         updates.iter().all(|u| u.status != Some(RunStatus::Failure)),
         "{updates:#?}"
     );
+    let paused = format!(
+        "{} paused: credentials rejected (HTTP 401 Unauthorized)",
+        rx.addr
+    );
     let pauses: Vec<_> = updates
         .iter()
         .filter_map(|u| u.message.as_deref())
-        .filter(|m| m.starts_with("WEBHOOK paused: credentials rejected (HTTP 401 Unauthorized)"))
+        .filter(|m| m.starts_with(&paused))
         .collect();
     assert_eq!(pauses.len(), 2, "{updates:#?}");
     let reqs = rx.requests();
@@ -260,8 +264,8 @@ async fn credential_failures_pause_the_backend_without_failing_runs() {
             "probe came after {gap:?}"
         );
     }
-    assert!(d.logs().contains("backend paused"), "{}", d.logs());
-    assert!(d.logs().contains("backend resumed"), "{}", d.logs());
+    assert!(d.logs().contains("destination paused"), "{}", d.logs());
+    assert!(d.logs().contains("destination resumed"), "{}", d.logs());
 }
 
 /// A receiver that hangs: the attempt timeout fires, other lanes keep flowing meanwhile,

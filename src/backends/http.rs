@@ -37,6 +37,9 @@ pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange,
         None => request,
     };
     let failed = |what: &str, e: &reqwest::Error| {
+        if let Some(refused) = crate::policy::refusal_in(e) {
+            return refused_report(refused);
+        }
         let mut r = Report::new(
             Outcome::Retryable,
             format!("{target}: {what}: {}", error_chain(e)),
@@ -70,6 +73,21 @@ pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange,
         retry_after,
         headers,
     })
+}
+
+/// A destination the policy refused: a permanent failure, no request made.
+pub fn refused(refused: &crate::policy::Refused) -> Report {
+    crate::metrics::get()
+        .refusals
+        .with_label_values(&["destination"])
+        .inc();
+    refused_report(refused)
+}
+
+fn refused_report(refused: &crate::policy::Refused) -> Report {
+    let mut r = Report::new(Outcome::Permanent, refused.0.clone());
+    r.error_class = Some("destination");
+    r
 }
 
 /// Map an HTTP response to a report (see the module rules).

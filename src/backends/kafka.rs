@@ -22,6 +22,10 @@ use crate::kafka::topics::{TopicGuard, TopicSpec};
 pub struct KafkaBackend {
     producer: SharedProducer,
     default_topic: String,
+    /// Topics an event may name (`backends.kafka.topics`), besides the default.
+    allowed: Vec<String>,
+    /// switchyard's own topics: never written here, even if configured by mistake.
+    own: Vec<String>,
     topics: Arc<TopicGuard>,
 }
 
@@ -30,10 +34,13 @@ impl KafkaBackend {
         cfg: &KafkaBackendConfig,
         producer: SharedProducer,
         topics: Arc<TopicGuard>,
+        own: Vec<String>,
     ) -> Self {
         KafkaBackend {
             producer,
             default_topic: cfg.topic.clone(),
+            allowed: cfg.topics.clone(),
+            own,
             topics,
         }
     }
@@ -50,6 +57,24 @@ impl Backend for KafkaBackend {
 }
 
 impl KafkaBackend {
+    /// Whether an event may write to `topic`.
+    fn check_topic(&self, topic: &str) -> Result<(), String> {
+        if self.own.iter().any(|t| t == topic) {
+            return Err(format!(
+                "invocationMethod.topic: {topic:?} is one of switchyard's own topics; the KAFKA \
+                 backend never writes to it"
+            ));
+        }
+        if topic == self.default_topic || self.allowed.iter().any(|t| t == topic) {
+            return Ok(());
+        }
+        Err(format!(
+            "invocationMethod.topic: {topic:?} is not allowed; backends.kafka.topics lists the \
+             topics events may name (now: {:?}, besides {:?})",
+            self.allowed, self.default_topic
+        ))
+    }
+
     async fn produce(&self, req: &Request) -> Report {
         let inv = &req.invocation;
         let payload = match inv.get("payload") {
@@ -70,8 +95,19 @@ impl KafkaBackend {
             Ok(s) => s,
             Err(e) => return Report::invalid("synchronized", e),
         };
+        if let Err(refusal) = self.check_topic(topic) {
+            crate::metrics::get()
+                .refusals
+                .with_label_values(&["kafka_topic"])
+                .inc();
+            let mut r = Report::new(Outcome::Permanent, refusal);
+            r.error_class = Some("kafka_topic");
+            return r;
+        }
+        // Only the operator's default topic may be created; an event never creates one.
+        let create = topic == self.default_topic && self.topics.create_topics();
         let spec = TopicSpec::plain(topic);
-        if let Err(e) = self.topics.ensure(spec, self.topics.create_topics()).await {
+        if let Err(e) = self.topics.ensure(spec, create).await {
             let mut r = Report::new(Outcome::Retryable, format!("topic {topic}: {e}"));
             r.error_class = Some("kafka");
             return r;

@@ -190,7 +190,7 @@ impl Registry {
         let signing =
             secret(secrets, b.webhook.signing_secret.as_ref()).or_else(|| cfg.port_secret());
         r.add(
-            Arc::new(webhook::Webhook::new(&b.webhook, signing)?),
+            Arc::new(webhook::Webhook::new(&b.webhook, signing, cfg.port_mode())?),
             &b.webhook.pool(),
         );
         r.add(
@@ -198,6 +198,7 @@ impl Registry {
                 &b.kafka,
                 producer.clone(),
                 topics.clone(),
+                cfg.own_topics(),
             )),
             &b.kafka.pool(),
         );
@@ -284,6 +285,16 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The value of the secret named `name` (config names it; `[secrets]` resolved it).
+/// Every backend kind, as events name them in `invocationMethod.type`.
+pub const KINDS: &[&str] = &[
+    "WEBHOOK",
+    "GITHUB",
+    "GITLAB",
+    "KAFKA",
+    "UPSERT_ENTITY",
+    "AZURE_DEVOPS",
+];
+
 pub fn secret(secrets: &Map<String, Value>, name: Option<&String>) -> Option<String> {
     secrets
         .get(name?)

@@ -15,16 +15,26 @@ use serde_json::Value;
 
 use super::{flag, http, AttemptFuture, Backend, Invalid, Report, Request};
 use crate::config::WebhookConfig;
+use crate::policy::{Policy, PolicyResolver, SystemLookup};
 use crate::port::signature;
 
 pub struct Webhook {
     client: reqwest::Client,
+    policy: std::sync::Arc<Policy>,
     /// Signs every request when set.
     signing_secret: Option<String>,
 }
 
 impl Webhook {
-    pub fn new(cfg: &WebhookConfig, signing_secret: Option<String>) -> anyhow::Result<Self> {
+    pub fn new(
+        cfg: &WebhookConfig,
+        signing_secret: Option<String>,
+        port_mode: bool,
+    ) -> anyhow::Result<Self> {
+        let policy = std::sync::Arc::new(
+            Policy::new(&cfg.destinations, port_mode)
+                .map_err(|e| anyhow::anyhow!("backends.webhook.destinations: {}", e.join("; ")))?,
+        );
         if !cfg.verify_tls {
             tracing::warn!(
                 "backends.webhook.verify_tls is off: webhook TLS certificates are not checked"
@@ -35,9 +45,17 @@ impl Webhook {
             .pool_max_idle_per_host(cfg.concurrency)
             .danger_accept_invalid_certs(!cfg.verify_tls)
             .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            // Every connection goes to an address the policy allowed after resolution.
+            .dns_resolver(std::sync::Arc::new(PolicyResolver::new(
+                policy.clone(),
+                std::sync::Arc::new(SystemLookup),
+            )))
+            .redirect(crate::policy::redirects(policy.clone()))
+            .no_proxy()
             .build()?;
         Ok(Webhook {
             client,
+            policy,
             signing_secret,
         })
     }
@@ -95,6 +113,9 @@ impl Webhook {
         };
         if let Err(invalid) = add_query(&mut url, inv.get("query")) {
             return invalid.into();
+        }
+        if let Err(refused) = self.policy.check_url(&url) {
+            return http::refused(&refused);
         }
 
         let mut request = self

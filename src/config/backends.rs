@@ -34,6 +34,9 @@ pub struct WebhookConfig {
     /// Verify the TLS certificates of webhook destinations. Turn off only for test
     /// servers with self-signed certificates (Port agent: `WEBHOOK_VERIFY_SSL`).
     pub verify_tls: bool,
+    /// Where event-chosen URLs may go (see `crate::policy`). Default: no loopback,
+    /// link-local, private, multicast or unspecified addresses.
+    pub destinations: crate::policy::DestinationsConfig,
 }
 
 impl Default for WebhookConfig {
@@ -47,6 +50,7 @@ impl Default for WebhookConfig {
             rate_limit: pool.rate_limit,
             signing_secret: None,
             verify_tls: true,
+            destinations: Default::default(),
         }
     }
 }
@@ -143,11 +147,15 @@ pub struct WatchConfig {
     /// A run still not finished after this long fails with "gave up".
     #[serde(with = "humantime_serde")]
     pub max_duration: Duration,
+    /// Longest one poll may take; past it the poll counts as failed (and is retried).
+    #[serde(with = "humantime_serde")]
+    pub poll_timeout: Duration,
 }
 
 impl Default for WatchConfig {
     fn default() -> Self {
         WatchConfig {
+            poll_timeout: Duration::from_secs(30),
             poll_interval: Duration::from_secs(10),
             max_concurrent_polls: 16,
             max_watches: 10_000,
@@ -202,6 +210,10 @@ pub struct KafkaBackendConfig {
     pub rate_limit: RateLimitConfig,
     /// Topic for actions that do not name one (`invocationMethod.topic`).
     pub topic: String,
+    /// Topics an event may name in `invocationMethod.topic`, besides `topic`. None of
+    /// switchyard's own topics (triggers, inputs, status, DLQ, watches) may be listed,
+    /// and a listed topic must exist: no topic is created on an event's behalf.
+    pub topics: Vec<String>,
 }
 
 impl Default for KafkaBackendConfig {
@@ -214,6 +226,7 @@ impl Default for KafkaBackendConfig {
             breaker: pool.breaker,
             rate_limit: pool.rate_limit,
             topic: "switchyard.actions".into(),
+            topics: Vec::new(),
         }
     }
 }
@@ -358,6 +371,10 @@ pub struct RetryConfig {
     /// wait instead of failing, and the first attempt after the pause probes again.
     #[serde(with = "humantime_serde")]
     pub credentials_pause: Duration,
+    /// Longest a run waits on credential pauses before it fails (a destination that
+    /// keeps answering 401/403 must not hold a partition for ever).
+    #[serde(with = "humantime_serde")]
+    pub credentials_max_wait: Duration,
 }
 
 impl Default for RetryConfig {
@@ -368,6 +385,7 @@ impl Default for RetryConfig {
             max_backoff: Duration::from_secs(30),
             retry_statuses: ["408", "425", "429", "5xx"].map(String::from).to_vec(),
             credentials_pause: Duration::from_secs(60),
+            credentials_max_wait: Duration::from_secs(600),
         }
     }
 }
@@ -383,6 +401,11 @@ impl RetryConfig {
         let mut p = Vec::new();
         if self.max_attempts == 0 {
             p.push(format!("{section}.retry.max_attempts: must be at least 1"));
+        }
+        if self.credentials_max_wait.is_zero() {
+            p.push(format!(
+                "{section}.retry.credentials_max_wait: must be greater than 0"
+            ));
         }
         if self.credentials_pause.is_zero() {
             p.push(format!(

@@ -24,12 +24,15 @@ pub const ENV_PREFIX: &str = "SWITCHYARD_";
 pub struct Config {
     pub kafka: KafkaConfig,
     pub dispatch: DispatchConfig,
+    pub templates: TemplatesConfig,
+    pub dlq: DlqConfig,
     pub backends: BackendsConfig,
     pub watch: WatchConfig,
     pub dedup: DedupConfig,
-    /// Secrets available to templates as `.secrets.NAME`, each read from an environment
-    /// variable or a file at start. Events can never supply secrets.
-    pub secrets: BTreeMap<String, SecretSource>,
+    /// Secrets, each read from an environment variable or a file (see `crate::secrets`).
+    /// Templates see one as `.secrets.NAME` only when the run's destination matches its
+    /// `hosts`/`backends` scope. Events can never supply secrets.
+    pub secrets: BTreeMap<String, SecretConfig>,
     pub log: LogConfig,
     pub http: HttpConfig,
     pub api: ApiConfig,
@@ -120,33 +123,54 @@ impl Default for AvroConfig {
 #[serde(default)]
 pub struct ApiConfig {
     /// Bearer tokens the API accepts, each read like a secret (`{ env = "VAR" }` or
-    /// `{ file = "/path" }`). None: the API is disabled (its routes answer 404).
-    pub tokens: Vec<SecretSource>,
+    /// `{ file = "/path" }`), with optional `scopes = ["read"]` or `["read", "write"]`
+    /// (absent: both). None: the API is disabled (its routes answer 404).
+    pub tokens: Vec<ApiTokenConfig>,
+    /// Most log lines one run may receive through the API (later appends get 429).
+    pub max_log_appends: u64,
+    /// Longest a request may take, body included (`408` past it).
+    #[serde(with = "humantime_serde")]
+    pub request_timeout: Duration,
     /// Most runs the run view remembers (oldest forgotten first).
     pub max_runs: usize,
     /// Most log lines kept per run in the view (later ones are counted, not kept).
     pub max_logs: usize,
+    /// Most bytes of run state the view keeps (oldest runs forgotten first).
+    pub max_view_bytes: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             tokens: Vec::new(),
+            max_log_appends: 10_000,
+            request_timeout: Duration::from_secs(30),
             max_runs: 100_000,
             max_logs: 1_000,
+            max_view_bytes: 512 * 1024 * 1024,
         }
     }
 }
 
 impl ApiConfig {
     /// The configured tokens, read now.
-    pub fn resolve_tokens(&self) -> Result<Vec<String>, ConfigErrors> {
+    pub fn resolve_tokens(&self) -> Result<Vec<ApiToken>, ConfigErrors> {
         let mut out = Vec::new();
         let mut problems = Vec::new();
-        for (i, source) in self.tokens.iter().enumerate() {
-            match source.resolve() {
+        for (i, entry) in self.tokens.iter().enumerate() {
+            match entry.source.resolve() {
                 Ok(t) if t.is_empty() => problems.push(format!("api.tokens[{i}]: is empty")),
-                Ok(t) => out.push(t),
+                Ok(t) => out.push(ApiToken {
+                    token: t,
+                    read: entry
+                        .scopes
+                        .as_ref()
+                        .is_none_or(|s| s.contains(&Scope::Read)),
+                    write: entry
+                        .scopes
+                        .as_ref()
+                        .is_none_or(|s| s.contains(&Scope::Write)),
+                }),
                 Err(e) => problems.push(format!("api.tokens[{i}]: {e}")),
             }
         }
@@ -202,9 +226,13 @@ pub struct KafkaConfig {
     /// Wire format of the triggers topic: `json`, or `avro` (Confluent framing; see
     /// `[avro]`).
     pub triggers_format: Format,
-    /// Wire format of the run updates switchyard writes (`json` or `avro`); readers
-    /// accept both.
+    /// Wire format of the run updates switchyard writes (`json` or `avro`).
     pub status_format: Format,
+    /// Formats the readers of the status topic decode (the duplicate ledger, the run
+    /// view, `runs`). Empty: `status_format` only. During a migration from JSON to Avro
+    /// list both (`["json", "avro"]`); a record in a format not listed is skipped, so an
+    /// Avro record is never decoded in a JSON deployment.
+    pub status_read_formats: Vec<Format>,
     /// More topics to consume, each with its own format, e.g.
     /// `[{ topic = "org_X.change.log", format = "port" }]`.
     pub inputs: Vec<InputTopic>,
@@ -232,6 +260,7 @@ impl Default for KafkaConfig {
             create_topics: false,
             triggers_format: Format::Json,
             status_format: Format::Json,
+            status_read_formats: Vec::new(),
             inputs: Vec::new(),
             topic_partitions: 6,
             topic_replication: 1,
@@ -304,11 +333,98 @@ impl Default for DispatchConfig {
     }
 }
 
+/// `[dlq]`: replays.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DlqConfig {
+    /// Key of the MAC that `switchyard dlq replay` adds to a replayed record; the
+    /// dispatcher honours the replay marker (no duplicate check, no age check) only with
+    /// a valid MAC. Every dispatcher and the replaying operator need the same key.
+    /// Unset: replays are refused, and markers are ignored.
+    pub replay_key: Option<SecretSource>,
+}
+
+/// Budgets of event templates (see `crate::sandbox`). Each render that runs more than a
+/// plain path goes to a worker process; exceeding a budget fails the run with class
+/// `template_budget`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TemplatesConfig {
+    /// Worker processes (renders at once).
+    pub workers: usize,
+    /// Wall-clock time of one run's render; past it the worker is killed and replaced.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Largest rendered `invocationMethod`, as compact JSON.
+    pub max_output_bytes: usize,
+    /// Deepest nesting of the rendered value.
+    pub max_depth: usize,
+    /// Longest jq program.
+    pub max_program_bytes: usize,
+    /// Address space of a worker process (`RLIMIT_AS`).
+    pub max_memory_bytes: u64,
+}
+
+impl Default for TemplatesConfig {
+    fn default() -> Self {
+        TemplatesConfig {
+            workers: 2,
+            timeout: Duration::from_millis(50),
+            max_output_bytes: 1024 * 1024,
+            max_depth: 128,
+            max_program_bytes: crate::template::MAX_PROGRAM,
+            max_memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
 mod backends;
 mod port;
 
 pub use backends::*;
 pub use port::{PortConfig, PORT_API};
+
+/// One `api.tokens` entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiTokenConfig {
+    #[serde(flatten)]
+    pub source: SecretSource,
+    /// What the token may do; absent: read and write (configs from before scopes keep
+    /// working).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<Scope>>,
+}
+
+/// A status API permission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    /// `GET` a run.
+    Read,
+    /// Report on a run (`PATCH`, `POST …/logs`).
+    Write,
+}
+
+/// A token the status API accepts, read, with its scopes.
+#[derive(Debug, Clone)]
+pub struct ApiToken {
+    pub token: String,
+    pub read: bool,
+    pub write: bool,
+}
+
+/// One `[secrets]` entry: where its value comes from, and where it may go.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SecretConfig {
+    #[serde(flatten)]
+    pub source: SecretSource,
+    /// Destination hosts (names or `*.domain`) whose runs' templates may read it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Backends (`WEBHOOK`, `GITHUB`, …) whose runs' templates may read it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends: Vec<String>,
+}
 
 /// Where a secret's value comes from.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -555,6 +671,28 @@ impl Config {
         if self.dedup.max_runs == 0 {
             p.push("dedup.max_runs: must be at least 1".into());
         }
+        if let Err(errs) = crate::policy::Policy::new(&self.backends.webhook.destinations, false) {
+            p.extend(
+                errs.into_iter()
+                    .map(|e| format!("backends.webhook.destinations.{e}")),
+            );
+        }
+        let t = &self.templates;
+        if t.workers == 0 || t.workers > 64 {
+            p.push("templates.workers: must be between 1 and 64".into());
+        }
+        if t.timeout.is_zero() {
+            p.push("templates.timeout: must be more than 0".into());
+        }
+        if t.max_memory_bytes < 64 * 1024 * 1024 {
+            p.push("templates.max_memory_bytes: must be at least 64 MiB (a worker needs room to start)".into());
+        }
+        if t.max_output_bytes == 0 || t.max_depth == 0 || t.max_program_bytes == 0 {
+            p.push(
+                "templates: max_output_bytes, max_depth and max_program_bytes must be at least 1"
+                    .into(),
+            );
+        }
         if self.dispatch.partition_window == 0 {
             p.push("dispatch.partition_window: must be at least 1".into());
         }
@@ -580,12 +718,106 @@ impl Config {
         if let Err(e) = self.log.level.parse::<tracing_subscriber::EnvFilter>() {
             p.push(format!("log.level: {e}"));
         }
-        for (name, source) in &self.secrets {
-            if let Err(e) = source.resolve() {
+        for (name, s) in &self.secrets {
+            if let Err(e) = s.source.resolve() {
                 p.push(format!("secrets.{name}: {e}"));
+            }
+            for b in &s.backends {
+                if !crate::backends::KINDS.contains(&b.to_ascii_uppercase().as_str()) {
+                    p.push(format!(
+                        "secrets.{name}.backends: {b:?} is not one of {}",
+                        crate::backends::KINDS.join(", ")
+                    ));
+                }
+            }
+            for h in &s.hosts {
+                if h.is_empty() || h.contains(['/', ' ']) || h[1..].contains('*') {
+                    p.push(format!(
+                        "secrets.{name}.hosts: {h:?} is not a host name or `*.domain`"
+                    ));
+                }
+            }
+        }
+        if let Err(e) = self.replay_key() {
+            p.push(e.to_string());
+        }
+        let own = self.own_topics();
+        let kb = &self.backends.kafka;
+        for (field, topic) in std::iter::once(("backends.kafka.topic", &kb.topic))
+            .chain(kb.topics.iter().map(|t| ("backends.kafka.topics", t)))
+        {
+            if own.contains(topic) {
+                p.push(format!(
+                    "{field}: {topic:?} is one of switchyard's own topics; the KAFKA backend \
+                     never writes to those"
+                ));
+            }
+        }
+        for (field, name) in self.credential_secrets() {
+            if let Some(s) = self.secrets.get(&name) {
+                if !s.hosts.is_empty() || !s.backends.is_empty() {
+                    p.push(format!(
+                        "secrets.{name}: it is a backend credential ({field}), which templates never \
+                         see; remove its hosts/backends, or use a separate secret for templates"
+                    ));
+                }
             }
         }
         p
+    }
+
+    /// switchyard's own topics: every consumed topic, status, DLQ and watches.
+    pub fn own_topics(&self) -> Vec<String> {
+        let k = &self.kafka;
+        let mut out: Vec<String> = self.input_topics().into_iter().map(|(t, _)| t).collect();
+        out.extend([
+            k.status_topic.clone(),
+            k.dlq_topic.clone(),
+            k.watches_topic.clone(),
+        ]);
+        out
+    }
+
+    /// The secrets that backend settings name, as (setting, secret name): backend
+    /// credentials, which no template sees.
+    pub fn credential_secrets(&self) -> Vec<(String, String)> {
+        let b = &self.backends;
+        let mut out: Vec<(String, String)> = [
+            ("backends.webhook.signing_secret", &b.webhook.signing_secret),
+            ("backends.github.token_secret", &b.github.token_secret),
+            (
+                "backends.github.app_private_key_secret",
+                &b.github.app_private_key_secret,
+            ),
+            (
+                "backends.gitlab.read_token_secret",
+                &b.gitlab.read_token_secret,
+            ),
+            ("backends.azure_devops.secret", &b.azure_devops.secret),
+            (
+                "backends.upsert_entity.catalog_token_secret",
+                &b.upsert_entity.catalog_token_secret,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(f, n)| n.clone().map(|n| (f.to_owned(), n)))
+        .collect();
+        for (project, name) in &b.gitlab.trigger_tokens {
+            out.push((
+                format!("backends.gitlab.trigger_tokens.\"{project}\""),
+                name.clone(),
+            ));
+        }
+        out
+    }
+
+    /// The formats status-topic readers decode (see `kafka.status_read_formats`).
+    pub fn status_reads(&self) -> Vec<Format> {
+        if self.kafka.status_read_formats.is_empty() {
+            vec![self.kafka.status_format]
+        } else {
+            self.kafka.status_read_formats.clone()
+        }
     }
 
     /// Every topic consumed, with its format: `triggers_topic` first, then `inputs`.
@@ -624,6 +856,18 @@ impl Config {
             if !seen.insert(topic.clone()) {
                 p.push(format!("kafka.inputs: {topic:?} is consumed twice"));
             }
+        }
+        if k.status_read_formats.contains(&Format::Port) {
+            p.push(
+                "kafka.status_read_formats: \"port\" is an input format; use json or avro".into(),
+            );
+        }
+        if !k.status_read_formats.is_empty() && !k.status_read_formats.contains(&k.status_format) {
+            p.push(format!(
+                "kafka.status_read_formats: must include status_format ({:?}), or readers skip \
+                 switchyard's own updates",
+                k.status_format
+            ));
         }
         if k.status_format == Format::Port {
             p.push("kafka.status_format: \"port\" is an input format; use json or avro".into());
@@ -668,6 +912,24 @@ impl Config {
         p
     }
 
+    /// The replay MAC key, read now.
+    pub fn replay_key(&self) -> anyhow::Result<Option<Vec<u8>>> {
+        match &self.dlq.replay_key {
+            None => Ok(None),
+            Some(s) => match s.resolve() {
+                Ok(k) if k.len() >= 16 => Ok(Some(k.into_bytes())),
+                Ok(_) => anyhow::bail!("dlq.replay_key: must be at least 16 bytes"),
+                Err(e) => anyhow::bail!("dlq.replay_key: {e}"),
+            },
+        }
+    }
+
+    /// Whether a consumed topic carries Port's agent messages (the defaults of some
+    /// policies follow Port's agent then).
+    pub fn port_mode(&self) -> bool {
+        self.input_topics().iter().any(|(_, f)| *f == Format::Port)
+    }
+
     /// The Port client secret, read now (validation checked that it resolves).
     pub fn port_secret(&self) -> Option<String> {
         self.port.client_secret.as_ref()?.resolve().ok()
@@ -677,8 +939,8 @@ impl Config {
     pub fn resolve_secrets(&self) -> Result<Map<String, Value>, ConfigErrors> {
         let mut out = Map::new();
         let mut problems = Vec::new();
-        for (name, source) in &self.secrets {
-            match source.resolve() {
+        for (name, s) in &self.secrets {
+            match s.source.resolve() {
                 Ok(v) => {
                     out.insert(name.clone(), Value::String(v));
                 }

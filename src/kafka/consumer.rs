@@ -114,10 +114,103 @@ impl Ticket {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        if !self.done {
-            self.send(false);
+        if self.done {
+            return;
         }
+        if rescuing() {
+            // A run's task panicked (see [`isolate`]): hand the ticket to the task boundary,
+            // which fails the run and completes the offset, instead of pinning it.
+            let rescued = Ticket {
+                tp: self.tp.clone(),
+                generation: self.generation,
+                offset: self.offset,
+                tx: self.tx.clone(),
+                intake: self.intake.clone(),
+                hard: self.hard.clone(),
+                done: false,
+            };
+            self.done = true;
+            RESCUE.with(|r| r.borrow_mut().1.push(rescued));
+            return;
+        }
+        self.send(false);
     }
+}
+
+/// When a dropped ticket is rescued rather than returned: while a panic unwinds inside
+/// an [`isolate`]d future, and while that future is dropped after the panic.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rescue {
+    Off,
+    Unwinding,
+    Dropping,
+}
+
+thread_local! {
+    static RESCUE: std::cell::RefCell<(Rescue, Vec<Ticket>)> =
+        const { std::cell::RefCell::new((Rescue::Off, Vec::new())) };
+}
+
+fn rescuing() -> bool {
+    RESCUE.with(|r| match r.borrow().0 {
+        Rescue::Off => false,
+        Rescue::Unwinding => std::thread::panicking(),
+        Rescue::Dropping => true,
+    })
+}
+
+/// Switch the mode and take the tickets rescued so far (dropped outside a rescue, they
+/// are returned as usual).
+fn set_rescue(mode: Rescue) -> Vec<Ticket> {
+    RESCUE.with(|r| {
+        let mut r = r.borrow_mut();
+        r.0 = mode;
+        std::mem::take(&mut r.1)
+    })
+}
+
+/// A run's task panicked: what it said, and the tickets it held (rescued, not returned).
+pub struct Panicked {
+    pub message: String,
+    pub tickets: Vec<Ticket>,
+}
+
+/// Run `fut`, catching a panic at this boundary. The tickets the future held are
+/// rescued, so that the caller can fail the run and complete its offset: a panic never
+/// pins a partition's watermark.
+pub async fn isolate<F: std::future::Future>(fut: F) -> Result<F::Output, Panicked> {
+    let mut fut = Some(Box::pin(fut));
+    std::future::poll_fn(move |cx| {
+        let Some(inner) = fut.as_mut() else {
+            unreachable!("polled after completion")
+        };
+        set_rescue(Rescue::Unwinding);
+        let polled =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.as_mut().poll(cx)));
+        match polled {
+            Ok(std::task::Poll::Pending) => {
+                drop(set_rescue(Rescue::Off));
+                std::task::Poll::Pending
+            }
+            Ok(std::task::Poll::Ready(v)) => {
+                drop(set_rescue(Rescue::Off));
+                fut = None;
+                std::task::Poll::Ready(Ok(v))
+            }
+            Err(payload) => {
+                let mut tickets = set_rescue(Rescue::Dropping);
+                drop(fut.take());
+                tickets.extend(set_rescue(Rescue::Off));
+                let message = payload
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| payload.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic with no message".to_owned());
+                std::task::Poll::Ready(Err(Panicked { message, tickets }))
+            }
+        }
+    })
+    .await
 }
 
 /// Consumer-thread state of one assigned partition.

@@ -25,7 +25,8 @@ use crate::kafka::TriggerRecord;
 use crate::ledger::Ledger;
 use crate::model::{LogLevel, RunStatus, RunUpdate, TriggerEvent};
 use crate::router::{lane_key, Lanes};
-use crate::template::{Context, Renderer};
+use crate::sandbox::{RenderError, Sandbox};
+use crate::template::Context;
 use crate::watch::{Watch, Watcher};
 
 /// One decoded event on its way through a lane.
@@ -44,9 +45,11 @@ struct Inner {
     watcher: Arc<Watcher>,
     ledger: Option<Arc<Ledger>>,
     max_event_age: Option<std::time::Duration>,
-    renderer: Renderer,
-    /// The secret store, converted once for every run's template context.
-    secrets: jaq_json::Val,
+    sandbox: Arc<Sandbox>,
+    /// The key of replay markers' MACs (`dlq.replay_key`).
+    replay_key: Option<Vec<u8>>,
+    /// The secret store; each run's templates see the secrets scoped to its destination.
+    secrets: Arc<crate::secrets::Store>,
     publisher: Arc<Publisher>,
     registry: Registry,
     ordering: Ordering,
@@ -57,6 +60,14 @@ struct Inner {
 pub struct Pipeline {
     inner: Arc<Inner>,
     lanes: Arc<Lanes<Job>>,
+}
+
+/// What keeps events in their bounds: the template sandbox, the scoped secrets and the
+/// key of replay markers.
+pub struct Guards {
+    pub sandbox: Arc<Sandbox>,
+    pub secrets: Arc<crate::secrets::Store>,
+    pub replay_key: Option<Vec<u8>>,
 }
 
 /// What the pipeline reads: each topic's format, and the Port settings when a topic is
@@ -73,9 +84,14 @@ impl Pipeline {
         watcher: Arc<Watcher>,
         ledger: Option<Arc<Ledger>>,
         publisher: Arc<Publisher>,
-        secrets: Map<String, Value>,
+        guards: Guards,
         dispatch: &crate::config::DispatchConfig,
     ) -> Self {
+        let Guards {
+            sandbox,
+            secrets,
+            replay_key,
+        } = guards;
         let ordering = dispatch.ordering;
         let inner = Arc::new(Inner {
             formats: inputs.formats,
@@ -83,8 +99,9 @@ impl Pipeline {
             watcher,
             ledger,
             max_event_age: dispatch.max_event_age,
-            renderer: Renderer::new(),
-            secrets: crate::template::secrets_val(&secrets),
+            sandbox,
+            replay_key,
+            secrets,
             publisher,
             registry,
             ordering,
@@ -168,7 +185,34 @@ impl Pipeline {
 impl Inner {
     /// Dispatch one decoded event inside its log span (every line about the run carries
     /// `run_id`, `backend` and `action`) and its trace context.
+    /// Run one job with its panics caught at this boundary: a panic fails the run (class
+    /// `internal`), writes its DLQ record and completes the offset, so the lane and the
+    /// partition's watermark move on.
     async fn run(&self, job: Job) {
+        let record = job.record.clone();
+        let run_id = job.event.run.id.clone();
+        let Err(panicked) = crate::kafka::consumer::isolate(self.run_job(job)).await else {
+            return;
+        };
+        crate::metrics::get()
+            .refusals
+            .with_label_values(&["panic"])
+            .inc();
+        tracing::error!(run_id = %run_id, source = %record.source(), panic = %panicked.message,
+            "a run's task panicked; the run fails and the partition moves on");
+        let mut tickets = panicked.tickets.into_iter();
+        let Some(ticket) = tickets.next() else {
+            tracing::error!(run_id = %run_id, "the panicked run held no ticket to complete");
+            return;
+        };
+        let bad = BadInput::Internal(format!(
+            "switchyard failed while dispatching this run ({}); it was not retried",
+            panicked.message
+        ));
+        Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
+    }
+
+    async fn run_job(&self, job: Job) {
         use tracing::Instrument as _;
         let span = tracing::info_span!(
             "run",
@@ -202,6 +246,7 @@ impl Inner {
             ticket.complete();
             return;
         }
+        panic_hook_for_tests(&run_id);
         if let Err(bad) = self.check_expiry(&event, &record) {
             return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
         }
@@ -215,16 +260,9 @@ impl Inner {
             let bad = BadInput::UnknownBackend(shown, self.registry.known());
             return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
         };
-        let ctx = Context::for_event(&event, &self.secrets);
-        let rendered =
-            self.renderer
-                .render_object(&event.action.invocation_method, &ctx, "invocationMethod");
-        let invocation = match rendered {
+        let invocation = match self.render(reg, &event).await {
             Ok(inv) => inv,
-            Err(e) => {
-                let bad = BadInput::Template(e.to_string());
-                return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
-            }
+            Err(bad) => return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await,
         };
         let mut w = RunWriter::new(
             self.publisher.clone(),
@@ -282,6 +320,54 @@ impl Inner {
         ticket.complete();
     }
 
+    /// Render the event's `invocationMethod` in the sandbox. An event-chosen `url` is
+    /// rendered first, with no secrets: its host decides which secrets the other fields
+    /// may read.
+    async fn render(
+        &self,
+        reg: &crate::backends::Registered,
+        event: &Arc<TriggerEvent>,
+    ) -> Result<Map<String, Value>, BadInput> {
+        const PATH: &str = "invocationMethod";
+        let raw = &event.action.invocation_method;
+        let kind = reg.backend.kind();
+        let bad = |e: RenderError| match e {
+            RenderError::Template(e) => BadInput::Template(e.to_string()),
+            RenderError::Budget(e) => BadInput::TemplateBudget(e.to_string()),
+        };
+        let mut url = None;
+        let mut probe = crate::backends::Request {
+            run_id: event.run.id.clone(),
+            invocation: Map::new(),
+            event: event.clone(),
+        };
+        if let Some(u) = raw.get("url") {
+            let only: Map<String, Value> = [("url".to_owned(), u.clone())].into_iter().collect();
+            let none = jaq_json::Val::obj(Default::default());
+            let ctx = Context::for_event(event, &none);
+            probe.invocation = self
+                .sandbox
+                .render_object(&only, &ctx, PATH)
+                .await
+                .map_err(bad)?;
+            url = probe.invocation.get("url").cloned();
+        }
+        let host = reg.backend.destination(&probe);
+        self.secrets
+            .check_references(raw, kind, host.as_deref(), PATH)
+            .map_err(BadInput::SecretScope)?;
+        let ctx = Context::for_event(event, &self.secrets.visible(kind, host.as_deref()));
+        let mut invocation = self
+            .sandbox
+            .render_object(raw, &ctx, PATH)
+            .await
+            .map_err(bad)?;
+        if let Some(url) = url {
+            invocation.insert("url".into(), url);
+        }
+        Ok(invocation)
+    }
+
     /// Run `req` through its backend's pool, counted and logged. `None`: abandoned at
     /// shutdown (the event is redelivered).
     async fn attempt(
@@ -317,7 +403,7 @@ impl Inner {
         let Some(ledger) = &self.ledger else {
             return false;
         };
-        if replayed(record) {
+        if self.replayed(record) {
             return false;
         }
         ledger.caught_up_for(&record.topic, record.partition).await;
@@ -423,12 +509,26 @@ impl Inner {
     }
 }
 
-/// Whether `dlq replay` re-published this record.
-fn replayed(record: &TriggerRecord) -> bool {
-    record
-        .headers
-        .iter()
-        .any(|(k, _)| k == dlq::H_REPLAYED_FROM)
+/// Test hook: `SWITCHYARD_TEST_PANIC_RUN_ID` (set by the operator, never by an event)
+/// names a run whose dispatch panics, to show that a panic wedges nothing.
+fn panic_hook_for_tests(run_id: &str) {
+    static ID: std::sync::LazyLock<Option<String>> =
+        std::sync::LazyLock::new(|| std::env::var("SWITCHYARD_TEST_PANIC_RUN_ID").ok());
+    if ID.as_deref() == Some(run_id) {
+        panic!("test hook: SWITCHYARD_TEST_PANIC_RUN_ID={run_id}");
+    }
+}
+
+impl Inner {
+    /// Whether `dlq replay` re-published this record (its MAC checked).
+    fn replayed(&self, record: &TriggerRecord) -> bool {
+        dlq::verified_replay(
+            self.replay_key.as_deref(),
+            &record.headers,
+            record.key.as_deref(),
+            record.payload.as_deref(),
+        )
+    }
 }
 
 /// Record timestamp → now (the terminal update was just acknowledged).

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::{observe_end_to_end, replayed, Inner, Job, Pipeline};
+use super::{observe_end_to_end, Inner, Job, Pipeline};
 use crate::backends::Request;
 use crate::decode::BadInput;
 use crate::dlq;
@@ -43,7 +43,7 @@ impl Pipeline {
         let raw = record.payload.as_deref().unwrap_or_default();
         // A replay from the DLQ is an operator's decision: its signature must still
         // match, but its age does not count.
-        let max_age = if replayed(&record) {
+        let max_age = if self.inner.replayed(&record) {
             None
         } else {
             settings.max_age

@@ -28,8 +28,10 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use switchyard::model::RunUpdate;
 
-/// The value of `.secrets.token` in test dispatchers.
+/// The value of `.secrets.token` (and of the `credential` secret) in test dispatchers.
 pub const TEST_TOKEN: &str = "t0ken-from-env";
+/// The DLQ replay MAC key of the test configuration (`dlq.replay_key`).
+pub const REPLAY_KEY: &str = "replay-key-for-tests-0123456789";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -496,6 +498,14 @@ impl StatusLog {
     }
 
     /// Read until `done(updates)` holds; panics with what was seen after `timeout`.
+    /// Read whatever arrives within `d`.
+    pub async fn read_for(&mut self, d: Duration) {
+        let deadline = tokio::time::Instant::now() + d;
+        while let Some(m) = self.tail.next_before(deadline).await {
+            self.push(&m);
+        }
+    }
+
     pub async fn wait_until(
         &mut self,
         timeout: Duration,
@@ -667,7 +677,15 @@ level = "info,librdkafka=warn"
 listen = "127.0.0.1:0"
 
 [secrets]
-token = {{ env = "SWITCHYARD_TEST_TOKEN" }}
+# Templates of runs to the test receivers (loopback) may read it.
+token = {{ env = "SWITCHYARD_TEST_TOKEN", hosts = ["127.0.0.1", "::1", "localhost"] }}
+# The same value as a backend credential (no scope: no template sees it).
+credential = {{ env = "SWITCHYARD_TEST_TOKEN" }}
+
+[dlq]
+replay_key = {{ env = "SWITCHYARD_TEST_REPLAY_KEY" }}
+
+{destinations}
 
 [backends.kafka]
 topic = "{actions}"
@@ -676,6 +694,13 @@ topic = "{actions}"
 topic = "{entities}"
 {extra}
 "#,
+        // Test receivers listen on loopback, which the destination policy refuses unless
+        // opened; tests about the policy bring their own table.
+        destinations = if extra.contains("[backends.webhook.destinations]") {
+            ""
+        } else {
+            "[backends.webhook.destinations]\nallow = [\"127.0.0.1\", \"::1\"]"
+        },
         actions = t.actions,
         watches = t.watches,
         entities = t.entities,
@@ -695,7 +720,8 @@ pub fn bin() -> &'static str {
 pub fn cmd() -> Command {
     let mut c = Command::new(bin());
     c.env_remove("SWITCHYARD_CONFIG")
-        .env("SWITCHYARD_TEST_TOKEN", TEST_TOKEN);
+        .env("SWITCHYARD_TEST_TOKEN", TEST_TOKEN)
+        .env("SWITCHYARD_TEST_REPLAY_KEY", REPLAY_KEY);
     c
 }
 
@@ -717,6 +743,7 @@ impl Dispatcher {
             .arg(&cfg)
             .env_remove("SWITCHYARD_CONFIG")
             .env("SWITCHYARD_TEST_TOKEN", TEST_TOKEN)
+            .env("SWITCHYARD_TEST_REPLAY_KEY", REPLAY_KEY)
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -1,5 +1,6 @@
 //! A webhook receiver on loopback that records every request and answers as scripted by
-//! the query string: `?status=503&delay_ms=200&body=text`. Without `delay_ms`, the
+//! the query string: `?status=503&delay_ms=200&body=text` (`?echo=1` answers with the
+//! request body). Without `delay_ms`, the
 //! receiver-wide default delay applies (tests change it at run time).
 
 use std::collections::HashMap;
@@ -183,6 +184,8 @@ async fn handle(
     let default_body = s.default_body.lock().unwrap().clone();
     let text = match query.get("body") {
         Some(b) => b.clone(),
+        // `?echo=1`: answer with the request body, as an echo service would.
+        None if query.contains_key("echo") => String::from_utf8_lossy(&body).into_owned(),
         None if status.is_success() => {
             default_body.unwrap_or_else(|| json!({"ok": true, "path": uri.path()}).to_string())
         }
