@@ -57,13 +57,46 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .collect();
     required.extend([
         topics::TopicSpec::plain(&k.status_topic),
-        topics::TopicSpec::plain(&k.dlq_topic),
+        topics::TopicSpec {
+            max_message_bytes: Some(topics::DLQ_MAX_MESSAGE),
+            ..topics::TopicSpec::plain(&k.dlq_topic)
+        },
         topics::TopicSpec {
             name: &k.watches_topic,
             compacted: true,
+            max_message_bytes: None,
         },
     ]);
     topics::ensure_topics(k, &required, k.create_topics).await?;
+    // Every accepted record must fit in the DLQ with switchyard's headers: the input cap
+    // follows from the DLQ's max.message.bytes.
+    let dlq_max = match topics::max_message_bytes(k, &k.dlq_topic).await {
+        Some(n) => n,
+        None => {
+            tracing::info!(default = topics::BROKER_DEFAULT_MAX_MESSAGE,
+                "the broker did not report the DLQ topic's max.message.bytes; assuming Kafka's default");
+            topics::BROKER_DEFAULT_MAX_MESSAGE
+        }
+    };
+    let max_input = dlq_max
+        .saturating_sub(topics::DLQ_HEADER_ROOM)
+        .max(1024)
+        .min(cfg.dispatch.max_event_bytes.unwrap_or(usize::MAX));
+    tracing::info!(
+        dlq_max_message_bytes = dlq_max,
+        max_input_bytes = max_input,
+        "input records larger than max_input_bytes go to the DLQ as too_large"
+    );
+    let mut k = k.clone();
+    // The producer must be allowed to send what the DLQ accepts.
+    k.producer
+        .entry("message.max.bytes".into())
+        .or_insert_with(|| {
+            (dlq_max + topics::DLQ_HEADER_ROOM)
+                .max(1_000_000)
+                .to_string()
+        });
+    let k = &k;
     let store = Arc::new(crate::secrets::Store::from_config(&cfg)?);
     let secrets = store.all();
     let hard_stop = CancellationToken::new();
@@ -165,6 +198,16 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
             )),
             secrets: store,
             replay_key: cfg.replay_key()?,
+            max_input,
+            registered: match (cfg.actions.mode, &cfg.actions.file) {
+                (crate::config::ActionsMode::Registered, Some(f)) => {
+                    let r = crate::actions::Registered::load(f).map_err(anyhow::Error::msg)?;
+                    tracing::info!(file = %f, actions = r.len(),
+                        "registered actions: events carry inputs only");
+                    Some(r)
+                }
+                _ => None,
+            },
         },
         &cfg.dispatch,
     );

@@ -80,7 +80,10 @@ pub fn record(source: &TriggerRecord, error: &str, class: &str, attempts: u32) -
         .cloned()
         .collect();
     for (k, v) in [
-        (H_ERROR, crate::secrets::redact(error).into_owned()),
+        (
+            H_ERROR,
+            crate::kafka::publisher::truncate(&crate::secrets::redact(error), 4096),
+        ),
         (H_CLASS, class.to_owned()),
         (H_ATTEMPTS, attempts.to_string()),
         (H_SOURCE, source.source().to_string()),
@@ -93,4 +96,25 @@ pub fn record(source: &TriggerRecord, error: &str, class: &str, attempts: u32) -
         payload: source.payload.clone(),
         headers,
     }
+}
+
+/// Header of a truncated DLQ copy: the original value's size in bytes.
+pub const H_TRUNCATED_FROM: &str = "switchyard-truncated-from";
+
+/// Keep the first `keep` bytes of the record's value and drop its original headers (the
+/// DLQ's own stay), noting the original size; `switchyard-source` still points at the
+/// full record.
+pub fn truncate(rec: &mut DlqRecord, keep: usize) {
+    let size = rec.payload.as_ref().map_or(0, Vec::len);
+    if let Some(p) = rec.payload.as_mut() {
+        p.truncate(keep);
+    }
+    if rec.key.as_ref().is_some_and(|k| k.len() > 1024) {
+        rec.key = rec.key.as_ref().map(|k| k[..1024].to_vec());
+    }
+    rec.headers.retain(|(k, _)| k.starts_with("switchyard-"));
+    rec.headers.push((
+        H_TRUNCATED_FROM.to_owned(),
+        Some(size.to_string().into_bytes()),
+    ));
 }

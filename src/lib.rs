@@ -4,6 +4,7 @@
 //! route → backend pool) to run updates on the status topic. See `README.md` and
 //! `DESIGN.md` for the contracts and delivery rules.
 
+pub mod actions;
 pub mod api;
 pub mod app;
 pub mod avro;

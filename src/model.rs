@@ -46,7 +46,9 @@ pub struct Action {
     pub identifier: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blueprint: Option<String>,
-    /// Kept as raw JSON: it is rendered as a template before a backend reads it.
+    /// Kept as raw JSON: it is rendered as a template before a backend reads it. Absent
+    /// in `registered` mode (see `crate::actions`).
+    #[serde(default)]
     pub invocation_method: Map<String, Value>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,

@@ -174,3 +174,47 @@ async fn avro_with_a_schema_registry_and_schema_evolution() {
         .count();
     assert_eq!(done, 3);
 }
+
+/// A 45-byte-class record announcing 500 million array entries is bad input, found
+/// before apache-avro reserves anything: FAILURE on the run, DLQ class `avro`, and the
+/// partition moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_avro_record_announcing_huge_blocks_is_bad_input() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start_with_config(&avro_config(&kafka, &t, ""), &[]);
+    // One key per object, so that the encoding's map order is fixed.
+    let event = |items: usize| {
+        let ev = serde_json::json!({"run": {"id": "r_avro_bomb"},
+            "action": {"identifier": "a", "invocationMethod": {"type": "WEBHOOK"}},
+            "inputs": {"zz": vec![true; items]}});
+        encode_trigger(&ev, 1).unwrap()
+    };
+    // The byte that holds the array's count: where the one- and two-item encodings differ.
+    let (one, two) = (event(1), event(2));
+    let at = one.iter().zip(&two).position(|(a, b)| a != b).unwrap();
+    assert_eq!((one[at], two[at]), (2, 4), "zigzag counts 1 and 2");
+    let mut bomb = one[..at].to_vec();
+    let mut v: u64 = 500_000_000 << 1;
+    while v >= 0x80 {
+        bomb.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    bomb.push(v as u8);
+    bomb.extend_from_slice(&one[at + 1..]);
+    let fine = encode_trigger(&webhook_event("r_avro_after", &rx.url("/ok"), true), 1).unwrap();
+    kafka
+        .produce(&t.triggers, &[(None, bomb), (None, fine)])
+        .await;
+    let dlq = read_dlq(&kafka, &t, 1, WAIT).await;
+    assert_eq!(dlq[0].headers["switchyard-error-class"], "avro");
+    let error = &dlq[0].headers["switchyard-error"];
+    assert!(
+        error.contains("a block of 500000000 items, but only"),
+        "{error}"
+    );
+    assert_eq!(kafka.wait_committed(&t, 2, WAIT).await, 2);
+    assert_eq!(rx.count(), 1, "the next record was dispatched");
+    println!("avro bomb: {error}");
+}

@@ -95,7 +95,25 @@ async fn missing_topics_are_created_when_configured() {
         assert_eq!(policy.as_deref(), Some(want), "cleanup.policy of {topic}");
         policies.push(format!("{topic}={}", policy.unwrap()));
     }
-    println!("created: 5 topics of 4 partitions; cleanup.policy {policies:?}");
+    // The DLQ holds any record the broker's default accepts, plus switchyard's headers.
+    let dlq_max = kafka.topic_config(&t.dlq, "max.message.bytes").await;
+    assert_eq!(
+        dlq_max.as_deref(),
+        Some(
+            switchyard::kafka::topics::DLQ_MAX_MESSAGE
+                .to_string()
+                .as_str()
+        )
+    );
+    assert!(
+        d.logs().contains("max_input_bytes=1048588"),
+        "the input cap follows the DLQ's max.message.bytes: {}",
+        d.logs()
+    );
+    println!(
+        "created: 5 topics of 4 partitions; cleanup.policy {policies:?}; DLQ max.message.bytes {}",
+        dlq_max.unwrap()
+    );
 }
 
 /// `kafka.group_protocol = "consumer"` (KIP-848): two members share six partitions, one is

@@ -633,3 +633,98 @@ async fn a_credential_failure_pauses_one_destination_for_a_bounded_time() {
         bad.count()
     );
 }
+
+/// A record over the input cap goes to the DLQ as `too_large` with a truncated copy and
+/// the run fails; the partition moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_over_the_input_cap_goes_to_the_dlq_truncated() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(&kafka, &t, "[dispatch]\nmax_event_bytes = 200000\n");
+    let mut big = webhook_event("r_big", &rx.url("/x"), true);
+    big["inputs"]["blob"] = json!("x".repeat(300_000));
+    let small = webhook_event("r_small", &rx.url("/ok"), true);
+    kafka
+        .produce(&t.triggers, &[record(None, &big), record(None, &small)])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_finished(2, WAIT).await;
+    let f = log.sole_terminal("r_big").await;
+    assert_eq!(f.status, Some(RunStatus::Failure));
+    let summary = f.summary.unwrap();
+    assert!(
+        summary.starts_with("the record is too large: 300")
+            && summary.contains("the limit is 200000"),
+        "{summary}"
+    );
+    assert_eq!(
+        log.sole_terminal("r_small").await.status,
+        Some(RunStatus::Success)
+    );
+    let dlq = read_dlq(&kafka, &t, 1, WAIT).await;
+    assert_eq!(dlq[0].headers["switchyard-error-class"], "too_large");
+    assert_eq!(dlq[0].payload.as_ref().unwrap().len(), 64 * 1024);
+    let original: usize = dlq[0].headers["switchyard-truncated-from"].parse().unwrap();
+    assert!(original > 300_000);
+    assert!(dlq[0].headers["switchyard-source"].starts_with(&format!("{}/0/0", t.triggers)));
+    assert_eq!(kafka.wait_committed(&t, 2, WAIT).await, 2);
+    assert_eq!(rx.count(), 1, "only the small run made a request");
+}
+
+/// `actions.mode = "registered"`: events name an action and carry inputs; the operator's
+/// file holds the invocation. An event with its own `invocationMethod` is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_actions_take_the_invocation_from_the_operator() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let file = scratch_dir().join("actions.json");
+    let actions = json!({"deploy_service": {"invocationMethod": {"type": "WEBHOOK",
+        "url": rx.url("/deploy/{{ .inputs.service }}"), "synchronized": true,
+        "body": {"version": "{{ .inputs.version }}"}}}});
+    std::fs::write(&file, actions.to_string()).unwrap();
+    let _d = Dispatcher::start(
+        &kafka,
+        &t,
+        &format!(
+            "[actions]\nmode = \"registered\"\nfile = \"{}\"\n",
+            file.display()
+        ),
+    );
+    let named = json!({"run": {"id": "r_named"}, "action": {"identifier": "deploy_service"},
+        "inputs": {"service": "checkout", "version": "1.2.3"}});
+    let own = webhook_event("r_own", &rx.url("/evil"), true);
+    let unknown = json!({"run": {"id": "r_unknown"}, "action": {"identifier": "drop_tables"}});
+    kafka
+        .produce(
+            &t.triggers,
+            &[
+                record(None, &named),
+                record(None, &own),
+                record(None, &unknown),
+            ],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_finished(3, WAIT).await;
+    assert_eq!(
+        log.sole_terminal("r_named").await.status,
+        Some(RunStatus::Success)
+    );
+    let own = log.sole_terminal("r_own").await.summary.unwrap();
+    assert!(
+        own.contains("events may not carry one when actions.mode is \"registered\""),
+        "{own}"
+    );
+    let unknown = log.sole_terminal("r_unknown").await.summary.unwrap();
+    assert!(
+        unknown.contains("\"drop_tables\" is not a registered action"),
+        "{unknown}"
+    );
+    let seen = rx.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/deploy/checkout");
+    assert_eq!(seen[0].body["version"], "1.2.3");
+    assert_eq!(read_dlq(&kafka, &t, 2, WAIT).await.len(), 2);
+}

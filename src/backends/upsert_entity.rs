@@ -190,6 +190,7 @@ impl UpsertEntity {
         let spec = TopicSpec {
             name: &self.topic,
             compacted: true,
+            max_message_bytes: None,
         };
         if let Err(e) = self.topics.ensure(spec, true).await {
             let mut r = Report::new(

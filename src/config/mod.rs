@@ -25,6 +25,7 @@ pub struct Config {
     pub kafka: KafkaConfig,
     pub dispatch: DispatchConfig,
     pub templates: TemplatesConfig,
+    pub actions: ActionsConfig,
     pub dlq: DlqConfig,
     pub backends: BackendsConfig,
     pub watch: WatchConfig,
@@ -320,6 +321,10 @@ pub struct DispatchConfig {
     /// "expired". Unset: no limit (an event's own `deadline` still applies).
     #[serde(with = "humantime_serde")]
     pub max_event_age: Option<Duration>,
+    /// Largest input record dispatched, in bytes (key, value and headers). The effective
+    /// cap is the smaller of this and the DLQ topic's `max.message.bytes` less 64 KiB, so
+    /// that every accepted record also fits the DLQ. Unset: the DLQ's bound alone.
+    pub max_event_bytes: Option<usize>,
 }
 
 impl Default for DispatchConfig {
@@ -329,8 +334,29 @@ impl Default for DispatchConfig {
             partition_window: 512,
             shutdown_grace: Duration::from_secs(30),
             max_event_age: None,
+            max_event_bytes: None,
         }
     }
+}
+
+/// Where an event's `invocationMethod` comes from (see `crate::actions`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionsMode {
+    /// From the event (Port's events carry it).
+    #[default]
+    Inline,
+    /// From `actions.file`; events name an action and carry inputs only.
+    Registered,
+}
+
+/// `[actions]`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ActionsConfig {
+    pub mode: ActionsMode,
+    /// The registered actions (JSON), for `mode = "registered"`.
+    pub file: Option<String>,
 }
 
 /// `[dlq]`: replays.
@@ -737,6 +763,21 @@ impl Config {
                     ));
                 }
             }
+        }
+        match (self.actions.mode, &self.actions.file) {
+            (ActionsMode::Registered, None) => {
+                p.push("actions.file: mode \"registered\" needs the actions file".into())
+            }
+            (ActionsMode::Registered, Some(f)) => {
+                if let Err(e) = crate::actions::Registered::load(f) {
+                    p.push(format!("actions.file: {e}"));
+                }
+            }
+            (ActionsMode::Inline, Some(_)) => p.push(
+                "actions.file: only read with mode = \"registered\"; set the mode or remove it"
+                    .into(),
+            ),
+            (ActionsMode::Inline, None) => {}
         }
         if let Err(e) = self.replay_key() {
             p.push(e.to_string());

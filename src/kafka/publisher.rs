@@ -323,8 +323,23 @@ impl Publisher {
                         Target::Status => m.publish_failures.inc(),
                         Target::Other => {}
                     }
-                    tracing::warn!(topic, error = %err, retry_in_ms = backoff.as_millis() as u64,
-                        "publish failed; retrying (the event's offset is not committed meanwhile)");
+                    let too_large = matches!(
+                        err.rdkafka_error_code(),
+                        Some(
+                            rdkafka::types::RDKafkaErrorCode::MessageSizeTooLarge
+                                | rdkafka::types::RDKafkaErrorCode::InvalidMessageSize
+                        )
+                    );
+                    if too_large {
+                        let size = payload.map_or(0, <[u8]>::len) + key.map_or(0, <[u8]>::len);
+                        tracing::error!(topic, error = %err, bytes = size,
+                            "the broker refuses this record as too large: raise the topic's \
+                             max.message.bytes (and the producer's message.max.bytes). Nothing \
+                             is dropped: the event's partition is held here, retrying");
+                    } else {
+                        tracing::warn!(topic, error = %err, retry_in_ms = backoff.as_millis() as u64,
+                            "publish failed; retrying (the event's offset is not committed meanwhile)");
+                    }
                     self.producer.recover(&producer, &err);
                 }
             }

@@ -32,6 +32,8 @@ pub struct TopicSpec<'a> {
     pub name: &'a str,
     /// Create with `cleanup.policy=compact` (keyed state such as entities).
     pub compacted: bool,
+    /// Create with this `max.message.bytes` (the DLQ: room for any accepted record).
+    pub max_message_bytes: Option<usize>,
 }
 
 impl<'a> TopicSpec<'a> {
@@ -39,8 +41,37 @@ impl<'a> TopicSpec<'a> {
         TopicSpec {
             name,
             compacted: false,
+            max_message_bytes: None,
         }
     }
+}
+
+/// Apache Kafka's default `max.message.bytes` (`message.max.bytes` of the broker).
+pub const BROKER_DEFAULT_MAX_MESSAGE: usize = 1_048_588;
+/// Room kept in a DLQ record for switchyard's headers (error, class, source, …).
+pub const DLQ_HEADER_ROOM: usize = 64 * 1024;
+/// `max.message.bytes` of a DLQ that switchyard creates: any record the broker's default
+/// accepts on an input topic, plus the DLQ headers.
+pub const DLQ_MAX_MESSAGE: usize = BROKER_DEFAULT_MAX_MESSAGE + DLQ_HEADER_ROOM;
+
+/// The `max.message.bytes` of `topic`, from the broker (DescribeConfigs); `None` when the
+/// broker does not say (librdkafka's mock cluster, missing ACLs).
+pub async fn max_message_bytes(cfg: &KafkaConfig, topic: &str) -> Option<usize> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = super::client_config(cfg).create().ok()?;
+    let opts = AdminOptions::new().request_timeout(Some(Duration::from_secs(10)));
+    let described = tokio::time::timeout(
+        Duration::from_secs(15),
+        admin.describe_configs([&ResourceSpecifier::Topic(topic)], &opts),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let resource = described.into_iter().next()?.ok()?;
+    resource
+        .get("max.message.bytes")
+        .and_then(|e| e.value.as_deref())
+        .and_then(|v| v.parse().ok())
 }
 
 /// Check that `topics` exist; create the missing ones when `create` is set.
@@ -65,6 +96,10 @@ pub async fn ensure_topics(
     if !create {
         return Err(TopicError::Missing(missing));
     }
+    let sizes: Vec<(&str, String)> = specs
+        .iter()
+        .filter_map(|s| s.max_message_bytes.map(|n| (s.name, n.to_string())))
+        .collect();
     let new: Vec<NewTopic<'_>> = missing
         .iter()
         .map(|t| {
@@ -73,10 +108,15 @@ pub async fn ensure_topics(
                 cfg.topic_partitions,
                 TopicReplication::Fixed(cfg.topic_replication),
             );
-            if specs.iter().any(|s| s.name == t && s.compacted) {
+            let spec = specs.iter().find(|s| s.name == t);
+            let topic = if spec.is_some_and(|s| s.compacted) {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic
+            };
+            match sizes.iter().find(|(name, _)| name == t) {
+                Some((_, n)) => topic.set("max.message.bytes", n),
+                None => topic,
             }
         })
         .collect();

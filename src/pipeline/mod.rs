@@ -48,6 +48,9 @@ struct Inner {
     sandbox: Arc<Sandbox>,
     /// The key of replay markers' MACs (`dlq.replay_key`).
     replay_key: Option<Vec<u8>>,
+    /// Largest input record dispatched (see [`Guards::max_input`]).
+    max_input: usize,
+    registered: Option<crate::actions::Registered>,
     /// The secret store; each run's templates see the secrets scoped to its destination.
     secrets: Arc<crate::secrets::Store>,
     publisher: Arc<Publisher>,
@@ -68,6 +71,11 @@ pub struct Guards {
     pub sandbox: Arc<Sandbox>,
     pub secrets: Arc<crate::secrets::Store>,
     pub replay_key: Option<Vec<u8>>,
+    /// Largest input record (key, value and headers) dispatched; larger ones go to the
+    /// DLQ as `too_large`, truncated.
+    pub max_input: usize,
+    /// `actions.mode = "registered"`: the operator's actions.
+    pub registered: Option<crate::actions::Registered>,
 }
 
 /// What the pipeline reads: each topic's format, and the Port settings when a topic is
@@ -91,6 +99,8 @@ impl Pipeline {
             sandbox,
             secrets,
             replay_key,
+            max_input,
+            registered,
         } = guards;
         let ordering = dispatch.ordering;
         let inner = Arc::new(Inner {
@@ -101,6 +111,8 @@ impl Pipeline {
             max_event_age: dispatch.max_event_age,
             sandbox,
             replay_key,
+            max_input,
+            registered,
             secrets,
             publisher,
             registry,
@@ -130,6 +142,22 @@ impl Sink for Pipeline {
     async fn accept(&self, record: TriggerRecord, ticket: Ticket) {
         if ticket.intake_stopped() {
             return; // not started: the next owner gets it
+        }
+        let size = record_size(&record);
+        if size > self.inner.max_input {
+            crate::metrics::get()
+                .refusals
+                .with_label_values(&["too_large"])
+                .inc();
+            let inner = self.inner.clone();
+            let run_id = run_id_of(record.payload.as_deref().unwrap_or_default());
+            let bad = BadInput::TooLarge(format!(
+                "{size} bytes; the limit is {} (the DLQ topic's max.message.bytes less room for \
+                 headers). The DLQ holds a truncated copy; switchyard-source points at the original",
+                self.inner.max_input
+            ));
+            tokio::spawn(async move { inner.reject(record, ticket, run_id, bad).await });
+            return;
         }
         let format = self
             .inner
@@ -250,6 +278,13 @@ impl Inner {
         if let Err(bad) = self.check_expiry(&event, &record) {
             return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
         }
+        let event = match &self.registered {
+            Some(actions) => match actions.resolve(&event) {
+                Ok(e) => e,
+                Err(bad) => return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await,
+            },
+            None => event,
+        };
         let kind = event.backend_type().unwrap_or_default().to_owned();
         let Some(reg) = self.registry.get(&kind) else {
             let shown = if kind.is_empty() {
@@ -501,12 +536,45 @@ impl Inner {
                 return;
             }
         }
-        let rec = dlq::record(&record, &message, bad.class(), 0);
+        let mut rec = dlq::record(&record, &message, bad.class(), 0);
+        if matches!(bad, BadInput::TooLarge(_)) {
+            dlq::truncate(&mut rec, TRUNCATED_COPY.min(self.max_input / 2));
+        }
         if self.publisher.send_dlq(&rec).await.is_err() {
             return;
         }
         ticket.complete();
     }
+}
+
+/// How much of a too-large record the DLQ keeps.
+const TRUNCATED_COPY: usize = 64 * 1024;
+
+/// Bytes of a record as the DLQ would hold it: key, value and headers.
+fn record_size(r: &TriggerRecord) -> usize {
+    r.payload.as_ref().map_or(0, Vec::len)
+        + r.key.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+/// The run id of a JSON event (`run.id`), read without building the event (the record
+/// may be huge); `None` when it is not there or the record does not parse.
+fn run_id_of(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Run {
+        id: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Event {
+        run: Run,
+    }
+    serde_json::from_slice::<Event>(payload)
+        .ok()
+        .map(|e| e.run.id)
+        .filter(|id| !id.is_empty() && id.len() <= 256)
 }
 
 /// Test hook: `SWITCHYARD_TEST_PANIC_RUN_ID` (set by the operator, never by an event)
