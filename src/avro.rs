@@ -288,9 +288,10 @@ impl Registry {
                 resp.status()
             )));
         }
-        let body: Json = resp
-            .json()
+        let bytes = crate::backends::http::read_capped(resp, crate::backends::http::MAX_BODY)
             .await
+            .map_err(|e| AvroError(format!("schema registry {url}: {e}")))?;
+        let body: Json = serde_json::from_slice(&bytes)
             .map_err(|e| AvroError(format!("schema registry {url}: {e}")))?;
         let text = body["schema"].as_str().ok_or_else(|| {
             AvroError(format!(
@@ -313,14 +314,18 @@ impl Registry {
             .map_err(|e| AvroError(format!("schema registry {url}: {e}")))?;
         if !resp.status().is_success() {
             let status = resp.status();
-            let text = resp.text().await.unwrap_or_default();
+            let bytes = crate::backends::http::read_capped(resp, 1024)
+                .await
+                .unwrap_or_default();
+            let text = String::from_utf8_lossy(&bytes);
             return Err(AvroError(format!(
                 "schema registry {url}: HTTP {status}: {text}"
             )));
         }
-        let body: Json = resp
-            .json()
+        let bytes = crate::backends::http::read_capped(resp, crate::backends::http::MAX_BODY)
             .await
+            .map_err(|e| AvroError(format!("schema registry {url}: {e}")))?;
+        let body: Json = serde_json::from_slice(&bytes)
             .map_err(|e| AvroError(format!("schema registry {url}: {e}")))?;
         body["id"]
             .as_u64()

@@ -72,6 +72,10 @@ pub struct Options {
     /// when a run's latency changes, e.g. as a broker slows while it fills.
     #[arg(long)]
     pub timeline: bool,
+    /// Measure only the cost of rendering a run's templates, this many renders per
+    /// case: in-process plain paths, and jq programs in the sandbox's worker processes.
+    #[arg(long)]
+    pub templates: Option<usize>,
 }
 
 /// One system's measurements.
@@ -102,6 +106,10 @@ pub struct Second {
 
 pub async fn run(opts: Options) -> anyhow::Result<Vec<Measured>> {
     let exe = std::env::current_exe().context("locating the switchyard binary")?;
+    if let Some(n) = opts.templates {
+        templates(n, exe).await?;
+        return Ok(Vec::new());
+    }
     let cluster = match &opts.brokers {
         Some(_) => None,
         None => Some(MockCluster::new(1).context("starting the mock cluster")?),
@@ -647,6 +655,97 @@ pub async fn pipe(
                 .await;
         });
     }
+}
+
+/// The cost of one run's render: plain paths in-process, and jq programs in the
+/// sandbox's worker processes (one at a time, and two workers in parallel). Prints one
+/// line per case.
+async fn templates(n: usize, exe: std::path::PathBuf) -> anyhow::Result<()> {
+    use crate::sandbox::Sandbox;
+    use crate::template::Context;
+    use std::sync::Arc;
+    let n = n.clamp(1, 1_000_000);
+    let event: crate::model::TriggerEvent = serde_json::from_value(serde_json::json!({
+        "run": {"id": "r_bench"},
+        "action": {"identifier": "deploy", "invocationMethod": {}},
+        "inputs": {"service": "checkout", "version": "1.4.2", "replicas": 3, "tags": ["a", "b"]},
+        "trigger": {"by": {"user": {"email": "dev@acme.io"}}}
+    }))?;
+    let secrets = crate::template::secrets_val(&serde_json::Map::new());
+    let plain: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({
+            "type": "WEBHOOK", "url": "https://deploy.example/{{ .inputs.service }}",
+            "body": {"version": "{{ .inputs.version }}", "run": "{{ .run.id }}",
+                     "by": "{{ .trigger.by.user.email }}", "n": "{{ .inputs.replicas }}"}
+        }))?;
+    let jq: serde_json::Map<String, serde_json::Value> = serde_json::from_value(
+        serde_json::json!({
+            "type": "WEBHOOK", "url": "https://deploy.example/{{ .inputs.service | ascii_downcase }}",
+            "body": {"version": "{{ .inputs.version }}", "tags": "{{ .inputs.tags | join(\",\") }}",
+                     "n": "{{ .inputs.replicas * 2 }}", "run": "{{ .run.id }}"}
+        }),
+    )?;
+    let cfg = crate::config::TemplatesConfig::default();
+    let sandbox = Arc::new(Sandbox::new(&cfg, exe));
+    // Warm up: start the workers and compile the programs.
+    let ctx = Context::for_event(&event, &secrets);
+    for _ in 0..cfg.workers * 2 {
+        sandbox
+            .render_object(&jq, &ctx, "invocationMethod")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    let time = |label: &str, started: Instant, count: usize| {
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "templates {label}: {count} renders in {secs:.2} s = {:.1} µs/render, {:.0} renders/s",
+            secs * 1e6 / count as f64,
+            count as f64 / secs
+        );
+    };
+    let started = Instant::now();
+    for _ in 0..n {
+        let ctx = Context::for_event(&event, &secrets);
+        sandbox
+            .render_object(&plain, &ctx, "invocationMethod")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    time("plain paths, in-process", started, n);
+    let started = Instant::now();
+    for _ in 0..n {
+        let ctx = Context::for_event(&event, &secrets);
+        sandbox
+            .render_object(&jq, &ctx, "invocationMethod")
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    }
+    time("jq programs, sandbox, 1 at a time", started, n);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..cfg.workers)
+        .map(|_| {
+            let (sandbox, jq, event, secrets) =
+                (sandbox.clone(), jq.clone(), event.clone(), secrets.clone());
+            tokio::spawn(async move {
+                for _ in 0..n / cfg.workers {
+                    let ctx = Context::for_event(&event, &secrets);
+                    if let Err(e) = sandbox.render_object(&jq, &ctx, "invocationMethod").await {
+                        return Err(anyhow::anyhow!("{e:?}"));
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await??;
+    }
+    time(
+        &format!("jq programs, sandbox, {} workers in parallel", cfg.workers),
+        started,
+        n / cfg.workers * cfg.workers,
+    );
+    Ok(())
 }
 
 #[cfg(test)]

@@ -425,6 +425,70 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for RedactingStderr {
 mod tests {
     use super::*;
 
+    fn store_with(file: &std::path::Path) -> (Config, Store) {
+        let mut cfg = Config::default();
+        cfg.secrets.insert(
+            "hook".into(),
+            crate::config::SecretConfig {
+                source: SecretSource::File(file.display().to_string()),
+                hosts: vec!["hooks.example.com".into()],
+                backends: vec![],
+            },
+        );
+        cfg.secrets.insert(
+            "cred".into(),
+            crate::config::SecretConfig {
+                source: SecretSource::File(file.display().to_string()),
+                hosts: vec![],
+                backends: vec![],
+            },
+        );
+        let store = Store::from_config(&cfg).unwrap();
+        (cfg, store)
+    }
+
+    fn visible_names(store: &Store, backend: &str, host: Option<&str>) -> Vec<String> {
+        match crate::template::val_to_json(&store.visible(backend, host)) {
+            Value::Object(m) => m.keys().cloned().collect(),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn scopes_decide_visibility_and_file_secrets_reload() {
+        let dir = std::env::temp_dir().join(format!("sy-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("hook");
+        std::fs::write(&file, "first-value-1\n").unwrap();
+        let (_, store) = store_with(&file);
+        assert_eq!(
+            visible_names(&store, "WEBHOOK", Some("hooks.example.com:443")),
+            ["hook"]
+        );
+        assert!(visible_names(&store, "WEBHOOK", Some("evil.example:443")).is_empty());
+        assert!(visible_names(&store, "WEBHOOK", None).is_empty());
+        let tpl: Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"h": "{{ .secrets.cred }}"})).unwrap();
+        let e = store
+            .check_references(
+                &tpl,
+                "WEBHOOK",
+                Some("hooks.example.com:443"),
+                "invocationMethod",
+            )
+            .unwrap_err();
+        assert!(e.contains("secret \"cred\" has no scope"), "{e}");
+        assert!(!e.contains("first-value-1"));
+        // Rotation: the file changes, a reload picks it up, old and new are redacted.
+        std::fs::write(&file, "second-value-2\n").unwrap();
+        let mut changed = store.reload();
+        changed.sort();
+        assert_eq!(changed, ["cred", "hook"]);
+        assert_eq!(store.all()["hook"], "second-value-2");
+        assert_eq!(redact("a first-value-1 b second-value-2"), "a *** b ***");
+        assert!(store.reload().is_empty(), "nothing changed since");
+    }
+
     #[test]
     fn references_are_found_in_every_spelling() {
         assert_eq!(secret_refs("{{ .secrets.gh }}"), vec!["gh"]);

@@ -728,3 +728,57 @@ async fn registered_actions_take_the_invocation_from_the_operator() {
     assert_eq!(seen[0].body["version"], "1.2.3");
     assert_eq!(read_dlq(&kafka, &t, 2, WAIT).await.len(), 2);
 }
+
+/// A secret read from a file is read again on SIGHUP (and when the file changes): the
+/// next run sends the rotated value, and neither value appears in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_file_secret_is_used_after_sighup() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let file = scratch_dir().join("hook-secret");
+    std::fs::write(&file, "rotation-value-one\n").unwrap();
+    let cfg = config_toml(&kafka, &t, "").replace(
+        "[dlq]",
+        &format!(
+            "rotated = {{ file = \"{}\", hosts = [\"127.0.0.1\"] }}\n\n[dlq]",
+            file.display()
+        ),
+    );
+    let mut d = Dispatcher::start_with_config(&cfg, &[]);
+    let ev = |run: &str| {
+        event_with(
+            run,
+            json!({"type": "WEBHOOK", "url": rx.url("/s"), "synchronized": true,
+                   "body": {"s": "{{ .secrets.rotated }}"}}),
+        )
+    };
+    kafka
+        .produce(&t.triggers, &[record(None, &ev("r_rot_1"))])
+        .await;
+    rx.wait_requests(1, WAIT).await;
+    std::fs::write(&file, "rotation-value-two\n").unwrap();
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &d.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + WAIT;
+    while !d.logs().contains("secrets re-read") {
+        assert!(Instant::now() < deadline, "no reload logged:\n{}", d.logs());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kafka
+        .produce(&t.triggers, &[record(None, &ev("r_rot_2"))])
+        .await;
+    rx.wait_requests(2, WAIT).await;
+    let seen = rx.requests();
+    assert_eq!(seen[0].body["s"], "rotation-value-one");
+    assert_eq!(seen[1].body["s"], "rotation-value-two");
+    assert!(
+        d.is_running(),
+        "SIGHUP reloads, it does not stop the process"
+    );
+    let logs = d.logs();
+    assert!(!logs.contains("rotation-value-one") && !logs.contains("rotation-value-two"));
+}

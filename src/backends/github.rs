@@ -279,7 +279,10 @@ impl Github {
             let Ok(resp) = request.send().await else {
                 continue;
             };
-            let Ok(list) = resp.json::<Value>().await else {
+            let Ok(bytes) = super::http::read_capped(resp, super::http::MAX_BODY).await else {
+                continue;
+            };
+            let Ok(list) = serde_json::from_slice::<Value>(&bytes) else {
                 continue;
             };
             let runs = list.get("workflow_runs").and_then(Value::as_array)?;

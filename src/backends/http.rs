@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::{error_chain, Outcome, Report};
 
 /// Largest response body read; the rest is discarded.
-const MAX_BODY: usize = 1024 * 1024;
+pub const MAX_BODY: usize = 1024 * 1024;
 /// Largest response kept in a `response` run update.
 const MAX_STORED_RESPONSE: usize = 256 * 1024;
 /// How much of an error body goes into a failure summary.
@@ -47,25 +47,16 @@ pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange,
         r.error_class = Some("connection");
         r
     };
-    let mut response = request
+    let response = request
         .send()
         .await
         .map_err(|e| failed("request failed", &e))?;
     let status = response.status();
     let retry_after = wait_hint(response.headers(), std::time::Duration::from_secs(3600));
     let headers = response.headers().clone();
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
+    let body = read_capped(response, MAX_BODY)
         .await
-        .map_err(|e| failed("reading the response failed", &e))?
-    {
-        let room = MAX_BODY.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
-        }
-    }
+        .map_err(|e| failed("reading the response failed", &e))?;
     Ok(Exchange {
         status,
         body,
@@ -73,6 +64,20 @@ pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange,
         retry_after,
         headers,
     })
+}
+
+/// Read a response body, at most `max` bytes: a peer cannot make switchyard buffer
+/// more. Past `max` the body is cut (and the caller sees a truncated document).
+pub async fn read_capped(mut response: reqwest::Response, max: usize) -> reqwest::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = max.saturating_sub(body.len());
+        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
+        if room <= chunk.len() {
+            break;
+        }
+    }
+    Ok(body)
 }
 
 /// A destination the policy refused: a permanent failure, no request made.

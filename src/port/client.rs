@@ -135,10 +135,13 @@ async fn classify(sent: reqwest::Result<reqwest::Response>) -> Result<Value, Cal
     })?;
     let status = response.status();
     let wait = crate::backends::http::wait_hint(response.headers(), Duration::from_secs(300));
-    let text = response.text().await.map_err(|e| CallError::Retry {
-        why: format!("reading the answer failed: {}", error_chain(&e)),
-        wait: None,
-    })?;
+    let bytes = crate::backends::http::read_capped(response, crate::backends::http::MAX_BODY)
+        .await
+        .map_err(|e| CallError::Retry {
+            why: format!("reading the answer failed: {}", error_chain(&e)),
+            wait: None,
+        })?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
     if status.is_success() {
         return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
     }
