@@ -69,33 +69,43 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     ]);
     topics::ensure_topics(k, &required, k.create_topics).await?;
     // Every accepted record must fit in the DLQ with switchyard's headers: the input cap
-    // follows from the DLQ's max.message.bytes.
-    let dlq_max = match topics::max_message_bytes(k, &k.dlq_topic).await {
-        Some(n) => n,
-        None => {
-            tracing::info!(default = topics::BROKER_DEFAULT_MAX_MESSAGE,
-                "the broker did not report the DLQ topic's max.message.bytes; assuming Kafka's default");
-            topics::BROKER_DEFAULT_MAX_MESSAGE
-        }
+    // follows from the DLQ's max.message.bytes. A broker that does not answer within a
+    // second (or at all: the mock cluster) leaves Kafka's default in place, and a later
+    // answer still sets the cap.
+    let configured_cap = cfg.dispatch.max_event_bytes.unwrap_or(usize::MAX);
+    let cap_for = move |dlq_max: usize| {
+        dlq_max
+            .saturating_sub(topics::DLQ_HEADER_ROOM)
+            .max(1024)
+            .min(configured_cap)
     };
-    let max_input = dlq_max
-        .saturating_sub(topics::DLQ_HEADER_ROOM)
-        .max(1024)
-        .min(cfg.dispatch.max_event_bytes.unwrap_or(usize::MAX));
-    tracing::info!(
-        dlq_max_message_bytes = dlq_max,
-        max_input_bytes = max_input,
-        "input records larger than max_input_bytes go to the DLQ as too_large"
-    );
+    let max_input = Arc::new(std::sync::atomic::AtomicUsize::new(cap_for(
+        topics::BROKER_DEFAULT_MAX_MESSAGE,
+    )));
+    {
+        let (k, max_input) = (k.clone(), max_input.clone());
+        let asked = tokio::spawn(async move {
+            let Some(dlq_max) = topics::max_message_bytes(&k, &k.dlq_topic).await else {
+                tracing::info!(default = topics::BROKER_DEFAULT_MAX_MESSAGE,
+                    "the broker did not report the DLQ topic's max.message.bytes; assuming Kafka's default");
+                return;
+            };
+            let cap = cap_for(dlq_max);
+            max_input.store(cap, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                dlq_max_message_bytes = dlq_max,
+                max_input_bytes = cap,
+                "input records larger than max_input_bytes go to the DLQ as too_large"
+            );
+        });
+        let _ = tokio::time::timeout(Duration::from_secs(1), asked).await;
+    }
     let mut k = k.clone();
-    // The producer must be allowed to send what the DLQ accepts.
+    // The producer may send whatever a DLQ of up to 16 MiB accepts (librdkafka's own
+    // limit is 1,000,000 bytes by default); the broker's topic limit decides.
     k.producer
         .entry("message.max.bytes".into())
-        .or_insert_with(|| {
-            (dlq_max + topics::DLQ_HEADER_ROOM)
-                .max(1_000_000)
-                .to_string()
-        });
+        .or_insert_with(|| (16 * 1024 * 1024 + topics::DLQ_HEADER_ROOM).to_string());
     let k = &k;
     let store = Arc::new(crate::secrets::Store::from_config(&cfg)?);
     let secrets = store.all();

@@ -566,7 +566,6 @@ async fn a_credential_failure_pauses_one_destination_for_a_bounded_time() {
         &t,
         "[dispatch]\nordering = \"unordered\"\n[backends.webhook.retry]\ncredentials_pause = \"1s\"\ncredentials_max_wait = \"3s\"\n",
     );
-    let started = Instant::now();
     kafka
         .produce(
             &t.triggers,
@@ -602,9 +601,23 @@ async fn a_credential_failure_pauses_one_destination_for_a_bounded_time() {
         );
     }
     log.wait_finished(6, WAIT).await;
-    let failed_s = started.elapsed().as_secs_f64();
     let f = log.sole_terminal("r_401").await;
     assert_eq!(f.status, Some(RunStatus::Failure));
+    // From the first pause notice to the failure, by the updates' own timestamps.
+    let at = |u: &switchyard::model::RunUpdate| {
+        time::OffsetDateTime::parse(&u.at, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let first_pause = log
+        .of("r_401")
+        .into_iter()
+        .find(|u| {
+            u.message
+                .as_deref()
+                .is_some_and(|m| m.contains("paused: credentials rejected"))
+        })
+        .map(at)
+        .expect("a pause notice");
+    let failed_s = (at(&f) - first_pause).as_seconds_f64();
     let s = f.summary.unwrap();
     assert!(
         s.contains("credentials still rejected after") && s.contains("credentials_max_wait is 3s"),
@@ -781,4 +794,73 @@ async fn a_rotated_file_secret_is_used_after_sighup() {
     );
     let logs = d.logs();
     assert!(!logs.contains("rotation-value-one") && !logs.contains("rotation-value-two"));
+}
+
+/// The output budgets: a rendered value over `templates.max_output_bytes` or deeper than
+/// `templates.max_depth`, and a program over `templates.max_program_bytes`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_size_depth_and_program_length_are_bounded() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let _d = Dispatcher::start(
+        &kafka,
+        &t,
+        "[templates]\nmax_output_bytes = 100000\nmax_depth = 32\nmax_program_bytes = 512\n",
+    );
+    let cases = [
+        ("r_wide", "{{ [range(50000)] }}".to_owned()),
+        ("r_deep", "{{ reduce range(40) as $i (0; [.]) }}".to_owned()),
+        ("r_long", format!("{{{{ {} }}}}", ["1"; 300].join(" + "))),
+        ("r_fits", "{{ [range(10)] | length }}".to_owned()),
+    ];
+    let records: Vec<_> = cases
+        .iter()
+        .map(|(run, code)| {
+            record(
+                None,
+                &event_with(
+                    run,
+                    json!({"type": "WEBHOOK", "url": rx.url("/x"), "synchronized": true,
+                           "body": {"v": code}}),
+                ),
+            )
+        })
+        .collect();
+    kafka.produce(&t.triggers, &records).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_finished(cases.len(), WAIT).await;
+    let summary = |u: switchyard::model::RunUpdate| u.summary.unwrap();
+    let wide = summary(log.sole_terminal("r_wide").await);
+    assert!(
+        wide.starts_with("template budget exceeded in invocationMethod: the output is ")
+            && wide.ends_with("bytes; templates.max_output_bytes is 100000"),
+        "{wide}"
+    );
+    let deep = summary(log.sole_terminal("r_deep").await);
+    assert!(
+        deep.starts_with("template budget exceeded in invocationMethod.body.v")
+            && deep.ends_with("the output nests deeper than templates.max_depth (32)"),
+        "{deep}"
+    );
+    let long = summary(log.sole_terminal("r_long").await);
+    assert!(
+        long.contains("templates.max_program_bytes is 512"),
+        "{long}"
+    );
+    assert_eq!(
+        log.sole_terminal("r_fits").await.status,
+        Some(RunStatus::Success)
+    );
+    let dlq = read_dlq(&kafka, &t, 3, WAIT).await;
+    let classes: Vec<&str> = dlq
+        .iter()
+        .map(|r| r.headers["switchyard-error-class"].as_str())
+        .collect();
+    assert_eq!(
+        classes.iter().filter(|c| **c == "template_budget").count(),
+        2,
+        "{classes:?}"
+    );
+    assert_eq!(rx.count(), 1);
 }

@@ -49,7 +49,7 @@ struct Inner {
     /// The key of replay markers' MACs (`dlq.replay_key`).
     replay_key: Option<Vec<u8>>,
     /// Largest input record dispatched (see [`Guards::max_input`]).
-    max_input: usize,
+    max_input: Arc<std::sync::atomic::AtomicUsize>,
     registered: Option<crate::actions::Registered>,
     /// The secret store; each run's templates see the secrets scoped to its destination.
     secrets: Arc<crate::secrets::Store>,
@@ -72,8 +72,8 @@ pub struct Guards {
     pub secrets: Arc<crate::secrets::Store>,
     pub replay_key: Option<Vec<u8>>,
     /// Largest input record (key, value and headers) dispatched; larger ones go to the
-    /// DLQ as `too_large`, truncated.
-    pub max_input: usize,
+    /// DLQ as `too_large`, truncated. Set once the broker reports the DLQ's limit.
+    pub max_input: Arc<std::sync::atomic::AtomicUsize>,
     /// `actions.mode = "registered"`: the operator's actions.
     pub registered: Option<crate::actions::Registered>,
 }
@@ -144,7 +144,11 @@ impl Sink for Pipeline {
             return; // not started: the next owner gets it
         }
         let size = record_size(&record);
-        if size > self.inner.max_input {
+        let max_input = self
+            .inner
+            .max_input
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if size > max_input {
             crate::metrics::get()
                 .refusals
                 .with_label_values(&["too_large"])
@@ -154,7 +158,7 @@ impl Sink for Pipeline {
             let bad = BadInput::TooLarge(format!(
                 "{size} bytes; the limit is {} (the DLQ topic's max.message.bytes less room for \
                  headers). The DLQ holds a truncated copy; switchyard-source points at the original",
-                self.inner.max_input
+                max_input
             ));
             tokio::spawn(async move { inner.reject(record, ticket, run_id, bad).await });
             return;
@@ -538,7 +542,8 @@ impl Inner {
         }
         let mut rec = dlq::record(&record, &message, bad.class(), 0);
         if matches!(bad, BadInput::TooLarge(_)) {
-            dlq::truncate(&mut rec, TRUNCATED_COPY.min(self.max_input / 2));
+            let max_input = self.max_input.load(std::sync::atomic::Ordering::Relaxed);
+            dlq::truncate(&mut rec, TRUNCATED_COPY.min(max_input / 2));
         }
         if self.publisher.send_dlq(&rec).await.is_err() {
             return;
