@@ -158,16 +158,7 @@ impl Sandbox {
         let Ok(_permit) = self.permits.acquire().await else {
             unreachable!("the semaphore is never closed")
         };
-        let worker = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut worker = match worker {
-            Some(w) => w,
-            None => self.spawn().map_err(|e| {
-                RenderError::Budget(TemplateError {
-                    field: path.to_owned(),
-                    message: format!("no template worker could be started: {e}"),
-                })
-            })?,
-        };
+        let mut worker = self.worker().await.map_err(|e| no_worker(path, &e))?;
         let request = Request {
             path,
             template,
@@ -176,11 +167,24 @@ impl Sandbox {
         let body = serde_json::to_vec(&request).expect("JSON values always serialize");
         let mut field = path.to_owned();
         worker.served += 1;
-        let outcome = tokio::time::timeout(
+        let mut outcome = tokio::time::timeout(
             self.timeout,
             exchange(&mut worker, &body, self.limits.max_output, &mut field),
         )
         .await;
+        // A worker that died before it read the request (killed from outside between
+        // the liveness check and the write) is not the run's fault: once more, afresh.
+        if matches!(&outcome, Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe) {
+            let (status, _) = end(worker).await;
+            tracing::warn!(worker = %status, "template worker gone before the request; retrying with a new one");
+            worker = self.worker().await.map_err(|e| no_worker(path, &e))?;
+            worker.served += 1;
+            outcome = tokio::time::timeout(
+                self.timeout,
+                exchange(&mut worker, &body, self.limits.max_output, &mut field),
+            )
+            .await;
+        }
         let budget = |message: String| {
             crate::metrics::get()
                 .refusals
@@ -243,6 +247,36 @@ impl Sandbox {
         }
     }
 
+    /// An idle worker that is still alive, or a new one. Starting one is retried for a
+    /// few seconds (a fork can fail for a moment when the machine is short of processes
+    /// or memory), so that a run does not fail for the machine's passing trouble.
+    async fn worker(&self) -> std::io::Result<Worker> {
+        loop {
+            let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            let Some(mut w) = idle else { break };
+            // A worker that ended while idle (killed from outside) is replaced, not
+            // blamed on the next run.
+            if matches!(w.child.try_wait(), Ok(None)) {
+                return Ok(w);
+            }
+        }
+        let mut wait = Duration::from_millis(100);
+        let mut tries = 0;
+        loop {
+            match self.spawn() {
+                Ok(w) => return Ok(w),
+                Err(e) if tries >= 5 => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_ms = wait.as_millis() as u64,
+                        "starting a template worker failed; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                    tries += 1;
+                }
+            }
+        }
+    }
+
     /// Return a healthy worker to the pool (or retire it after its quota).
     fn release(&self, worker: Worker) {
         if worker.served < RENDERS_PER_WORKER {
@@ -272,6 +306,14 @@ impl Sandbox {
             stdout,
         })
     }
+}
+
+/// The failure of a run whose render found no worker.
+fn no_worker(path: &str, e: &std::io::Error) -> RenderError {
+    RenderError::Budget(TemplateError {
+        field: path.to_owned(),
+        message: format!("no template worker could be started: {e}"),
+    })
 }
 
 /// The signal a worker ends with when it overruns its CPU budget.

@@ -864,3 +864,50 @@ async fn output_size_depth_and_program_length_are_bounded() {
     );
     assert_eq!(rx.count(), 1);
 }
+
+/// A template worker killed from outside while idle (the OOM killer, an operator) is
+/// replaced: the next run is not blamed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_while_idle_is_replaced_without_failing_a_run() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let d = Dispatcher::start(&kafka, &t, "[templates]\nworkers = 1\n");
+    let ev = |run: &str| {
+        let mut e = webhook_event(run, &rx.url("/ok"), true);
+        e["action"]["invocationMethod"]["body"]["up"] = json!("{{ .run.id | ascii_upcase }}");
+        e
+    };
+    kafka
+        .produce(&t.triggers, &[record(None, &ev("r_w1"))])
+        .await;
+    rx.wait_requests(1, WAIT).await;
+    let children = std::process::Command::new("pgrep")
+        .args(["-P", &d.pid().to_string()])
+        .output()
+        .unwrap();
+    let pids: Vec<String> = String::from_utf8_lossy(&children.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(pids.len(), 1, "one template worker: {pids:?}");
+    assert!(std::process::Command::new("kill")
+        .args(["-KILL", &pids[0]])
+        .status()
+        .unwrap()
+        .success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    kafka
+        .produce(&t.triggers, &[record(None, &ev("r_w2"))])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_finished(2, WAIT).await;
+    for run in ["r_w1", "r_w2"] {
+        assert_eq!(
+            log.sole_terminal(run).await.status,
+            Some(RunStatus::Success),
+            "{run}"
+        );
+    }
+    assert_eq!(rx.requests()[1].body["up"], "R_W2");
+}
