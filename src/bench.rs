@@ -685,16 +685,39 @@ async fn templates(n: usize, exe: std::path::PathBuf) -> anyhow::Result<()> {
                      "n": "{{ .inputs.replicas * 2 }}", "run": "{{ .run.id }}"}
         }),
     )?;
+    type Template = serde_json::Map<String, serde_json::Value>;
+    /// `count` renders of `template`, each with its run's context built as the
+    /// pipeline builds it.
+    async fn renders(
+        sandbox: Arc<Sandbox>,
+        template: Arc<Template>,
+        event: Arc<crate::model::TriggerEvent>,
+        secrets: jaq_json::Val,
+        count: usize,
+    ) -> anyhow::Result<()> {
+        for _ in 0..count {
+            let ctx = Context::for_event(&event, &secrets);
+            sandbox
+                .render_object(&template, &ctx, "invocationMethod")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        }
+        Ok(())
+    }
     let cfg = crate::config::TemplatesConfig::default();
     let sandbox = Arc::new(Sandbox::new(&cfg, exe));
+    let (plain, jq, event) = (Arc::new(plain), Arc::new(jq), Arc::new(event));
+    let run = |template: &Arc<Template>, count: usize| {
+        renders(
+            sandbox.clone(),
+            template.clone(),
+            event.clone(),
+            secrets.clone(),
+            count,
+        )
+    };
     // Warm up: start the workers and compile the programs.
-    let ctx = Context::for_event(&event, &secrets);
-    for _ in 0..cfg.workers * 2 {
-        sandbox
-            .render_object(&jq, &ctx, "invocationMethod")
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    }
+    run(&jq, cfg.workers * 2).await?;
     let time = |label: &str, started: Instant, count: usize| {
         let secs = started.elapsed().as_secs_f64();
         println!(
@@ -704,38 +727,14 @@ async fn templates(n: usize, exe: std::path::PathBuf) -> anyhow::Result<()> {
         );
     };
     let started = Instant::now();
-    for _ in 0..n {
-        let ctx = Context::for_event(&event, &secrets);
-        sandbox
-            .render_object(&plain, &ctx, "invocationMethod")
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    }
+    run(&plain, n).await?;
     time("plain paths, in-process", started, n);
     let started = Instant::now();
-    for _ in 0..n {
-        let ctx = Context::for_event(&event, &secrets);
-        sandbox
-            .render_object(&jq, &ctx, "invocationMethod")
-            .await
-            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-    }
+    run(&jq, n).await?;
     time("jq programs, sandbox, 1 at a time", started, n);
     let started = Instant::now();
     let tasks: Vec<_> = (0..cfg.workers)
-        .map(|_| {
-            let (sandbox, jq, event, secrets) =
-                (sandbox.clone(), jq.clone(), event.clone(), secrets.clone());
-            tokio::spawn(async move {
-                for _ in 0..n / cfg.workers {
-                    let ctx = Context::for_event(&event, &secrets);
-                    if let Err(e) = sandbox.render_object(&jq, &ctx, "invocationMethod").await {
-                        return Err(anyhow::anyhow!("{e:?}"));
-                    }
-                }
-                Ok(())
-            })
-        })
+        .map(|_| tokio::spawn(run(&jq, n / cfg.workers)))
         .collect();
     for t in tasks {
         t.await??;

@@ -146,10 +146,7 @@ impl Sandbox {
         ctx: &Context,
         path: &str,
     ) -> Result<Map<String, Value>, RenderError> {
-        if !template.iter().any(|(k, v)| {
-            crate::template::needs_sandbox(&Value::String(k.clone()))
-                || crate::template::needs_sandbox(v)
-        }) {
+        if !crate::template::object_needs_sandbox(template) {
             return self
                 .local
                 .render_object(template, ctx, path)
@@ -166,31 +163,17 @@ impl Sandbox {
         };
         let body = serde_json::to_vec(&request).expect("JSON values always serialize");
         let mut field = path.to_owned();
-        worker.served += 1;
-        let mut outcome = tokio::time::timeout(
-            self.timeout,
-            exchange(&mut worker, &body, self.limits.max_output, &mut field),
-        )
-        .await;
+        let mut outcome = self.send(&mut worker, &body, &mut field).await;
         // A worker that died before it read the request (killed from outside between
         // the liveness check and the write) is not the run's fault: once more, afresh.
         if matches!(&outcome, Ok(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe) {
             let (status, _) = end(worker).await;
             tracing::warn!(worker = %status, "template worker gone before the request; retrying with a new one");
             worker = self.worker().await.map_err(|e| no_worker(path, &e))?;
-            worker.served += 1;
-            outcome = tokio::time::timeout(
-                self.timeout,
-                exchange(&mut worker, &body, self.limits.max_output, &mut field),
-            )
-            .await;
+            outcome = self.send(&mut worker, &body, &mut field).await;
         }
         let budget = |message: String| {
-            crate::metrics::get()
-                .refusals
-                .with_label_values(&["template_budget"])
-                .inc();
-            RenderError::Budget(TemplateError {
+            over_budget(TemplateError {
                 field: field.clone(),
                 message,
             })
@@ -203,19 +186,15 @@ impl Sandbox {
             Ok(Ok(Answer::Error {
                 field,
                 message,
-                budget: b,
+                budget,
             })) => {
                 self.release(worker);
                 let e = TemplateError { field, message };
-                if b {
-                    crate::metrics::get()
-                        .refusals
-                        .with_label_values(&["template_budget"])
-                        .inc();
-                    Err(RenderError::Budget(e))
+                Err(if budget {
+                    over_budget(e)
                 } else {
-                    Err(RenderError::Template(e))
-                }
+                    RenderError::Template(e)
+                })
             }
             Ok(Ok(Answer::Field { .. })) => unreachable!("exchange returns final answers only"),
             Ok(Err(e)) => {
@@ -245,6 +224,21 @@ impl Sandbox {
                 )))
             }
         }
+    }
+
+    /// One request to `worker` within the wall-clock backstop.
+    async fn send(
+        &self,
+        worker: &mut Worker,
+        body: &[u8],
+        field: &mut String,
+    ) -> Result<std::io::Result<Answer>, tokio::time::error::Elapsed> {
+        worker.served += 1;
+        tokio::time::timeout(
+            self.timeout,
+            exchange(worker, body, self.limits.max_output, field),
+        )
+        .await
     }
 
     /// An idle worker that is still alive, or a new one. Starting one is retried for a
@@ -306,6 +300,15 @@ impl Sandbox {
             stdout,
         })
     }
+}
+
+/// A budget overrun, counted.
+fn over_budget(e: TemplateError) -> RenderError {
+    crate::metrics::get()
+        .refusals
+        .with_label_values(&["template_budget"])
+        .inc();
+    RenderError::Budget(e)
 }
 
 /// The failure of a run whose render found no worker.

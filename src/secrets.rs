@@ -147,8 +147,11 @@ impl Store {
         path: &str,
     ) -> Result<(), String> {
         let entries = self.snapshot();
+        if entries.is_empty() {
+            return Ok(()); // nothing configured: a reference reads null
+        }
         let mut refs = Vec::new();
-        collect_refs(&Value::Object(template.clone()), path, &mut refs);
+        collect_object_refs(template, path, &mut refs);
         for (field, name) in refs {
             let Some(e) = entries.iter().find(|e| e.name == name) else {
                 continue; // not configured: it reads as null, as before
@@ -285,20 +288,23 @@ fn collect_refs(v: &Value, path: &str, out: &mut Vec<(String, String)>) {
                 collect_refs(x, &format!("{path}[{i}]"), out);
             }
         }
-        Value::Object(map) => {
-            for (k, x) in map {
-                let field = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                for name in secret_refs(k) {
-                    out.push((field.clone(), name));
-                }
-                collect_refs(x, &field, out);
-            }
-        }
+        Value::Object(map) => collect_object_refs(map, path, out),
         _ => {}
+    }
+}
+
+/// [`collect_refs`] of an object's members, keys included.
+fn collect_object_refs(map: &Map<String, Value>, path: &str, out: &mut Vec<(String, String)>) {
+    for (k, x) in map {
+        let field = if path.is_empty() {
+            k.clone()
+        } else {
+            format!("{path}.{k}")
+        };
+        for name in secret_refs(k) {
+            out.push((field.clone(), name));
+        }
+        collect_refs(x, &field, out);
     }
 }
 

@@ -349,6 +349,19 @@ impl Context {
         Context(Val::obj(obj))
     }
 
+    /// The same context with `.secrets` replaced by `secrets`: a shallow copy, so that
+    /// a run's context is converted from its event once whichever secrets it may see.
+    pub fn with_secrets(&self, secrets: Val) -> Context {
+        match &self.0 {
+            Val::Obj(o) => {
+                let mut map = (**o).clone();
+                map.insert(Val::from("secrets".to_owned()), secrets);
+                Context(Val::obj(map))
+            }
+            other => Context(other.clone()),
+        }
+    }
+
     /// The context as a jq value.
     pub fn val(&self) -> &Val {
         &self.0
@@ -682,19 +695,26 @@ fn walk_path(v: &Val, steps: &[Step<'_>]) -> Option<Val> {
 /// Whether rendering `value` runs any jq program beyond a plain path (keys included):
 /// only those need the sandbox's budgets.
 pub fn needs_sandbox(value: &Value) -> bool {
-    let text = |s: &str| match split(s) {
+    match value {
+        Value::String(s) => text_needs_sandbox(s),
+        Value::Array(items) => items.iter().any(needs_sandbox),
+        Value::Object(map) => object_needs_sandbox(map),
+        _ => false,
+    }
+}
+
+/// [`needs_sandbox`] of an object's members, keys included.
+pub fn object_needs_sandbox(map: &Map<String, Value>) -> bool {
+    map.iter()
+        .any(|(k, v)| (!is_spread(k) && text_needs_sandbox(k)) || needs_sandbox(v))
+}
+
+fn text_needs_sandbox(s: &str) -> bool {
+    match split(s) {
         Ok(segs) => segs
             .iter()
             .any(|seg| matches!(seg, Segment::Expr(code) if simple_path(code).is_none())),
         Err(_) => false,
-    };
-    match value {
-        Value::String(s) => text(s),
-        Value::Array(items) => items.iter().any(needs_sandbox),
-        Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| (!is_spread(k) && text(k)) || needs_sandbox(v)),
-        _ => false,
     }
 }
 

@@ -380,13 +380,13 @@ impl Inner {
             invocation: Map::new(),
             event: event.clone(),
         };
+        // The event's context is converted once; each phase gets its own `.secrets`.
+        let base = Context::for_event(event, &jaq_json::Val::obj(Default::default()));
         if let Some(u) = raw.get("url") {
             let only: Map<String, Value> = [("url".to_owned(), u.clone())].into_iter().collect();
-            let none = jaq_json::Val::obj(Default::default());
-            let ctx = Context::for_event(event, &none);
             probe.invocation = self
                 .sandbox
-                .render_object(&only, &ctx, PATH)
+                .render_object(&only, &base, PATH)
                 .await
                 .map_err(bad)?;
             url = probe.invocation.get("url").cloned();
@@ -395,7 +395,7 @@ impl Inner {
         self.secrets
             .check_references(raw, kind, host.as_deref(), PATH)
             .map_err(BadInput::SecretScope)?;
-        let ctx = Context::for_event(event, &self.secrets.visible(kind, host.as_deref()));
+        let ctx = base.with_secrets(self.secrets.visible(kind, host.as_deref()));
         let mut invocation = self
             .sandbox
             .render_object(raw, &ctx, PATH)
