@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use serde_json::{Map, Value};
 
-use crate::decode::BadInput;
+use crate::model::BadInput;
 use crate::model::TriggerEvent;
 
 /// The operator's actions, by identifier.
@@ -83,7 +83,7 @@ impl Registered {
         }
         let id = &event.action.identifier;
         let Some(inv) = self.actions.get(id) else {
-            crate::metrics::get()
+            crate::telemetry::metrics::get()
                 .refusals
                 .with_label_values(&["action_not_registered"])
                 .inc();

@@ -12,15 +12,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backends::Registry;
 use crate::config::Config;
+use crate::dispatch::Pipeline;
 use crate::kafka::{consumer, publisher::Publisher, topics};
-use crate::pipeline::Pipeline;
 use crate::watch::Watcher;
 
 /// With `port.api_url`, a consumer of the status topic that reports Port runs to Port's
-/// API ([`crate::port::reporter`]).
+/// API ([`crate::dispatch::port::reporter`]).
 fn start_port_reporter(
     cfg: &Config,
-    codec: Arc<crate::avro::Codec>,
+    codec: Arc<crate::codec::avro::Codec>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<consumer::ConsumerHandle>> {
     let (Some(url), Some(id), Some(secret)) =
@@ -28,14 +28,14 @@ fn start_port_reporter(
     else {
         return Ok(None);
     };
-    let client = crate::port::client::PortClient::new(url, id, &secret)?;
+    let client = crate::dispatch::port::client::PortClient::new(url, id, &secret)?;
     let port_topics = cfg
         .input_topics()
         .into_iter()
         .filter(|(_, f)| *f == crate::config::Format::Port)
         .map(|(t, _)| t)
         .collect();
-    let reporter = crate::port::reporter::Reporter::new(client, codec, port_topics);
+    let reporter = crate::dispatch::port::reporter::Reporter::new(client, codec, port_topics);
     let sub = consumer::Subscription {
         group: format!("{}.port-reporter", cfg.kafka.group_id),
         topics: vec![cfg.kafka.status_topic.clone()],
@@ -111,8 +111,12 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let secrets = store.all();
     let hard_stop = CancellationToken::new();
     let publisher = Arc::new(
-        Publisher::new(k, crate::avro::Codec::from_config(&cfg), hard_stop.clone())
-            .context("creating the status producer")?,
+        Publisher::new(
+            k,
+            crate::codec::avro::Codec::from_config(&cfg),
+            hard_stop.clone(),
+        )
+        .context("creating the status producer")?,
     );
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
     let watcher = Watcher::new(
@@ -128,7 +132,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let ledger = cfg
         .dedup
         .enabled
-        .then(|| crate::ledger::Ledger::new(cfg.dedup.max_runs, k, cfg.dedup.catch_up));
+        .then(|| crate::status::dedup::Ledger::new(cfg.dedup.max_runs, k, cfg.dedup.catch_up));
     let tokens = cfg.api.resolve_tokens()?;
     // Never shown in a run update, a DLQ record or a log line either.
     crate::secrets::add_redacted(
@@ -141,7 +145,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let _stop_secrets = secrets_stop.clone().drop_guard();
     crate::secrets::watch(store.clone(), Duration::from_secs(5), secrets_stop);
     let view = (!tokens.is_empty()).then(|| {
-        Arc::new(crate::runview::RunView::bounded(
+        Arc::new(crate::status::view::RunView::bounded(
             cfg.api.max_runs,
             cfg.api.max_logs,
             cfg.api.max_view_bytes,
@@ -152,7 +156,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         let api = view
             .clone()
             .map(|v| Arc::new(crate::api::Api::new(v, publisher.clone(), tokens, &cfg.api)));
-        crate::server::start(
+        crate::api::server::start(
             &cfg.http.listen,
             publisher.clone(),
             api,
@@ -167,7 +171,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         let (l, v) = (ledger.clone(), view.clone());
         let codec = publisher.codec().clone();
         let full = view.is_some();
-        let task = crate::ledger::tail(
+        let task = crate::status::dedup::tail(
             k,
             codec,
             full,
@@ -191,9 +195,9 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     };
     let reporter_stop = CancellationToken::new();
     let reporter = start_port_reporter(&cfg, publisher.codec().clone(), reporter_stop.clone())?;
-    let pipeline_inputs = crate::pipeline::Inputs {
+    let pipeline_inputs = crate::dispatch::Inputs {
         formats: inputs.iter().cloned().collect(),
-        port: crate::port::Settings::from_config(&cfg)?,
+        port: crate::dispatch::port::Settings::from_config(&cfg)?,
     };
     let pipeline = Pipeline::new(
         pipeline_inputs,
@@ -201,8 +205,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         watcher.clone(),
         ledger,
         publisher.clone(),
-        crate::pipeline::Guards {
-            sandbox: Arc::new(crate::sandbox::Sandbox::new(
+        crate::dispatch::Guards {
+            sandbox: Arc::new(crate::template::sandbox::Sandbox::new(
                 &cfg.templates,
                 std::env::current_exe().context("locating this executable for template workers")?,
             )),
@@ -245,4 +249,25 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         .context("flushing the producer")?;
     tracing::info!("switchyard stopped");
     Ok(())
+}
+
+/// Install the global log subscriber: JSON lines in production, readable text for
+/// people, every line through the secret redactor. `RUST_LOG`, when set, wins over
+/// `log.level`.
+pub fn init_logging(cfg: &crate::config::LogConfig) {
+    use crate::config::LogFormat;
+    use std::io::IsTerminal;
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| v.parse::<EnvFilter>().ok())
+        .unwrap_or_else(|| EnvFilter::new(&cfg.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(crate::secrets::RedactingStderr)
+        .with_ansi(std::io::stderr().is_terminal());
+    let _ = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.compact().try_init(),
+    };
 }

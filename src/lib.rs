@@ -1,41 +1,32 @@
 //! switchyard: a Kafka-native dispatcher for self-service actions and automations.
 //!
-//! Trigger events flow from the triggers topic through [`pipeline`] (decode → render →
-//! route → backend pool) to run updates on the status topic. See `README.md` and
-//! `DESIGN.md` for the contracts and delivery rules.
+//! The flow, in module order: a trigger record arrives through [`kafka::consumer`], is
+//! decoded by [`codec`] into a [`model::TriggerEvent`], rendered by [`template`], ordered
+//! by [`lanes`] and dispatched by [`dispatch`] to a [`backends`] backend through the
+//! reliability layers of [`pool`]. Every result becomes a run update written by
+//! [`status::writer`]; remote runs are followed by [`watch`]; rejects go to [`dlq`].
+//! [`app`] wires it together; [`api`] and [`telemetry`] serve the status API, metrics and
+//! health. See `CONTRIBUTING.md` for the layout and `DESIGN.md` for the contracts.
 
 pub mod actions;
 pub mod api;
 pub mod app;
-pub mod avro;
 pub mod backends;
-pub mod bench;
+pub mod codec;
 pub mod config;
-pub mod decode;
-pub mod demo;
-pub mod display;
+pub mod dispatch;
 pub mod dlq;
 pub mod kafka;
-pub mod ledger;
-pub mod metrics;
+pub mod lanes;
 pub mod model;
-pub mod pipeline;
+pub mod net;
 pub mod policy;
 pub mod pool;
 pub mod port;
-pub mod protect;
-pub mod replay;
-pub mod router;
-pub mod runs;
-pub mod runview;
-pub mod sandbox;
 pub mod secrets;
-pub mod server;
+pub mod status;
 pub mod telemetry;
 pub mod template;
-pub mod trace;
-pub mod trigger;
-pub mod util;
 pub mod watch;
 
 /// Unit tests that change the process environment hold this lock for their whole body,

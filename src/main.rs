@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod cli;
+
 /// glibc malloc took about a fifth of the dispatcher's CPU in the bench profile (arena
 /// locks, consolidation); mimalloc's thread-local free lists avoid most of it.
 #[global_allocator]
@@ -47,7 +49,7 @@ enum Command {
         listen: String,
     },
     /// Measure end-to-end throughput and latency against the pipe limit (see BENCHMARKS.md).
-    Bench(switchyard::bench::Options),
+    Bench(cli::bench::Options),
     /// The bench's pipe limit (run by `bench`, not by hand).
     #[command(hide = true)]
     BenchPipe {
@@ -150,8 +152,8 @@ enum DlqCommand {
 fn main() -> ExitCode {
     // A template worker (see switchyard::sandbox) is this executable with one variable
     // set: it serves renders on its pipes and never parses a command line.
-    if let Some(limits) = std::env::var_os(switchyard::sandbox::WORKER_ENV) {
-        return switchyard::sandbox::worker_main(&limits.to_string_lossy());
+    if let Some(limits) = std::env::var_os(switchyard::template::sandbox::WORKER_ENV) {
+        return switchyard::template::sandbox::worker_main(&limits.to_string_lossy());
     }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -168,12 +170,12 @@ async fn async_main(cli: Cli) -> ExitCode {
         log.format = switchyard::config::LogFormat::Text;
         // The demo prints run updates itself; only errors go to the log.
         log.level = "error".into();
-        switchyard::telemetry::init(&log);
-        return report(switchyard::demo::run(std::io::stdout().is_terminal()).await);
+        switchyard::app::init_logging(&log);
+        return report(cli::demo::run(std::io::stdout().is_terminal()).await);
     }
     match cli.command {
         Command::Bench(opts) => {
-            return report(switchyard::bench::run(opts).await.map(|_| ()));
+            return report(cli::bench::run(opts).await.map(|_| ()));
         }
         Command::BenchPipe {
             brokers,
@@ -185,7 +187,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             fetch_wait_ms,
         } => {
             return report(
-                switchyard::bench::pipe(
+                cli::bench::pipe(
                     &brokers,
                     &group,
                     &triggers,
@@ -224,7 +226,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         };
     }
     if let Command::Receiver { listen } = &cli.command {
-        return match switchyard::demo::start_receiver(listen).await {
+        return match cli::demo::start_receiver(listen).await {
             Ok(addr) => {
                 println!("sample receiver on http://{addr} (POST /deploy, /fail, /async)");
                 use tokio::signal::unix::{signal, SignalKind};
@@ -249,7 +251,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run => {
-            switchyard::telemetry::init(&cfg.log);
+            switchyard::app::init_logging(&cfg.log);
             let shutdown = CancellationToken::new();
             tokio::spawn(watch_signals(shutdown.clone()));
             report(switchyard::app::run(cfg, shutdown).await)
@@ -259,7 +261,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 Ok(b) => b,
                 Err(e) => return report(Err(e)),
             };
-            match switchyard::trigger::publish(&cfg, &bytes, !no_validate).await {
+            match cli::trigger::publish(&cfg, &bytes, !no_validate).await {
                 Ok(run_id) => {
                     println!("{run_id}");
                     ExitCode::SUCCESS
@@ -277,7 +279,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                     dry_run,
                 },
         } => {
-            let selection = switchyard::replay::Selection {
+            let selection = switchyard::dlq::replay::Selection {
                 run_ids: runs.into_iter().collect(),
                 classes: classes.into_iter().collect(),
                 since,
@@ -289,9 +291,9 @@ async fn async_main(cli: Cli) -> ExitCode {
             let color = std::io::stdout().is_terminal();
             match command {
                 RunsCommand::Tail { run, follow } => {
-                    report(switchyard::runs::tail(&cfg, run.as_deref(), follow, color).await)
+                    report(cli::runs::tail(&cfg, run.as_deref(), follow, color).await)
                 }
-                RunsCommand::Get { id, json } => match switchyard::runs::get(&cfg, &id).await {
+                RunsCommand::Get { id, json } => match cli::runs::get(&cfg, &id).await {
                     Ok(Some(run)) if json => {
                         println!(
                             "{}",
@@ -300,7 +302,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                         ExitCode::SUCCESS
                     }
                     Ok(Some(run)) => {
-                        println!("{}", switchyard::runs::describe(&run, color));
+                        println!("{}", cli::runs::describe(&run, color));
                         ExitCode::SUCCESS
                     }
                     Ok(None) => report(Err(anyhow::anyhow!(
@@ -321,10 +323,10 @@ async fn async_main(cli: Cli) -> ExitCode {
 
 async fn dlq_replay(
     cfg: &Config,
-    selection: &switchyard::replay::Selection,
+    selection: &switchyard::dlq::replay::Selection,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let letters = switchyard::replay::select(&cfg.kafka, selection).await?;
+    let letters = switchyard::dlq::replay::select(&cfg.kafka, selection).await?;
     let mut topics = std::collections::BTreeSet::new();
     for l in &letters {
         println!("{}", l.describe(&cfg.kafka.dlq_topic));
@@ -340,7 +342,7 @@ async fn dlq_replay(
             letters.len()
         );
     } else {
-        let n = switchyard::replay::replay(cfg, &letters).await?;
+        let n = switchyard::dlq::replay::replay(cfg, &letters).await?;
         println!("replayed {n} records to {to}");
     }
     Ok(())

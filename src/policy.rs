@@ -367,7 +367,7 @@ impl reqwest::dns::Resolve for PolicyResolver {
                     Ok(addrs)
                 }
                 Err(refused) => {
-                    crate::metrics::get()
+                    crate::telemetry::metrics::get()
                         .refusals
                         .with_label_values(&["destination"])
                         .inc();

@@ -159,7 +159,7 @@ impl Store {
             if e.visible(backend, host) {
                 continue;
             }
-            crate::metrics::get()
+            crate::telemetry::metrics::get()
                 .refusals
                 .with_label_values(&["secret_scope"])
                 .inc();

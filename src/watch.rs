@@ -27,27 +27,11 @@ use serde_json::Value;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::backends::Backend;
+use crate::backends::{Backend, Progress};
 use crate::config::{KafkaConfig, WatchConfig};
-use crate::kafka::publisher::{Publisher, RunWriter, Stopped};
+use crate::kafka::publisher::{Publisher, Stopped};
 use crate::model::{RunStatus, RunUpdate, SourceRef};
-
-/// What one poll of a followed run found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Progress {
-    /// Still running; `label` is the provider's state ("pending", "running"); `wait`, when
-    /// set, is how long the provider asks us to wait before the next poll.
-    Running {
-        label: String,
-        wait: Option<Duration>,
-    },
-    /// Done.
-    Finished { status: RunStatus, summary: String },
-    /// The provider asked us to wait (rate limit); poll again after this long.
-    Wait(Duration),
-    /// The poll failed (network, 5xx); retried with backoff.
-    Failed(String),
-}
+use crate::status::writer::RunWriter;
 
 /// A run being followed.
 pub struct Watch {

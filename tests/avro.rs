@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::receiver::Receiver;
 use common::registry::Registry;
 use common::*;
-use switchyard::avro::{encode_trigger, frame, Codec};
+use switchyard::codec::avro::{encode_trigger, frame, Codec};
 use switchyard::config::{AvroConfig, Format};
 use switchyard::model::{RunStatus, RunUpdate};
 
@@ -109,7 +109,8 @@ async fn avro_with_a_schema_registry_and_schema_evolution() {
     let rx = Receiver::start().await;
     let registry = Registry::start().await;
     // v2 of the trigger schema: v1 plus a trailing `priority` string.
-    let mut v2: serde_json::Value = serde_json::from_str(switchyard::avro::TRIGGER_SCHEMA).unwrap();
+    let mut v2: serde_json::Value =
+        serde_json::from_str(switchyard::codec::avro::TRIGGER_SCHEMA).unwrap();
     v2["fields"]
         .as_array_mut()
         .unwrap()

@@ -12,8 +12,8 @@ use std::time::Instant;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use switchyard::avro::{check_datum, encode_trigger, TRIGGER_SCHEMA};
-use switchyard::kafka::TriggerRecord;
+use switchyard::codec::avro::{check_datum, encode_trigger, TRIGGER_SCHEMA};
+use switchyard::model::TriggerRecord;
 use switchyard::template::{needs_sandbox, Context, Renderer};
 
 fn cases() -> u32 {
@@ -37,7 +37,7 @@ fn record(payload: &[u8]) -> TriggerRecord {
 
 /// The JSON trigger decoder: any bytes give an event or a named problem.
 fn json_target(bytes: &[u8]) {
-    match switchyard::decode::decode_json(bytes) {
+    match switchyard::codec::decode_json(bytes) {
         Ok(e) => assert!(!e.run.id.is_empty()),
         Err((bad, _)) => assert!(!bad.to_string().is_empty()),
     }

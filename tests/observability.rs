@@ -114,7 +114,7 @@ async fn logs_carry_run_fields_hide_secrets_and_trace_context_propagates() {
         .filter(|l| {
             l["target"].as_str().is_some_and(|t| {
                 [
-                    "switchyard::pipeline",
+                    "switchyard::dispatch",
                     "switchyard::pool",
                     "switchyard::backends",
                 ]

@@ -77,7 +77,7 @@ fn example_events_decode_and_name_a_backend() {
     for entry in std::fs::read_dir("examples/events").unwrap() {
         let path = entry.unwrap().path();
         let bytes = std::fs::read(&path).unwrap();
-        let ev = switchyard::decode::decode_json(&bytes)
+        let ev = switchyard::codec::decode_json(&bytes)
             .unwrap_or_else(|(e, _)| panic!("{}: {e}", path.display()));
         let kind = ev.backend_type().unwrap().to_ascii_lowercase();
         assert!(
@@ -136,9 +136,9 @@ fn schemas_are_numbered_from_v1_and_evolve_by_avro_rules() {
         "{} schemas, {pairs} consecutive version pairs checked",
         versions.len()
     );
-    let v1 = Schema::parse_str(switchyard::avro::TRIGGER_SCHEMA).unwrap();
+    let v1 = Schema::parse_str(switchyard::codec::avro::TRIGGER_SCHEMA).unwrap();
     let mut evolved: serde_json::Value =
-        serde_json::from_str(switchyard::avro::TRIGGER_SCHEMA).unwrap();
+        serde_json::from_str(switchyard::codec::avro::TRIGGER_SCHEMA).unwrap();
     evolved["fields"]
         .as_array_mut()
         .unwrap()

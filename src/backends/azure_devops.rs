@@ -76,8 +76,8 @@ impl AzureDevops {
         let url = format!(
             "{}/{}/_apis/public/distributedtask/webhooks/{}?api-version=6.0-preview",
             self.base,
-            super::upsert_entity::enc(org),
-            super::upsert_entity::enc(webhook)
+            super::http::enc(org),
+            super::http::enc(webhook)
         );
         let body = serde_json::to_vec(&payload).expect("a JSON value always serialises");
         let mut request = self

@@ -25,14 +25,14 @@ use reqwest::RequestBuilder;
 use serde_json::{json, Map, Value};
 
 use super::github_auth::{App, Auth};
-use super::upsert_entity::enc;
+use super::http::enc;
 use super::{
     flag, http, required_str, AttemptFuture, Backend, FollowFuture, Invalid, Outcome, Report,
     Request,
 };
+use crate::backends::Progress;
 use crate::config::GithubConfig;
 use crate::model::RunStatus;
-use crate::watch::Progress;
 
 /// GitHub's limit on `workflow_dispatch` inputs.
 const MAX_INPUTS: usize = 10;

@@ -18,11 +18,11 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
-use super::upsert_entity::enc;
+use super::http::enc;
 use super::{http, required_str, AttemptFuture, Backend, FollowFuture, Outcome, Report, Request};
+use crate::backends::Progress;
 use crate::config::GitlabConfig;
 use crate::model::RunStatus;
-use crate::watch::Progress;
 
 /// Longest wait a rate-limit hint can impose on one poll.
 const MAX_WAIT: Duration = Duration::from_secs(900);

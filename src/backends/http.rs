@@ -8,16 +8,12 @@ use serde_json::Value;
 
 use super::{error_chain, Outcome, Report};
 
-/// Largest response body read; the rest is discarded.
-pub const MAX_BODY: usize = 1024 * 1024;
+pub use crate::net::{read_capped, MAX_BODY};
 /// Largest response kept in a `response` run update.
 const MAX_STORED_RESPONSE: usize = 256 * 1024;
 /// How much of an error body goes into a failure summary.
 const SUMMARY_BODY: usize = 1024;
 
-/// Send `request` and read the response body (up to 1 MiB). `target` names the
-/// destination in error summaries ("POST deployer.internal"). Connection and read
-/// errors come back as a retryable report.
 /// A response, read.
 #[derive(Debug, Clone)]
 pub struct Exchange {
@@ -30,10 +26,13 @@ pub struct Exchange {
     pub headers: reqwest::header::HeaderMap,
 }
 
+/// Send `request` and read the response body (up to 1 MiB). `target` names the
+/// destination in error summaries ("POST deployer.internal"). Connection and read
+/// errors come back as a retryable report.
 pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange, Report> {
     let start = Instant::now();
-    let request = match crate::trace::current() {
-        Some(tp) => request.header(crate::trace::HEADER, tp),
+    let request = match crate::telemetry::trace::current() {
+        Some(tp) => request.header(crate::telemetry::trace::HEADER, tp),
         None => request,
     };
     let failed = |what: &str, e: &reqwest::Error| {
@@ -66,23 +65,22 @@ pub async fn exchange(request: RequestBuilder, target: &str) -> Result<Exchange,
     })
 }
 
-/// Read a response body, at most `max` bytes: a peer cannot make switchyard buffer
-/// more. Past `max` the body is cut (and the caller sees a truncated document).
-pub async fn read_capped(mut response: reqwest::Response, max: usize) -> reqwest::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        let room = max.saturating_sub(body.len());
-        body.extend_from_slice(&chunk[..chunk.len().min(room)]);
-        if room <= chunk.len() {
-            break;
+/// Percent-encode one URL path segment.
+pub fn enc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
         }
     }
-    Ok(body)
+    out
 }
 
 /// A destination the policy refused: a permanent failure, no request made.
 pub fn refused(refused: &crate::policy::Refused) -> Report {
-    crate::metrics::get()
+    crate::telemetry::metrics::get()
         .refusals
         .with_label_values(&["destination"])
         .inc();
@@ -204,14 +202,14 @@ pub fn wait_hint(
 }
 
 /// One poll of a followed run: the JSON body and any rate-limit hint, or the
-/// [`Progress`](crate::watch::Progress) to report instead (a wait when the provider
+/// [`Progress`](crate::backends::Progress) to report instead (a wait when the provider
 /// limits us, a failure otherwise) with the HTTP status when there was one.
 pub async fn poll_json(
     request: RequestBuilder,
     provider: &str,
     cap: std::time::Duration,
-) -> Result<(Value, Option<std::time::Duration>), (crate::watch::Progress, Option<u16>)> {
-    use crate::watch::Progress;
+) -> Result<(Value, Option<std::time::Duration>), (crate::backends::Progress, Option<u16>)> {
+    use crate::backends::Progress;
     let response = request
         .send()
         .await

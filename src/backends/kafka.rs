@@ -96,7 +96,7 @@ impl KafkaBackend {
             Err(e) => return Report::invalid("synchronized", e),
         };
         if let Err(refusal) = self.check_topic(topic) {
-            crate::metrics::get()
+            crate::telemetry::metrics::get()
                 .refusals
                 .with_label_values(&["kafka_topic"])
                 .inc();
@@ -113,7 +113,7 @@ impl KafkaBackend {
             return r;
         }
         let bytes = serde_json::to_vec(payload).expect("a JSON value always serialises");
-        let traceparent = crate::trace::current();
+        let traceparent = crate::telemetry::trace::current();
         let mut headers = OwnedHeaders::new()
             .insert(Header {
                 key: "switchyard-run-id",
@@ -129,7 +129,7 @@ impl KafkaBackend {
             });
         if let Some(tp) = &traceparent {
             headers = headers.insert(Header {
-                key: crate::trace::HEADER,
+                key: crate::telemetry::trace::HEADER,
                 value: Some(tp.as_str()),
             });
         }

@@ -1,8 +1,9 @@
 //! Backends: one file per `invocationMethod.type`, plus the registry below.
 //!
 //! A backend performs **one attempt** of its I/O and classifies the result in a
-//! [`Report`]. Timeouts, concurrency (and, later, retries and rate limits) belong to the
-//! pool ([`crate::pool`]), not to the backend.
+//! [`Report`]. Timeouts, concurrency, retries, pauses, the breaker and the rate limit
+//! belong to the pool ([`crate::pool`]), not to the backend. Adding a backend is one file here plus
+//! one line in [`Registry::from_config`].
 
 pub mod azure_devops;
 pub mod github;
@@ -22,8 +23,9 @@ use serde_json::{Map, Value};
 
 use crate::config::Config;
 use crate::model::TriggerEvent;
-use crate::pool::Pool;
-use crate::watch::Progress;
+use std::time::Duration;
+
+use crate::model::RunStatus;
 
 /// What a backend is asked to do: the rendered invocation of one run.
 #[derive(Debug, Clone)]
@@ -134,6 +136,23 @@ impl From<Invalid> for Report {
 pub type AttemptFuture<'a> = Pin<Box<dyn Future<Output = Report> + Send + 'a>>;
 pub type FollowFuture<'a> = Pin<Box<dyn Future<Output = Progress> + Send + 'a>>;
 
+/// What one poll of a followed run found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Progress {
+    /// Still running; `label` is the provider's state ("pending", "running"); `wait`, when
+    /// set, is how long the provider asks us to wait before the next poll.
+    Running {
+        label: String,
+        wait: Option<Duration>,
+    },
+    /// Done.
+    Finished { status: RunStatus, summary: String },
+    /// The provider asked us to wait (rate limit); poll again after this long.
+    Wait(Duration),
+    /// The poll failed (network, 5xx); retried with backoff.
+    Failed(String),
+}
+
 /// One backend type.
 pub trait Backend: Send + Sync + 'static {
     /// The `invocationMethod.type` this backend serves, e.g. `WEBHOOK`.
@@ -164,10 +183,10 @@ pub fn host_port(url: &str) -> Option<String> {
     Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
 }
 
-/// A backend with its worker pool.
+/// A backend with the settings of its worker pool (built by [`crate::pool::Pools`]).
 pub struct Registered {
     pub backend: Arc<dyn Backend>,
-    pub pool: Pool,
+    pub pool: crate::config::PoolConfig,
 }
 
 /// All backends, by `invocationMethod.type`.
@@ -232,13 +251,18 @@ impl Registry {
             kind,
             Registered {
                 backend,
-                pool: Pool::new(kind, pool),
+                pool: pool.clone(),
             },
         );
     }
 
     pub fn get(&self, kind: &str) -> Option<&Registered> {
         self.by_type.get(kind)
+    }
+
+    /// Every backend with its pool settings, by type.
+    pub fn iter(&self) -> impl Iterator<Item = (&'static str, &Registered)> {
+        self.by_type.iter().map(|(k, r)| (*k, r))
     }
 
     /// Every backend by type (for the watcher).
@@ -285,15 +309,7 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// The value of the secret named `name` (config names it; `[secrets]` resolved it).
-/// Every backend kind, as events name them in `invocationMethod.type`.
-pub const KINDS: &[&str] = &[
-    "WEBHOOK",
-    "GITHUB",
-    "GITLAB",
-    "KAFKA",
-    "UPSERT_ENTITY",
-    "AZURE_DEVOPS",
-];
+pub use crate::config::KINDS;
 
 pub fn secret(secrets: &Map<String, Value>, name: Option<&String>) -> Option<String> {
     secrets

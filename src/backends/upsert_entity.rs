@@ -15,6 +15,7 @@ use rdkafka::producer::FutureRecord;
 use crate::kafka::publisher::SharedProducer;
 use serde_json::{json, Map, Value};
 
+use super::http::enc;
 use super::{http, required_str, AttemptFuture, Backend, Invalid, Outcome, Report, Request};
 use crate::config::UpsertEntityConfig;
 use crate::kafka::topics::{TopicGuard, TopicSpec};
@@ -263,19 +264,6 @@ impl UpsertEntity {
             }
         }
     }
-}
-
-/// Percent-encode one URL path segment.
-pub fn enc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

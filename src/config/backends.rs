@@ -468,3 +468,13 @@ inline_pool!(
     KafkaBackendConfig,
     UpsertEntityConfig
 );
+
+/// Every backend kind, as events name them in `invocationMethod.type`.
+pub const KINDS: &[&str] = &[
+    "WEBHOOK",
+    "GITHUB",
+    "GITLAB",
+    "KAFKA",
+    "UPSERT_ENTITY",
+    "AZURE_DEVOPS",
+];

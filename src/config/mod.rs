@@ -370,39 +370,7 @@ pub struct DlqConfig {
     pub replay_key: Option<SecretSource>,
 }
 
-/// Budgets of event templates (see `crate::sandbox`). Each render that runs more than a
-/// plain path goes to a worker process; exceeding a budget fails the run with class
-/// `template_budget`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TemplatesConfig {
-    /// Worker processes (renders at once).
-    pub workers: usize,
-    /// Wall-clock time of one run's render; past it the worker is killed and replaced.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Largest rendered `invocationMethod`, as compact JSON.
-    pub max_output_bytes: usize,
-    /// Deepest nesting of the rendered value.
-    pub max_depth: usize,
-    /// Longest jq program.
-    pub max_program_bytes: usize,
-    /// Address space of a worker process (`RLIMIT_AS`).
-    pub max_memory_bytes: u64,
-}
-
-impl Default for TemplatesConfig {
-    fn default() -> Self {
-        TemplatesConfig {
-            workers: 2,
-            timeout: Duration::from_millis(50),
-            max_output_bytes: 1024 * 1024,
-            max_depth: 128,
-            max_program_bytes: crate::template::MAX_PROGRAM,
-            max_memory_bytes: 256 * 1024 * 1024,
-        }
-    }
-}
+pub use crate::template::sandbox::TemplatesConfig;
 
 mod backends;
 mod port;
@@ -749,10 +717,10 @@ impl Config {
                 p.push(format!("secrets.{name}: {e}"));
             }
             for b in &s.backends {
-                if !crate::backends::KINDS.contains(&b.to_ascii_uppercase().as_str()) {
+                if !KINDS.contains(&b.to_ascii_uppercase().as_str()) {
                     p.push(format!(
                         "secrets.{name}.backends: {b:?} is not one of {}",
-                        crate::backends::KINDS.join(", ")
+                        KINDS.join(", ")
                     ));
                 }
             }

@@ -36,9 +36,9 @@ use tokio::sync::mpsc as tmpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::offsets::{PartitionTracker, Tracked};
-use super::TriggerRecord;
 use crate::config::{Config, GroupProtocol};
-use crate::metrics;
+use crate::model::TriggerRecord;
+use crate::telemetry::metrics;
 
 /// How long one `poll` of the main queue may block. It bounds how late completions are
 /// applied and how long a record waits in its partition's queue when all is idle (the
@@ -320,7 +320,7 @@ impl<S: Sink> ConsumerContext for Ctx<S> {
                 self.assign(&tps);
                 self.split(&tps);
                 if self.marks_ready {
-                    crate::server::mark_joined();
+                    crate::telemetry::readiness::mark_joined();
                 }
                 self.sink.assigned(&tps);
             }

@@ -15,23 +15,15 @@ use tokio_util::sync::CancellationToken;
 use std::sync::Arc;
 
 use crate::config::KafkaConfig;
-use crate::metrics;
-use crate::util::scopeguard;
+use crate::telemetry::metrics;
+use crate::telemetry::scopeguard;
 
-use crate::model::{now_rfc3339, RunUpdate, SourceRef};
+use crate::model::{truncate, DlqRecord, RunUpdate};
 
 /// The publish was abandoned because switchyard is stopping (past its grace period).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("publish abandoned: switchyard is stopping")]
 pub struct Stopped;
-
-/// A record for the dead-letter topic: the original record plus error headers.
-#[derive(Debug, Clone)]
-pub struct DlqRecord {
-    pub key: Option<Vec<u8>>,
-    pub payload: Option<Vec<u8>>,
-    pub headers: Vec<(String, Option<Vec<u8>>)>,
-}
 
 /// The idempotent producer, replaced when librdkafka reports a fatal error.
 ///
@@ -127,7 +119,7 @@ impl SharedProducer {
 
 pub struct Publisher {
     producer: SharedProducer,
-    codec: Arc<crate::avro::Codec>,
+    codec: Arc<crate::codec::avro::Codec>,
     status_topic: String,
     dlq_topic: String,
     stop: CancellationToken,
@@ -138,7 +130,7 @@ impl Publisher {
     /// publishes give up with [`Stopped`].
     pub fn new(
         cfg: &KafkaConfig,
-        codec: Arc<crate::avro::Codec>,
+        codec: Arc<crate::codec::avro::Codec>,
         stop: CancellationToken,
     ) -> rdkafka::error::KafkaResult<Self> {
         let mut c = super::client_config(cfg);
@@ -231,7 +223,7 @@ impl Publisher {
     }
 
     /// The codec of the triggers and status topics.
-    pub fn codec(&self) -> &Arc<crate::avro::Codec> {
+    pub fn codec(&self) -> &Arc<crate::codec::avro::Codec> {
         &self.codec
     }
 
@@ -255,7 +247,7 @@ impl Publisher {
         let class = record
             .headers
             .iter()
-            .find(|(k, _)| k == crate::dlq::H_CLASS)
+            .find(|(k, _)| k == crate::model::dead_letter::H_CLASS)
             .and_then(|(_, v)| std::str::from_utf8(v.as_deref()?).ok())
             .unwrap_or("unknown");
         metrics::get().dlq_records.with_label_values(&[class]).inc();
@@ -379,7 +371,7 @@ fn update_headers(payload: &[u8], traceparent: Option<&str>) -> OwnedHeaders {
     });
     match traceparent {
         Some(tp) => headers.insert(Header {
-            key: crate::trace::HEADER,
+            key: crate::telemetry::trace::HEADER,
             value: Some(tp),
         }),
         None => headers,
@@ -388,10 +380,10 @@ fn update_headers(payload: &[u8], traceparent: Option<&str>) -> OwnedHeaders {
 
 /// A run update handed to the producer and not yet acknowledged.
 pub struct Pending {
-    update: RunUpdate,
-    traceparent: Option<String>,
+    pub(crate) update: RunUpdate,
+    pub(crate) traceparent: Option<String>,
     /// `None` when the local queue refused it (it is then sent the slow way).
-    delivery: Option<rdkafka::producer::DeliveryFuture>,
+    pub(crate) delivery: Option<rdkafka::producer::DeliveryFuture>,
 }
 
 /// What a send is for, for metrics.
@@ -400,100 +392,6 @@ enum Target {
     Status,
     Dlq,
     Other,
-}
-
-/// Writes the updates of one run in order, numbering them (`seq`) and stamping time,
-/// backend and source.
-pub struct RunWriter {
-    publisher: Arc<Publisher>,
-    pub run_id: String,
-    /// `seq` of the last update written.
-    pub seq: u64,
-    pub backend: Option<&'static str>,
-    pub source: SourceRef,
-    /// W3C trace context of the trigger record, sent as a header on every update.
-    pub traceparent: Option<String>,
-    /// Updates enqueued by [`emit_nowait`](Self::emit_nowait), oldest first.
-    pending: Vec<Pending>,
-}
-
-impl RunWriter {
-    pub fn new(
-        publisher: Arc<Publisher>,
-        run_id: &str,
-        backend: Option<&'static str>,
-        source: SourceRef,
-    ) -> Self {
-        RunWriter {
-            publisher,
-            run_id: run_id.to_owned(),
-            seq: 0,
-            backend,
-            source,
-            traceparent: None,
-            pending: Vec::new(),
-        }
-    }
-
-    /// Carry the trigger record's trace context on this run's updates.
-    pub fn traced(mut self, traceparent: Option<String>) -> Self {
-        self.traceparent = traceparent;
-        self
-    }
-
-    fn stamp(&mut self, mut u: RunUpdate) -> RunUpdate {
-        self.seq += 1;
-        u.seq = self.seq;
-        u.at = now_rfc3339();
-        u.backend = self.backend.map(str::to_owned);
-        u.source = Some(self.source.clone());
-        u
-    }
-
-    /// Publish `u` as this run's next update; returns once the broker acknowledged it
-    /// (and every update enqueued before it).
-    pub async fn emit(&mut self, u: RunUpdate) -> Result<(), Stopped> {
-        self.settle().await?;
-        let u = self.stamp(u);
-        self.publisher
-            .send_update_traced(&u, self.traceparent.as_deref())
-            .await
-    }
-
-    /// Enqueue `u` as this run's next update without waiting for the broker; the caller
-    /// must [`settle`](Self::settle) before it treats the update as written (before the
-    /// event's offset may complete).
-    pub async fn emit_nowait(&mut self, u: RunUpdate) -> Result<(), Stopped> {
-        let u = self.stamp(u);
-        let p = self
-            .publisher
-            .enqueue_update(u, self.traceparent.clone())
-            .await?;
-        self.pending.push(p);
-        Ok(())
-    }
-
-    /// Wait until every enqueued update is acknowledged; a failed one is re-sent with
-    /// the retrying path (its `seq` keeps the logical order).
-    pub async fn settle(&mut self) -> Result<(), Stopped> {
-        for p in std::mem::take(&mut self.pending) {
-            let delivered = match p.delivery {
-                Some(d) => matches!(d.await, Ok(Ok(_))),
-                None => false,
-            };
-            if delivered {
-                metrics::get().run_updates.inc();
-            } else {
-                // Boxed: the retrying send is rare here, and large.
-                Box::pin(
-                    self.publisher
-                        .send_update_traced(&p.update, p.traceparent.as_deref()),
-                )
-                .await?;
-            }
-        }
-        Ok(())
-    }
 }
 
 /// Largest `summary` of a run update, in bytes; longer ones are cut with a marker.
@@ -576,19 +474,6 @@ pub fn sanitized(u: &RunUpdate) -> std::borrow::Cow<'_, RunUpdate> {
         out.response = Some(v);
     }
     Cow::Owned(out)
-}
-
-/// `s` cut to at most `max` bytes (at a character boundary) with a marker saying so.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let marker = format!(" … [truncated: {} bytes]", s.len());
-    let mut end = max.saturating_sub(marker.len());
-    while end > 0 && !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}{marker}", &s[..end])
 }
 
 #[cfg(test)]

@@ -16,8 +16,8 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::signature;
-use crate::decode::BadInput;
-use crate::kafka::TriggerRecord;
+use crate::model::BadInput;
+use crate::model::TriggerRecord;
 use crate::model::{Action, RunRef, TriggerEvent};
 
 /// What kind of Port message a record holds.

@@ -1,0 +1,620 @@
+//! From a consumed record to acknowledged run updates: decode → render → route → pool →
+//! publish. Implements the consumer's [`Sink`].
+//!
+//! Records of `port`-format topics (Port's agent envelopes) take their own path through
+//! the same stages: [`port`] (the mapping instead of templates, Port's reports).
+//!
+//! Every path ends in one of two ways: the run's updates (and, for failures, its DLQ
+//! record) are acknowledged and the ticket is completed; or switchyard is stopping, the
+//! ticket is dropped and the event will be redelivered. Nothing is skipped silently.
+
+pub mod port;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::backends::{Outcome, Registry, Report, Request};
+use crate::codec::{decode_json, BadInput};
+use crate::config::{Format, Ordering};
+use crate::dlq;
+use crate::kafka::consumer::{Sink, Ticket};
+use crate::kafka::publisher::{Publisher, Stopped};
+use crate::lanes::{lane_key, Lanes};
+use crate::model::TriggerRecord;
+use crate::model::{LogLevel, RunStatus, RunUpdate, TriggerEvent};
+use crate::status::dedup::Ledger;
+use crate::status::writer::RunWriter;
+use crate::template::sandbox::{RenderError, Sandbox};
+use crate::template::Context;
+use crate::watch::{Watch, Watcher};
+
+/// One decoded event on its way through a lane.
+pub struct Job {
+    record: TriggerRecord,
+    ticket: Ticket,
+    event: Arc<TriggerEvent>,
+    /// Set for records of `port`-format topics.
+    port: Option<Arc<crate::port::envelope::PortRun>>,
+}
+
+struct Inner {
+    /// The format of each consumed topic.
+    formats: HashMap<String, Format>,
+    port: Option<Arc<crate::dispatch::port::Settings>>,
+    watcher: Arc<Watcher>,
+    ledger: Option<Arc<Ledger>>,
+    max_event_age: Option<std::time::Duration>,
+    sandbox: Arc<Sandbox>,
+    /// The key of replay markers' MACs (`dlq.replay_key`).
+    replay_key: Option<Vec<u8>>,
+    /// Largest input record dispatched (see [`Guards::max_input`]).
+    max_input: Arc<std::sync::atomic::AtomicUsize>,
+    registered: Option<crate::actions::Registered>,
+    /// The secret store; each run's templates see the secrets scoped to its destination.
+    secrets: Arc<crate::secrets::Store>,
+    publisher: Arc<Publisher>,
+    registry: crate::pool::Pools,
+    ordering: Ordering,
+}
+
+/// The dispatcher between the two topics. Cheap to clone.
+#[derive(Clone)]
+pub struct Pipeline {
+    inner: Arc<Inner>,
+    lanes: Arc<Lanes<Job>>,
+}
+
+/// What keeps events in their bounds: the template sandbox, the scoped secrets and the
+/// key of replay markers.
+pub struct Guards {
+    pub sandbox: Arc<Sandbox>,
+    pub secrets: Arc<crate::secrets::Store>,
+    pub replay_key: Option<Vec<u8>>,
+    /// Largest input record (key, value and headers) dispatched; larger ones go to the
+    /// DLQ as `too_large`, truncated. Set once the broker reports the DLQ's limit.
+    pub max_input: Arc<std::sync::atomic::AtomicUsize>,
+    /// `actions.mode = "registered"`: the operator's actions.
+    pub registered: Option<crate::actions::Registered>,
+}
+
+/// What the pipeline reads: each topic's format, and the Port settings when a topic is
+/// in the `port` format.
+pub struct Inputs {
+    pub formats: HashMap<String, Format>,
+    pub port: Option<crate::dispatch::port::Settings>,
+}
+
+impl Pipeline {
+    pub fn new(
+        inputs: Inputs,
+        registry: Registry,
+        watcher: Arc<Watcher>,
+        ledger: Option<Arc<Ledger>>,
+        publisher: Arc<Publisher>,
+        guards: Guards,
+        dispatch: &crate::config::DispatchConfig,
+    ) -> Self {
+        let Guards {
+            sandbox,
+            secrets,
+            replay_key,
+            max_input,
+            registered,
+        } = guards;
+        let ordering = dispatch.ordering;
+        let inner = Arc::new(Inner {
+            formats: inputs.formats,
+            port: inputs.port.map(Arc::new),
+            watcher,
+            ledger,
+            max_event_age: dispatch.max_event_age,
+            sandbox,
+            replay_key,
+            max_input,
+            registered,
+            secrets,
+            publisher,
+            registry: crate::pool::Pools::new(&registry),
+            ordering,
+        });
+        let for_lanes = inner.clone();
+        let lanes = Lanes::new(move |job: Job| {
+            let inner = for_lanes.clone();
+            async move { inner.run(job).await }
+        });
+        Pipeline { inner, lanes }
+    }
+}
+
+impl Sink for Pipeline {
+    fn assigned(&self, partitions: &[(String, i32)]) {
+        if let Some(ledger) = &self.inner.ledger {
+            ledger.catch_up(partitions);
+        }
+        self.inner.watcher.assigned(partitions);
+    }
+
+    fn revoked(&self, partitions: &[(String, i32)]) {
+        self.inner.watcher.revoked(partitions);
+    }
+
+    async fn accept(&self, record: TriggerRecord, ticket: Ticket) {
+        if ticket.intake_stopped() {
+            return; // not started: the next owner gets it
+        }
+        let size = record_size(&record);
+        let max_input = self
+            .inner
+            .max_input
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if size > max_input {
+            crate::telemetry::metrics::get()
+                .refusals
+                .with_label_values(&["too_large"])
+                .inc();
+            let inner = self.inner.clone();
+            let run_id = run_id_of(record.payload.as_deref().unwrap_or_default());
+            let bad = BadInput::TooLarge(format!(
+                "{size} bytes; the limit is {} (the DLQ topic's max.message.bytes less room for \
+                 headers). The DLQ holds a truncated copy; switchyard-source points at the original",
+                max_input
+            ));
+            tokio::spawn(async move { inner.reject(record, ticket, run_id, bad).await });
+            return;
+        }
+        let format = self
+            .inner
+            .formats
+            .get(&record.topic)
+            .copied()
+            .unwrap_or_default();
+        if format == Format::Port {
+            return self.accept_port(record, ticket);
+        }
+        let raw = record.payload.as_deref().unwrap_or_default();
+        let json = match self.inner.publisher.codec().trigger_json(format, raw).await {
+            Ok(json) => json,
+            Err(e) => {
+                let inner = self.inner.clone();
+                let bad = BadInput::Avro(e.to_string());
+                tokio::spawn(async move { inner.reject(record, ticket, None, bad).await });
+                return;
+            }
+        };
+        match decode_json(&json) {
+            Err((bad, run_id)) => {
+                let inner = self.inner.clone();
+                // Bounded: the ticket holds a slot of the partition window.
+                tokio::spawn(async move { inner.reject(record, ticket, run_id, bad).await });
+            }
+            Ok(event) => {
+                let event = Arc::new(event);
+                self.submit(Job {
+                    record,
+                    ticket,
+                    event,
+                    port: None,
+                });
+            }
+        }
+    }
+}
+
+impl Pipeline {
+    /// Queue a decoded job in its ordering lane (or start it, unordered).
+    fn submit(&self, job: Job) {
+        match lane_key(self.inner.ordering, &job.event, &job.record) {
+            Some(key) => self.lanes.submit(key, job),
+            None => {
+                let inner = self.inner.clone();
+                tokio::spawn(async move { inner.run(job).await });
+            }
+        }
+    }
+}
+
+impl Inner {
+    /// Dispatch one decoded event inside its log span (every line about the run carries
+    /// `run_id`, `backend` and `action`) and its trace context.
+    /// Run one job with its panics caught at this boundary: a panic fails the run (class
+    /// `internal`), writes its DLQ record and completes the offset, so the lane and the
+    /// partition's watermark move on.
+    async fn run(&self, job: Job) {
+        let record = job.record.clone();
+        let run_id = job.event.run.id.clone();
+        let Err(panicked) = crate::kafka::consumer::isolate(self.run_job(job)).await else {
+            return;
+        };
+        crate::telemetry::metrics::get()
+            .refusals
+            .with_label_values(&["panic"])
+            .inc();
+        tracing::error!(run_id = %run_id, source = %record.source(), panic = %panicked.message,
+            "a run's task panicked; the run fails and the partition moves on");
+        let mut tickets = panicked.tickets.into_iter();
+        let Some(ticket) = tickets.next() else {
+            tracing::error!(run_id = %run_id, "the panicked run held no ticket to complete");
+            return;
+        };
+        let bad = BadInput::Internal(format!(
+            "switchyard failed while dispatching this run ({}); it was not retried",
+            panicked.message
+        ));
+        Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
+    }
+
+    async fn run_job(&self, job: Job) {
+        use tracing::Instrument as _;
+        let span = tracing::info_span!(
+            "run",
+            run_id = %job.event.run.id,
+            backend = job.event.backend_type().unwrap_or_default(),
+            action = %job.event.action.identifier,
+        );
+        let traceparent = crate::telemetry::trace::from_headers(&job.record.headers);
+        match job.port.clone() {
+            // Boxed: the Port path's future is large, and would size every lane's.
+            Some(run) => {
+                let port = Box::pin(self.dispatch_port(job, run));
+                crate::telemetry::trace::scope(traceparent, port.instrument(span)).await
+            }
+            None => {
+                crate::telemetry::trace::scope(traceparent, self.dispatch(job).instrument(span))
+                    .await
+            }
+        }
+    }
+
+    async fn dispatch(&self, job: Job) {
+        let Job {
+            record,
+            ticket,
+            event,
+            ..
+        } = job;
+        if ticket.intake_stopped() {
+            return;
+        }
+        let run_id = event.run.id.clone();
+        if self.is_duplicate(&run_id, &record).await {
+            ticket.complete();
+            return;
+        }
+        panic_hook_for_tests(&run_id);
+        if let Err(bad) = self.check_expiry(&event, &record) {
+            return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
+        }
+        let event = match &self.registered {
+            Some(actions) => match actions.resolve(&event) {
+                Ok(e) => e,
+                Err(bad) => return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await,
+            },
+            None => event,
+        };
+        let kind = event.backend_type().unwrap_or_default().to_owned();
+        let Some(reg) = self.registry.get(&kind) else {
+            let shown = if kind.is_empty() {
+                "(missing)".to_owned()
+            } else {
+                format!("{kind:?}")
+            };
+            let bad = BadInput::UnknownBackend(shown, self.registry.known());
+            return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
+        };
+        let invocation = match self.render(reg, &event).await {
+            Ok(inv) => inv,
+            Err(bad) => return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await,
+        };
+        let mut w = RunWriter::new(
+            self.publisher.clone(),
+            &run_id,
+            Some(reg.backend.kind()),
+            record.source(),
+        )
+        .traced(crate::telemetry::trace::current());
+        let started = RunUpdate::status(&run_id, RunStatus::InProgress)
+            .with_summary(format!("dispatching to {}", reg.backend.kind()));
+        // Not awaited here: it is acknowledged (settled) before the event completes.
+        if w.emit_nowait(started).await.is_err() {
+            return;
+        }
+        let req = Request {
+            run_id: run_id.clone(),
+            invocation,
+            event: event.clone(),
+        };
+        let Some(done) = self.attempt(reg, &req, &ticket, &mut w).await else {
+            return;
+        };
+        let report = done.report;
+        let kind = reg.backend.kind();
+        if self
+            .publish_report(&mut w, &report, done.attempt, done.duration)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        if report.outcome != Outcome::Accepted {
+            observe_end_to_end(kind, &record);
+        }
+        if report.outcome.is_failure() {
+            let class = report.error_class.unwrap_or(report.outcome.as_str());
+            let rec = dlq::record(&record, &report.summary, class, done.attempt);
+            if Box::pin(self.publisher.send_dlq(&rec)).await.is_err() {
+                return;
+            }
+        }
+        if let Some(state) = report.follow {
+            let watch = Watch {
+                writer: w,
+                state,
+                label: None,
+            };
+            match Box::pin(self.watcher.follow(watch)).await {
+                Ok(true) => {}
+                Ok(false) => tracing::warn!(run_id = %run_id, followed = self.watcher.active(),
+                    "watch.max_watches reached; the run is not followed and stays IN_PROGRESS"),
+                Err(_) => return, // stopping: the event is redelivered
+            }
+        }
+        ticket.complete();
+    }
+
+    /// Render the event's `invocationMethod` in the sandbox. An event-chosen `url` is
+    /// rendered first, with no secrets: its host decides which secrets the other fields
+    /// may read.
+    async fn render(
+        &self,
+        reg: &crate::pool::Pooled,
+        event: &Arc<TriggerEvent>,
+    ) -> Result<Map<String, Value>, BadInput> {
+        const PATH: &str = "invocationMethod";
+        let raw = &event.action.invocation_method;
+        let kind = reg.backend.kind();
+        let bad = |e: RenderError| match e {
+            RenderError::Template(e) => BadInput::Template(e.to_string()),
+            RenderError::Budget(e) => BadInput::TemplateBudget(e.to_string()),
+        };
+        let mut url = None;
+        let mut probe = crate::backends::Request {
+            run_id: event.run.id.clone(),
+            invocation: Map::new(),
+            event: event.clone(),
+        };
+        // The event's context is converted once; each phase gets its own `.secrets`.
+        let base = Context::for_event(event, &jaq_json::Val::obj(Default::default()));
+        if let Some(u) = raw.get("url") {
+            let only: Map<String, Value> = [("url".to_owned(), u.clone())].into_iter().collect();
+            probe.invocation = self
+                .sandbox
+                .render_object(&only, &base, PATH)
+                .await
+                .map_err(bad)?;
+            url = probe.invocation.get("url").cloned();
+        }
+        let host = reg.backend.destination(&probe);
+        self.secrets
+            .check_references(raw, kind, host.as_deref(), PATH)
+            .map_err(BadInput::SecretScope)?;
+        let ctx = base.with_secrets(self.secrets.visible(kind, host.as_deref()));
+        let mut invocation = self
+            .sandbox
+            .render_object(raw, &ctx, PATH)
+            .await
+            .map_err(bad)?;
+        if let Some(url) = url {
+            invocation.insert("url".into(), url);
+        }
+        Ok(invocation)
+    }
+
+    /// Run `req` through its backend's pool, counted and logged. `None`: abandoned at
+    /// shutdown (the event is redelivered).
+    async fn attempt(
+        &self,
+        reg: &crate::pool::Pooled,
+        req: &Request,
+        ticket: &Ticket,
+        w: &mut RunWriter,
+    ) -> Option<crate::pool::Attempted> {
+        let run_id = &req.run_id;
+        let Some(done) = reg
+            .pool
+            .run(reg.backend.as_ref(), req, ticket.abandoned(), w)
+            .await
+        else {
+            tracing::warn!(run_id = %run_id, "run abandoned at shutdown; it will be redelivered");
+            return None;
+        };
+        let (kind, outcome) = (reg.backend.kind(), done.report.outcome.as_str());
+        crate::telemetry::metrics::get()
+            .dispatches
+            .with_label_values(&[kind, outcome])
+            .inc();
+        tracing::info!(run_id = %run_id, backend = kind, outcome,
+            duration_ms = done.duration.as_millis() as u64, summary = %done.report.summary, "attempt finished");
+        Some(done)
+    }
+
+    /// A redelivered run that is finished, or whose non-idempotent dispatch happened, is
+    /// not dispatched again (replays from the DLQ are always dispatched). The event of a
+    /// partition just assigned first waits for the view to catch up.
+    async fn is_duplicate(&self, run_id: &str, record: &TriggerRecord) -> bool {
+        let Some(ledger) = &self.ledger else {
+            return false;
+        };
+        if self.replayed(record) {
+            return false;
+        }
+        ledger.caught_up_for(&record.topic, record.partition).await;
+        let Some(seen) = ledger.seen(run_id) else {
+            return false;
+        };
+        let total = ledger.suppressed();
+        crate::telemetry::metrics::get().duplicates_suppressed.inc();
+        tracing::info!(run_id, seen = ?seen, suppressed_total = total, source = %record.source(),
+            "duplicate run suppressed; not dispatched again");
+        true
+    }
+
+    /// An event past its `deadline`, or older than `max_event_age`, is not dispatched.
+    fn check_expiry(&self, event: &TriggerEvent, record: &TriggerRecord) -> Result<(), BadInput> {
+        use time::format_description::well_known::Rfc3339;
+        let now = time::OffsetDateTime::now_utc();
+        if let Some(text) = &event.deadline {
+            let deadline = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
+                BadInput::InvalidEvent(format!("deadline: {text:?} is not an RFC 3339 time ({e})"))
+            })?;
+            if now > deadline {
+                return Err(BadInput::Expired(format!("deadline {text} passed")));
+            }
+        }
+        if let (Some(max), Some(ts)) = (self.max_event_age, record.timestamp_ms) {
+            let age_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64 - ts;
+            if age_ms > max.as_millis() as i64 {
+                return Err(BadInput::Expired(format!(
+                    "the event is {:.1} s old; dispatch.max_event_age is {max:?}",
+                    age_ms as f64 / 1000.0
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The run updates for one finished attempt.
+    async fn publish_report(
+        &self,
+        w: &mut RunWriter,
+        report: &Report,
+        attempt: u32,
+        duration: std::time::Duration,
+    ) -> Result<(), Stopped> {
+        if let Some(resp) = &report.response {
+            if !report.outcome.is_failure() {
+                w.emit_nowait(RunUpdate::response(&w.run_id, resp.clone()))
+                    .await?;
+            }
+        }
+        if let Some(line) = &report.log {
+            w.emit_nowait(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
+                .await?;
+        }
+        let status = match report.outcome {
+            Outcome::Succeeded => Some(RunStatus::Success),
+            Outcome::Accepted => None,
+            _ => Some(RunStatus::Failure),
+        };
+        let needs_status =
+            status.is_some() || !report.link.is_empty() || report.external_run_id.is_some();
+        if needs_status {
+            let mut u = RunUpdate::status(&w.run_id, status.unwrap_or(RunStatus::InProgress))
+                .with_summary(report.summary.clone());
+            u.attempt = Some(attempt);
+            u.duration_ms = Some(duration.as_millis() as u64);
+            if !report.link.is_empty() {
+                u.link = Some(report.link.clone());
+            }
+            u.external_run_id = report.external_run_id.clone();
+            w.emit_nowait(u).await?;
+        }
+        // Response, log and status travel together: one wait for all of them.
+        w.settle().await
+    }
+
+    /// Bad input: a FAILURE update when the run id is known, a DLQ record, then the
+    /// offset completes.
+    async fn reject(
+        &self,
+        record: TriggerRecord,
+        ticket: Ticket,
+        run_id: Option<String>,
+        bad: BadInput,
+    ) {
+        let message = bad.to_string();
+        tracing::warn!(run_id = run_id.as_deref().unwrap_or(""), class = bad.class(),
+            source = %record.source(), error = %message, "rejected trigger event");
+        if let Some(id) = &run_id {
+            let mut w = RunWriter::new(self.publisher.clone(), id, None, record.source())
+                .traced(crate::telemetry::trace::from_headers(&record.headers));
+            let u = RunUpdate::status(id, RunStatus::Failure).with_summary(message.clone());
+            if w.emit(u).await.is_err() {
+                return;
+            }
+        }
+        let mut rec = dlq::record(&record, &message, bad.class(), 0);
+        if matches!(bad, BadInput::TooLarge(_)) {
+            let max_input = self.max_input.load(std::sync::atomic::Ordering::Relaxed);
+            dlq::truncate(&mut rec, TRUNCATED_COPY.min(max_input / 2));
+        }
+        if self.publisher.send_dlq(&rec).await.is_err() {
+            return;
+        }
+        ticket.complete();
+    }
+}
+
+/// How much of a too-large record the DLQ keeps.
+const TRUNCATED_COPY: usize = 64 * 1024;
+
+/// Bytes of a record as the DLQ would hold it: key, value and headers.
+fn record_size(r: &TriggerRecord) -> usize {
+    r.payload.as_ref().map_or(0, Vec::len)
+        + r.key.as_ref().map_or(0, Vec::len)
+        + r.headers
+            .iter()
+            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+            .sum::<usize>()
+}
+
+/// The run id of a JSON event (`run.id`), read without building the event (the record
+/// may be huge); `None` when it is not there or the record does not parse.
+fn run_id_of(payload: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Run {
+        id: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Event {
+        run: Run,
+    }
+    serde_json::from_slice::<Event>(payload)
+        .ok()
+        .map(|e| e.run.id)
+        .filter(|id| !id.is_empty() && id.len() <= 256)
+}
+
+/// Test hook: `SWITCHYARD_TEST_PANIC_RUN_ID` (set by the operator, never by an event)
+/// names a run whose dispatch panics, to show that a panic wedges nothing.
+fn panic_hook_for_tests(run_id: &str) {
+    static ID: std::sync::LazyLock<Option<String>> =
+        std::sync::LazyLock::new(|| std::env::var("SWITCHYARD_TEST_PANIC_RUN_ID").ok());
+    if ID.as_deref() == Some(run_id) {
+        panic!("test hook: SWITCHYARD_TEST_PANIC_RUN_ID={run_id}");
+    }
+}
+
+impl Inner {
+    /// Whether `dlq replay` re-published this record (its MAC checked).
+    fn replayed(&self, record: &TriggerRecord) -> bool {
+        dlq::verified_replay(
+            self.replay_key.as_deref(),
+            &record.headers,
+            record.key.as_deref(),
+            record.payload.as_deref(),
+        )
+    }
+}
+
+/// Record timestamp → now (the terminal update was just acknowledged).
+fn observe_end_to_end(backend: &'static str, record: &TriggerRecord) {
+    if let Some(ts) = record.timestamp_ms {
+        let now_ms = (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        crate::telemetry::metrics::get()
+            .end_to_end_seconds
+            .with_label_values(&[backend])
+            .observe((now_ms - ts).max(0) as f64 / 1000.0);
+    }
+}

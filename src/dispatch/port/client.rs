@@ -1,0 +1,163 @@
+//! A client of Port's API (reference §7.1): an access token from
+//! `POST /v1/auth/access_token`, cached until a minute before it expires (and dropped on
+//! a 401), then one call per request.
+//!
+//! Each call is one attempt, classified: 2xx is done; 408, 425, 429, 5xx and transport
+//! errors are worth retrying (with the server's `Retry-After`); any other status is a
+//! rejection that retrying cannot fix (an unknown or finished run, a malformed body).
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::backends::error_chain;
+
+/// How long a token is trusted when Port does not say (`expiresIn`).
+const DEFAULT_TOKEN_LIFE: Duration = Duration::from_secs(600);
+/// Tokens are renewed this long before they expire.
+const TOKEN_MARGIN: Duration = Duration::from_secs(60);
+
+/// Why a call did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    /// Transient: retry after the wait (the server's, when it gave one).
+    #[error("{why}")]
+    Retry { why: String, wait: Option<Duration> },
+    /// Port refused the request; retrying will not change it.
+    #[error("HTTP {status}: {body}")]
+    Rejected { status: u16, body: String },
+}
+
+pub struct PortClient {
+    http: reqwest::Client,
+    base: String,
+    client_id: String,
+    client_secret: String,
+    token: tokio::sync::Mutex<Option<(String, Instant)>>,
+}
+
+impl PortClient {
+    pub fn new(base: &str, client_id: &str, client_secret: &str) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .user_agent(concat!("switchyard/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(PortClient {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            token: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// One call: `method path` with a JSON body and a bearer token. A 401 renews the
+    /// token and tries once more.
+    pub async fn call(&self, method: Method, path: &str, body: &Value) -> Result<(), CallError> {
+        match self.send(false, &method, path, body).await {
+            Err(CallError::Rejected { status: 401, .. }) => {
+                self.send(true, &method, path, body).await
+            }
+            other => other,
+        }
+    }
+
+    async fn send(
+        &self,
+        fresh_token: bool,
+        method: &Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<(), CallError> {
+        let token = self.token(fresh_token).await?;
+        let sent = self
+            .http
+            .request(method.clone(), format!("{}{path}", self.base))
+            .bearer_auth(&token)
+            .json(body)
+            .send()
+            .await;
+        classify(sent).await.map(drop)
+    }
+
+    /// The cached token, or a new one (`fresh`: always a new one).
+    async fn token(&self, fresh: bool) -> Result<String, CallError> {
+        let mut slot = self.token.lock().await;
+        if let Some((t, until)) = slot.as_ref() {
+            if !fresh && Instant::now() < *until {
+                return Ok(t.clone());
+            }
+        }
+        let sent = self
+            .http
+            .post(format!("{}/v1/auth/access_token", self.base))
+            .json(&serde_json::json!({"clientId": self.client_id, "clientSecret": self.client_secret}))
+            .send()
+            .await;
+        let body = match classify(sent).await {
+            Ok(b) => b,
+            // Wrong credentials stay wrong, but the updates must not be dropped: retry
+            // (slowly) until an operator fixes them.
+            Err(CallError::Rejected { status, body }) => {
+                tracing::error!(status, body = %body, "Port rejected the client credentials (port.client_id / client_secret)");
+                return Err(CallError::Retry {
+                    why: format!("access token refused: HTTP {status}: {body}"),
+                    wait: Some(Duration::from_secs(30)),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let token = body
+            .get("accessToken")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CallError::Retry {
+                why: "the access token answer has no accessToken".into(),
+                wait: None,
+            })?
+            .to_owned();
+        let life = body
+            .get("expiresIn")
+            .and_then(Value::as_u64)
+            .map_or(DEFAULT_TOKEN_LIFE, Duration::from_secs);
+        *slot = Some((
+            token.clone(),
+            Instant::now() + life.saturating_sub(TOKEN_MARGIN),
+        ));
+        Ok(token)
+    }
+}
+
+async fn classify(sent: reqwest::Result<reqwest::Response>) -> Result<Value, CallError> {
+    let response = sent.map_err(|e| CallError::Retry {
+        why: format!("request failed: {}", error_chain(&e)),
+        wait: None,
+    })?;
+    let status = response.status();
+    let wait = crate::backends::http::wait_hint(response.headers(), Duration::from_secs(300));
+    let bytes = crate::net::read_capped(response, crate::net::MAX_BODY)
+        .await
+        .map_err(|e| CallError::Retry {
+            why: format!("reading the answer failed: {}", error_chain(&e)),
+            wait: None,
+        })?;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    if status.is_success() {
+        return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+    }
+    let body: String = text.chars().take(1024).collect();
+    match status {
+        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {}
+        s if s.is_server_error() || s.as_u16() == 425 => {}
+        _ => {
+            return Err(CallError::Rejected {
+                status: status.as_u16(),
+                body,
+            })
+        }
+    }
+    Err(CallError::Retry {
+        why: format!("HTTP {}: {body}", status.as_u16()),
+        wait,
+    })
+}

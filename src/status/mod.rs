@@ -1,0 +1,8 @@
+//! The status topic: writing a run's updates ([`writer`], which numbers them) and reading
+//! them back: the dedup ledger ([`dedup`]), the folded run view ([`view`]) and one line
+//! per update for people ([`display`]).
+
+pub mod dedup;
+pub mod display;
+pub mod view;
+pub mod writer;
