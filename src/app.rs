@@ -118,11 +118,14 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         )
         .context("creating the status producer")?,
     );
+    // The one numbering of run updates for every writer in this process.
+    let seqs = Arc::new(crate::status::writer::Sequencer::default());
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
     let watcher = Watcher::new(
         registry.backends(),
         &cfg.watch,
         publisher.clone(),
+        seqs.clone(),
         &k.watches_topic,
         hard_stop.clone(),
     );
@@ -153,9 +156,15 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     });
     let http_stop = CancellationToken::new();
     if !cfg.http.listen.is_empty() {
-        let api = view
-            .clone()
-            .map(|v| Arc::new(crate::api::Api::new(v, publisher.clone(), tokens, &cfg.api)));
+        let api = view.clone().map(|v| {
+            Arc::new(crate::api::Api::new(
+                v,
+                publisher.clone(),
+                seqs.clone(),
+                tokens,
+                &cfg.api,
+            ))
+        });
         crate::api::server::start(
             &cfg.http.listen,
             publisher.clone(),
@@ -203,8 +212,11 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         pipeline_inputs,
         registry,
         watcher.clone(),
-        ledger,
-        publisher.clone(),
+        crate::dispatch::Outputs {
+            publisher: publisher.clone(),
+            seqs: seqs.clone(),
+            ledger,
+        },
         crate::dispatch::Guards {
             sandbox: Arc::new(crate::template::sandbox::Sandbox::new(
                 &cfg.templates,

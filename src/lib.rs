@@ -12,6 +12,7 @@ pub mod actions;
 pub mod api;
 pub mod app;
 pub mod backends;
+pub mod backoff;
 pub mod codec;
 pub mod config;
 pub mod dispatch;

@@ -31,7 +31,7 @@ use crate::backends::{Backend, Progress};
 use crate::config::{KafkaConfig, WatchConfig};
 use crate::kafka::publisher::{Publisher, Stopped};
 use crate::model::{RunStatus, RunUpdate, SourceRef};
-use crate::status::writer::RunWriter;
+use crate::status::writer::{RunWriter, Sequencer};
 
 /// A run being followed.
 pub struct Watch {
@@ -72,6 +72,7 @@ pub struct Watcher {
     active: AtomicUsize,
     cfg: WatchConfig,
     publisher: Arc<Publisher>,
+    seqs: Arc<Sequencer>,
     topic: String,
     book: Mutex<Book>,
     stop: CancellationToken,
@@ -86,6 +87,7 @@ impl Watcher {
         backends: BTreeMap<&'static str, Arc<dyn Backend>>,
         cfg: &WatchConfig,
         publisher: Arc<Publisher>,
+        seqs: Arc<Sequencer>,
         topic: &str,
         stop: CancellationToken,
     ) -> Arc<Self> {
@@ -95,6 +97,7 @@ impl Watcher {
             active: AtomicUsize::new(0),
             cfg: cfg.clone(),
             publisher,
+            seqs,
             topic: topic.to_owned(),
             book: Mutex::new(Book::default()),
             stop,
@@ -219,8 +222,13 @@ impl Watcher {
             book.running.insert(rec.run_id.clone(), (tp, token.clone()));
         }
         tracing::info!(run_id = %rec.run_id, backend = kind, "resuming a followed run");
-        let mut writer =
-            RunWriter::new(self.publisher.clone(), &rec.run_id, Some(kind), rec.source);
+        let mut writer = RunWriter::new(
+            self.publisher.clone(),
+            &self.seqs,
+            &rec.run_id,
+            Some(kind),
+            rec.source,
+        );
         writer.seq = rec.seq;
         let watch = Watch {
             writer,

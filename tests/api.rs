@@ -395,3 +395,83 @@ async fn token_scopes_and_the_log_cap_hold() {
         Some(1.0)
     );
 }
+
+/// Concurrent API writes to one run, right after the dispatcher's own updates: every
+/// update of the run has its own `seq`, and the numbers run 1, 2, 3, … without a gap.
+/// (Before the sequencer, the API numbered after the run view's last update, which can
+/// trail the topic, and two writes could take the same number.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_api_writes_to_one_run_get_distinct_seqs() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let d = Dispatcher::start(&kafka, &t, API);
+    let api = Client::new(&d);
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(
+                None,
+                &webhook_event("r_seq", &rx.url("/accepted?status=202"), false),
+            )],
+        )
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "the run accepted", |u| {
+        u.iter()
+            .any(|u| u.kind == UpdateKind::Log && u.run_id == "r_seq")
+    })
+    .await;
+
+    const WRITES: usize = 24;
+    let mut tasks = Vec::new();
+    for i in 0..WRITES {
+        let client = Client::new(&d);
+        tasks.push(tokio::spawn(async move {
+            let (method, path, body) = match i % 3 {
+                0 => (
+                    "PATCH",
+                    "/v1/actions/runs/r_seq",
+                    json!({"statusLabel": format!("step {i}")}),
+                ),
+                1 => (
+                    "POST",
+                    "/v1/actions/runs/r_seq/logs",
+                    json!({"message": format!("line {i}")}),
+                ),
+                _ => (
+                    "PATCH",
+                    "/v1/actions/runs/r_seq/response",
+                    json!({"response": {"i": i}}),
+                ),
+            };
+            client.send(method, path, Some(body)).await
+        }));
+    }
+    for task in tasks {
+        let (code, body) = task.await.unwrap();
+        assert_eq!(code, 200, "{body}");
+    }
+    let (code, body) = api
+        .send(
+            "POST",
+            "/v1/actions/runs/r_seq/logs",
+            Some(json!({"message": "done", "terminationStatus": "SUCCESS"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    log.wait_until(WAIT, "the reported SUCCESS", |u| {
+        StatusLog::finished(u) >= 1
+    })
+    .await;
+    log.settle(Duration::from_millis(500)).await;
+    let mut seqs: Vec<u64> = log.of("r_seq").iter().map(|u| u.seq).collect();
+    let written = seqs.len();
+    // The dispatcher's own updates (IN_PROGRESS, the accepted log, …), the 24 writes,
+    // and the terminal log and status.
+    assert!(written >= WRITES + 4, "only {written} updates of r_seq");
+    seqs.sort_unstable();
+    let expected: Vec<u64> = (1..=written as u64).collect();
+    assert_eq!(seqs, expected, "seqs are distinct and without gaps");
+    println!("seq: {written} updates of one run, {WRITES} written concurrently through the API, seqs 1..={written}");
+}

@@ -34,6 +34,7 @@ use crate::config::ApiToken;
 use crate::kafka::publisher::Publisher;
 use crate::model::{now_rfc3339, LogLevel, RunStatus, RunUpdate};
 use crate::status::view::{RunState, RunView};
+use crate::status::writer::Sequencer;
 
 /// Port's request-body limit.
 pub const MAX_BODY: usize = 1024 * 1024;
@@ -45,6 +46,8 @@ const UNKNOWN_RUN_WAIT: Duration = Duration::from_secs(2);
 pub struct Api {
     pub view: Arc<RunView>,
     pub publisher: Arc<Publisher>,
+    /// Numbers the API's updates together with this process's other writers.
+    pub seqs: Arc<Sequencer>,
     pub tokens: Vec<ApiToken>,
     /// Most log lines one run may receive through the API.
     max_log_appends: u64,
@@ -56,12 +59,14 @@ impl Api {
     pub fn new(
         view: Arc<RunView>,
         publisher: Arc<Publisher>,
+        seqs: Arc<Sequencer>,
         tokens: Vec<ApiToken>,
         cfg: &crate::config::ApiConfig,
     ) -> Self {
         Api {
             view,
             publisher,
+            seqs,
             tokens,
             max_log_appends: cfg.max_log_appends,
             locks: (0..64).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -195,12 +200,15 @@ fn ok(run: RunState) -> Response {
     Json(json!({"ok": true, "run": run})).into_response()
 }
 
-/// Publish `updates` for `run` (numbered after its last update) and fold them into the
+/// Publish `updates` for `run` (numbered after its last update; see `status::writer`) and fold them into the
 /// view once the broker acknowledged them.
 async fn write(api: &Api, run: &RunState, updates: Vec<RunUpdate>) -> Result<RunState, Failure> {
-    let mut seq = run.last_seq;
-    for mut u in updates {
-        seq += 1;
+    // Numbered by the process's sequencer: above the view's last update and above any
+    // number this process handed out for the run, which the view may not show yet.
+    let first = api
+        .seqs
+        .reserve(&run.id, run.last_seq, updates.len() as u64);
+    for (seq, mut u) in (first..).zip(updates) {
         u.seq = seq;
         u.at = now_rfc3339();
         u.backend.clone_from(&run.backend);

@@ -25,7 +25,7 @@ use crate::lanes::{lane_key, Lanes};
 use crate::model::TriggerRecord;
 use crate::model::{LogLevel, RunStatus, RunUpdate, TriggerEvent};
 use crate::status::dedup::Ledger;
-use crate::status::writer::RunWriter;
+use crate::status::writer::{RunWriter, Sequencer};
 use crate::template::sandbox::{RenderError, Sandbox};
 use crate::template::Context;
 use crate::watch::{Watch, Watcher};
@@ -55,6 +55,7 @@ struct Inner {
     /// The secret store; each run's templates see the secrets scoped to its destination.
     secrets: Arc<crate::secrets::Store>,
     publisher: Arc<Publisher>,
+    seqs: Arc<Sequencer>,
     registry: crate::pool::Pools,
     ordering: Ordering,
 }
@@ -79,6 +80,14 @@ pub struct Guards {
     pub registered: Option<crate::actions::Registered>,
 }
 
+/// Where run updates go: the publisher, the process's sequencer that numbers them, and
+/// the dedup ledger of runs already dispatched (when enabled).
+pub struct Outputs {
+    pub publisher: Arc<Publisher>,
+    pub seqs: Arc<Sequencer>,
+    pub ledger: Option<Arc<Ledger>>,
+}
+
 /// What the pipeline reads: each topic's format, and the Port settings when a topic is
 /// in the `port` format.
 pub struct Inputs {
@@ -91,8 +100,7 @@ impl Pipeline {
         inputs: Inputs,
         registry: Registry,
         watcher: Arc<Watcher>,
-        ledger: Option<Arc<Ledger>>,
-        publisher: Arc<Publisher>,
+        outputs: Outputs,
         guards: Guards,
         dispatch: &crate::config::DispatchConfig,
     ) -> Self {
@@ -103,6 +111,11 @@ impl Pipeline {
             max_input,
             registered,
         } = guards;
+        let Outputs {
+            publisher,
+            seqs,
+            ledger,
+        } = outputs;
         let ordering = dispatch.ordering;
         let inner = Arc::new(Inner {
             formats: inputs.formats,
@@ -116,6 +129,7 @@ impl Pipeline {
             registered,
             secrets,
             publisher,
+            seqs,
             registry: crate::pool::Pools::new(&registry),
             ordering,
         });
@@ -309,6 +323,7 @@ impl Inner {
         };
         let mut w = RunWriter::new(
             self.publisher.clone(),
+            &self.seqs,
             &run_id,
             Some(reg.backend.kind()),
             record.source(),
@@ -537,8 +552,14 @@ impl Inner {
         tracing::warn!(run_id = run_id.as_deref().unwrap_or(""), class = bad.class(),
             source = %record.source(), error = %message, "rejected trigger event");
         if let Some(id) = &run_id {
-            let mut w = RunWriter::new(self.publisher.clone(), id, None, record.source())
-                .traced(crate::telemetry::trace::from_headers(&record.headers));
+            let mut w = RunWriter::new(
+                self.publisher.clone(),
+                &self.seqs,
+                id,
+                None,
+                record.source(),
+            )
+            .traced(crate::telemetry::trace::from_headers(&record.headers));
             let u = RunUpdate::status(id, RunStatus::Failure).with_summary(message.clone());
             if w.emit(u).await.is_err() {
                 return;

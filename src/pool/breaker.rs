@@ -14,6 +14,7 @@ use std::time::Duration;
 // system's monotonic clock).
 use tokio::time::Instant;
 
+use crate::backends::{Outcome, Report};
 use crate::config::BreakerConfig;
 use crate::telemetry::metrics;
 
@@ -108,6 +109,36 @@ impl Breakers {
                 wait: (probe_started + self.cfg.open_for - now).min(Duration::from_secs(1)),
                 failures: *failures,
             }),
+        }
+    }
+
+    /// The report of an attempt the breaker refused: a retryable failure that waits
+    /// for the next probe.
+    pub fn refusal(&self, host: &str, r: Refused) -> Report {
+        metrics::get()
+            .breaker_rejections
+            .with_label_values(&[self.backend])
+            .inc();
+        let mut rep = Report::new(
+            Outcome::Retryable,
+            format!(
+                "circuit open for {host} after {} consecutive failures",
+                r.failures
+            ),
+        );
+        rep.error_class = Some("circuit_open");
+        rep.retry_after = Some(r.wait);
+        rep
+    }
+
+    /// Record an admitted attempt's classified report. A 429 asks us to slow down
+    /// (Retry-After handles it; the host is healthy), and a credential rejection says
+    /// nothing about the host's health.
+    pub fn record_outcome(&self, host: &str, report: &Report) {
+        match report.outcome {
+            Outcome::Retryable => self.record(host, report.http_status != Some(429)),
+            Outcome::CredentialsRejected => {}
+            _ => self.record(host, false),
         }
     }
 

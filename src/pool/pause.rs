@@ -1,4 +1,7 @@
-//! Credential pauses per destination.
+//! The pause layer: credential pauses per destination.
+//!
+//! A 401/403 pauses the destination for `retry.credentials_pause`; its runs wait and then
+//! probe again, and a run gives up after `retry.credentials_max_wait` in all.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -6,7 +9,10 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use tokio_util::sync::CancellationToken;
+
 use super::breaker::MAX_TRACKED;
+use crate::backends::Report;
 use crate::telemetry::metrics;
 
 /// Credential pauses per destination: a 401/403 from one destination holds back that
@@ -38,6 +44,48 @@ impl CredentialPauses {
             .get(dest)
             .copied()
             .filter(|t| *t > Instant::now())
+    }
+
+    /// Wait out the pause of `dest`, or until `limit`; `None` when `abandon` fires
+    /// first.
+    pub async fn wait(
+        &self,
+        dest: &str,
+        limit: Option<Instant>,
+        abandon: &CancellationToken,
+    ) -> Option<()> {
+        while let Some(until) = self.deadline(dest) {
+            let until = limit.map_or(until, |l| until.min(l));
+            if until <= Instant::now() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => {}
+                _ = abandon.cancelled() => return None,
+            }
+        }
+        Some(())
+    }
+
+    /// Pause `dest` after a run's attempt was rejected (`summary`); the run has been
+    /// rejected since `since` and waits at most `cap` in all. Returns the run's notice.
+    pub fn pause_run(
+        &self,
+        dest: &str,
+        shown: &str,
+        summary: &str,
+        since: Instant,
+        cap: Duration,
+    ) -> String {
+        let until = self.pause(dest, summary);
+        let wait = until
+            .saturating_duration_since(Instant::now())
+            .min(cap.saturating_sub(since.elapsed()));
+        format!(
+            "{shown} paused: credentials rejected ({}); retrying in {:.0} s",
+            super::cause(summary),
+            wait.as_secs_f64()
+        )
     }
 
     /// Destinations paused now.
@@ -95,6 +143,20 @@ impl CredentialPauses {
             .with_label_values(&[self.backend])
             .set(map.values().filter(|t| **t > now).count() as i64);
     }
+}
+
+/// The run's last rejection, as its final report once it waited `cap` in all.
+pub fn gave_up(mut last: Report, since: Instant, cap: Duration) -> Report {
+    metrics::get()
+        .refusals
+        .with_label_values(&["credentials_wait"])
+        .inc();
+    last.summary = format!(
+        "{} (credentials still rejected after {:.0} s; retry.credentials_max_wait is {cap:?})",
+        last.summary,
+        since.elapsed().as_secs_f64()
+    );
+    last
 }
 
 #[cfg(test)]

@@ -10,7 +10,10 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::breaker::MAX_TRACKED;
+use tokio_util::sync::CancellationToken;
+
 use crate::config::RateLimitConfig;
+use crate::telemetry::metrics;
 
 struct Bucket {
     tokens: f64,
@@ -33,6 +36,28 @@ impl RateLimiter {
             per_host: cfg.per_host,
             buckets: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Take a token for an attempt of `backend` to `host` and wait until it may go;
+    /// `None` when `abandon` fires first.
+    pub async fn wait(
+        &self,
+        backend: &str,
+        host: Option<&str>,
+        abandon: &CancellationToken,
+    ) -> Option<()> {
+        let wait = self.reserve(host);
+        if !wait.is_zero() {
+            metrics::get()
+                .rate_limited
+                .with_label_values(&[backend])
+                .inc();
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = abandon.cancelled() => return None,
+            }
+        }
+        Some(())
     }
 
     /// Take a token for an attempt to `host`; returns how long the caller must wait

@@ -129,6 +129,7 @@ impl Inner {
         ));
         let mut w = RunWriter::new(
             self.publisher.clone(),
+            &self.seqs,
             &run_id,
             Some(BACKEND),
             record.source(),
