@@ -52,6 +52,9 @@ struct Record {
     seq: u64,
     label: Option<String>,
     source: SourceRef,
+    /// The run's action identifier (absent in records written before run update v2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    action: Option<String>,
 }
 
 type Tp = (String, i32);
@@ -164,6 +167,7 @@ impl Watcher {
             seq: w.writer.seq,
             label: w.label.clone(),
             source: w.writer.source.clone(),
+            action: w.writer.action.clone(),
         };
         let bytes = serde_json::to_vec(&rec).expect("a watch record always serialises");
         self.publisher
@@ -228,7 +232,8 @@ impl Watcher {
             &rec.run_id,
             Some(kind),
             rec.source,
-        );
+        )
+        .for_action(rec.action);
         writer.seq = rec.seq;
         let watch = Watch {
             writer,
@@ -362,8 +367,12 @@ impl Watcher {
                 }
                 Progress::Failed(why) => {
                     failures += 1;
-                    delay = (self.cfg.poll_interval * 2u32.saturating_pow(failures.min(6)))
-                        .min(Duration::from_secs(300));
+                    delay = crate::backoff::nth(
+                        self.cfg.poll_interval,
+                        Duration::from_secs(300),
+                        failures.min(6) + 1,
+                        crate::backoff::Jitter::None,
+                    );
                     tracing::warn!(run_id = %watch.writer.run_id, error = %why, failures,
                         retry_ms = delay.as_millis() as u64, "poll failed");
                 }

@@ -465,6 +465,22 @@ async fn concurrent_api_writes_to_one_run_get_distinct_seqs() {
     })
     .await;
     log.settle(Duration::from_millis(500)).await;
+    // Run update v2: every update, the API's included, carries the run's action.
+    let ups = log.of("r_seq");
+    let without: Vec<u64> = ups
+        .iter()
+        .filter(|u| u.action.as_deref() != Some("deploy_service"))
+        .map(|u| u.seq)
+        .collect();
+    assert!(
+        without.is_empty(),
+        "updates without the action: seqs {without:?}"
+    );
+    let (code, body) = api.send("GET", "/v1/actions/runs/r_seq", None).await;
+    assert_eq!(
+        (code, &body["run"]["action"]),
+        (200, &json!("deploy_service"))
+    );
     let mut seqs: Vec<u64> = log.of("r_seq").iter().map(|u| u.seq).collect();
     let written = seqs.len();
     // The dispatcher's own updates (IN_PROGRESS, the accepted log, …), the 24 writes,

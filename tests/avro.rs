@@ -83,7 +83,7 @@ async fn avro_triggers_and_run_updates_with_the_bundled_schemas() {
     let reqs = rx.requests();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].body["version"], "1.4.2");
-    // Its updates are Avro, framed with the bundled run-update schema id (2).
+    // Its updates are Avro, framed with the bundled run-update schema id (3: v2).
     let codec = Codec::new(
         &AvroConfig::default(),
         Format::Avro,
@@ -92,7 +92,7 @@ async fn avro_triggers_and_run_updates_with_the_bundled_schemas() {
     );
     let ups = updates(&kafka, &t, 3, &codec).await;
     for (bytes, _) in &ups {
-        assert_eq!(&bytes[..5], &[0, 0, 0, 0, 2]);
+        assert_eq!(&bytes[..5], &[0, 0, 0, 0, 3]);
     }
     assert!(ups
         .iter()

@@ -26,7 +26,7 @@ fn every_schema_file_parses() {
 
 #[test]
 fn run_update_schema_matches_the_json_contract() {
-    let schema = Schema::parse_str(include_str!("../schemas/run_update.v1.avsc")).unwrap();
+    let schema = Schema::parse_str(include_str!("../schemas/run_update.v2.avsc")).unwrap();
     let names = field_names(&schema);
     let mut u = switchyard::model::RunUpdate::status("r", switchyard::model::RunStatus::Success);
     u.status_label = Some("x".into());
@@ -37,6 +37,7 @@ fn run_update_schema_matches_the_json_contract() {
     u.level = Some(switchyard::model::LogLevel::Info);
     u.response = Some(serde_json::json!({}));
     u.backend = Some("x".into());
+    u.action = Some("x".into());
     u.attempt = Some(1);
     u.duration_ms = Some(1);
     u.source = Some(switchyard::model::SourceRef {

@@ -212,6 +212,7 @@ async fn write(api: &Api, run: &RunState, updates: Vec<RunUpdate>) -> Result<Run
         u.seq = seq;
         u.at = now_rfc3339();
         u.backend.clone_from(&run.backend);
+        u.action.clone_from(&run.action);
         // The trigger's source, so readers (the Port reporter) know whose run it is.
         u.source.clone_from(&run.source);
         api.publisher.send_update(&u).await.map_err(|_| {

@@ -29,7 +29,10 @@ use crate::config::{AvroConfig, Format};
 use crate::model::RunUpdate;
 
 pub const TRIGGER_SCHEMA: &str = include_str!("../../schemas/trigger_event.v1.avsc");
-pub const RUN_UPDATE_SCHEMA: &str = include_str!("../../schemas/run_update.v1.avsc");
+/// The run-update schema switchyard writes (v2: v1 plus `action`).
+pub const RUN_UPDATE_SCHEMA: &str = include_str!("../../schemas/run_update.v2.avsc");
+/// The first run-update schema; data written with it is still read.
+pub const RUN_UPDATE_SCHEMA_V1: &str = include_str!("../../schemas/run_update.v1.avsc");
 
 /// Why an Avro record could not be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -52,6 +55,7 @@ pub struct Codec {
     run_update: Schema,
     local_trigger_id: u32,
     local_run_update_id: u32,
+    local_run_update_v1_id: u32,
     /// Writer schemas by id (registry answers, and the bundled ones under their ids).
     schemas: Mutex<HashMap<u32, Arc<Schema>>>,
     /// The id run updates are written under, once known.
@@ -80,6 +84,8 @@ impl Codec {
         if cfg.registry_url.is_none() {
             schemas.insert(cfg.trigger_schema_id, Arc::new(trigger_reader.clone()));
             schemas.insert(cfg.run_update_schema_id, Arc::new(run_update.clone()));
+            let v1 = Schema::parse_str(RUN_UPDATE_SCHEMA_V1).expect("bundled schema parses");
+            schemas.insert(cfg.run_update_v1_schema_id, Arc::new(v1));
         }
         Codec {
             triggers,
@@ -92,6 +98,7 @@ impl Codec {
             run_update,
             local_trigger_id: cfg.trigger_schema_id,
             local_run_update_id: cfg.run_update_schema_id,
+            local_run_update_v1_id: cfg.run_update_v1_schema_id,
             schemas: Mutex::new(schemas),
             update_id: tokio::sync::OnceCell::new(),
         }
@@ -222,8 +229,9 @@ impl Codec {
         }
         let Some(r) = &self.registry else {
             return Err(AvroError(format!(
-                "unknown schema id {id} (no registry; the bundled schemas are ids {} and {})",
-                self.local_trigger_id, self.local_run_update_id
+                "unknown schema id {id} (no registry; the bundled schemas are ids {} and {}, \
+                 and {} for run updates written before v2)",
+                self.local_trigger_id, self.local_run_update_id, self.local_run_update_v1_id
             )));
         };
         let s = Arc::new(r.fetch(id).await?);
@@ -506,6 +514,7 @@ fn update_to_avro(u: &RunUpdate) -> Avro {
         ("level".into(), level),
         ("response".into(), response),
         ("backend".into(), opt(&u.backend)),
+        ("action".into(), opt(&u.action)),
         (
             "attempt".into(),
             u.attempt.map_or_else(none, |a| some(Avro::Int(a as i32))),
@@ -544,7 +553,7 @@ mod tests {
             offset: 9,
         });
         let bytes = c.encode_update(&u).await.unwrap();
-        assert_eq!(&bytes[..5], &[0, 0, 0, 0, 2]);
+        assert_eq!(&bytes[..5], &[0, 0, 0, 0, 3]);
         let mut back = c.decode_update(&bytes).await.unwrap();
         // The Avro schema carries the response as JSON text.
         assert_eq!(

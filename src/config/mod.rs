@@ -105,8 +105,11 @@ pub struct AvroConfig {
     pub registry_url: Option<String>,
     /// Id of the bundled trigger schema when there is no registry.
     pub trigger_schema_id: u32,
-    /// Id of the bundled run-update schema when there is no registry.
+    /// Id of the bundled run-update schema (v2) when there is no registry.
     pub run_update_schema_id: u32,
+    /// Id that run updates written with the v1 schema carry (read only), when there is
+    /// no registry.
+    pub run_update_v1_schema_id: u32,
 }
 
 impl Default for AvroConfig {
@@ -114,7 +117,8 @@ impl Default for AvroConfig {
         AvroConfig {
             registry_url: None,
             trigger_schema_id: 1,
-            run_update_schema_id: 2,
+            run_update_schema_id: 3,
+            run_update_v1_schema_id: 2,
         }
     }
 }
@@ -650,8 +654,20 @@ impl Config {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 p.push(format!("avro.registry_url: {url:?} is not an http(s) URL"));
             }
-        } else if self.avro.trigger_schema_id == self.avro.run_update_schema_id {
-            p.push("avro: trigger_schema_id and run_update_schema_id must differ".into());
+        } else {
+            let a = &self.avro;
+            let ids = [
+                a.trigger_schema_id,
+                a.run_update_schema_id,
+                a.run_update_v1_schema_id,
+            ];
+            if ids[0] == ids[1] || ids[0] == ids[2] || ids[1] == ids[2] {
+                p.push(
+                    "avro: trigger_schema_id, run_update_schema_id and run_update_v1_schema_id \
+                     must differ"
+                        .into(),
+                );
+            }
         }
         if let Err(e) = self.api.resolve_tokens() {
             p.extend(e.0);

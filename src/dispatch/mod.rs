@@ -328,6 +328,7 @@ impl Inner {
             Some(reg.backend.kind()),
             record.source(),
         )
+        .for_action(Some(event.action.identifier.clone()))
         .traced(crate::telemetry::trace::current());
         let started = RunUpdate::status(&run_id, RunStatus::InProgress)
             .with_summary(format!("dispatching to {}", reg.backend.kind()));

@@ -9,9 +9,11 @@
 //! - each assigned partition gets its own librdkafka queue (`split_partition_queue`, done
 //!   in the assign callback, before its first fetch can arrive); the thread reads a
 //!   partition's queue only while the partition has fewer than `partition_window` events
-//!   in flight, so a full partition is simply not read. Nothing is paused: pausing makes
-//!   librdkafka drop the partition's prefetched records and fetch them again, which held
-//!   throughput to a fraction of what the pipe allows (BENCHMARKS.md). librdkafka's
+//!   in flight, so a full partition is simply not read. A split partition is never
+//!   paused: pausing makes librdkafka drop the partition's prefetched records and fetch
+//!   them again, which held throughput to a fraction of what the pipe allows
+//!   (BENCHMARKS.md). Only a partition whose records arrive on the main queue (not yet
+//!   split) is paused, when its backlog outgrows the window. librdkafka's
 //!   prefetch per partition is bounded by `queued.min.messages` and
 //!   `queued.max.messages.kbytes`. The thread keeps polling the main queue, so the member
 //!   stays in the group and callbacks are served;

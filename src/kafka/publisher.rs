@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::sync::Arc;
 
+use crate::backoff::{Backoff, Jitter};
 use crate::config::KafkaConfig;
 use crate::telemetry::metrics;
 use crate::telemetry::scopeguard;
@@ -203,22 +204,27 @@ impl Publisher {
         if let Some(json) = self.codec.encode_update_json(update) {
             return Ok(json);
         }
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            Jitter::None,
+        );
+        let mut wait = backoff.next_wait();
         loop {
             // Boxed: the Avro path (a registry request) would size every caller's future.
             match Box::pin(self.codec.encode_update(update)).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(e) => {
                     metrics::get().publish_failures.inc();
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64,
+                    tracing::warn!(error = %e, retry_in_ms = wait.as_millis() as u64,
                         "encoding a run update failed; retrying");
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return Err(Stopped),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            wait = backoff.next_wait();
         }
     }
 
@@ -281,7 +287,12 @@ impl Publisher {
         headers: OwnedHeaders,
         target: Target,
     ) -> Result<(), Stopped> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(
+            Duration::from_millis(100),
+            Duration::from_secs(5),
+            Jitter::None,
+        );
+        let mut wait = backoff.next_wait();
         // While a DLQ write keeps failing, its partition cannot commit past the event.
         let mut blocked = None;
         loop {
@@ -329,17 +340,17 @@ impl Publisher {
                              max.message.bytes (and the producer's message.max.bytes). Nothing \
                              is dropped: the event's partition is held here, retrying");
                     } else {
-                        tracing::warn!(topic, error = %err, retry_in_ms = backoff.as_millis() as u64,
+                        tracing::warn!(topic, error = %err, retry_in_ms = wait.as_millis() as u64,
                             "publish failed; retrying (the event's offset is not committed meanwhile)");
                     }
                     self.producer.recover(&producer, &err);
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.stop.cancelled() => return Err(Stopped),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            wait = backoff.next_wait();
         }
     }
 

@@ -151,6 +151,9 @@ pub struct RunUpdate {
     pub response: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+    /// The run's action identifier (run update v2; absent in v1 updates).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempt: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +179,7 @@ impl RunUpdate {
             level: None,
             response: None,
             backend: None,
+            action: None,
             attempt: None,
             duration_ms: None,
             source: None,

@@ -36,6 +36,9 @@ pub struct RunState {
     pub external_run_id: Option<String>,
     pub response: Option<Value>,
     pub backend: Option<String>,
+    /// The run's action identifier (from v2 updates).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
     pub logs: Vec<LogLine>,
     /// Log lines dropped beyond `max_logs` (the oldest are kept).
     pub logs_dropped: u64,
@@ -66,6 +69,7 @@ impl RunState {
             external_run_id: None,
             response: None,
             backend: None,
+            action: None,
             logs: Vec::new(),
             logs_dropped: 0,
             created_at: u.at.clone(),
@@ -97,6 +101,9 @@ impl RunState {
     fn apply(&mut self, u: &RunUpdate, max_logs: usize) {
         self.updated_at.clone_from(&u.at);
         self.last_seq = self.last_seq.max(u.seq);
+        if self.action.is_none() {
+            self.action.clone_from(&u.action);
+        }
         if self.backend.is_none() {
             self.backend.clone_from(&u.backend);
         }

@@ -85,6 +85,8 @@ pub struct RunWriter {
     /// `seq` of the last update written.
     pub seq: u64,
     pub backend: Option<&'static str>,
+    /// The run's action identifier, carried on every update (run update v2).
+    pub action: Option<String>,
     pub source: SourceRef,
     /// W3C trace context of the trigger record, sent as a header on every update.
     pub traceparent: Option<String>,
@@ -106,10 +108,17 @@ impl RunWriter {
             run_id: run_id.to_owned(),
             seq: 0,
             backend,
+            action: None,
             source,
             traceparent: None,
             pending: Vec::new(),
         }
+    }
+
+    /// Carry the run's action identifier on its updates.
+    pub fn for_action(mut self, action: Option<String>) -> Self {
+        self.action = action;
+        self
     }
 
     /// Carry the trigger record's trace context on this run's updates.
@@ -123,6 +132,7 @@ impl RunWriter {
         u.seq = self.seq;
         u.at = now_rfc3339();
         u.backend = self.backend.map(str::to_owned);
+        u.action.clone_from(&self.action);
         u.source = Some(self.source.clone());
         u
     }

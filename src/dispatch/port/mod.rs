@@ -134,6 +134,7 @@ impl Inner {
             Some(BACKEND),
             record.source(),
         )
+        .for_action(port_action(&run.message))
         .traced(crate::telemetry::trace::current());
         let prepared = mapping.request(entry, &message, &run.invocation, &mut warnings);
         let started = RunUpdate::status(&run_id, RunStatus::InProgress)
@@ -290,6 +291,16 @@ fn log_warnings(run_id: &str, warnings: &[String]) {
     for warning in warnings {
         tracing::warn!(run_id, warning = %warning, "Port mapping");
     }
+}
+
+/// The action identifier of a Port run message: `payload.action.identifier`, else the
+/// message's `action` when it is a string.
+fn port_action(message: &Value) -> Option<String> {
+    message
+        .pointer("/payload/action/identifier")
+        .or_else(|| message.get("action"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 /// What the dispatcher needs to handle `port`-format topics.

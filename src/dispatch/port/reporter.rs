@@ -22,11 +22,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rand::Rng;
 use reqwest::Method;
 use serde_json::{json, Map, Value};
 
 use super::client::{CallError, PortClient};
+use crate::backoff::{Backoff, Jitter};
 use crate::kafka::consumer::{Sink, Ticket};
 use crate::lanes::Lanes;
 use crate::model::TriggerRecord;
@@ -115,7 +115,7 @@ impl Sink for Reporter {
 async fn deliver(client: &PortClient, item: Item) {
     let m = metrics::get();
     for call in &item.calls {
-        let mut backoff = Duration::from_millis(500);
+        let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF, Jitter::Half);
         loop {
             let result = tokio::select! {
                 r = client.call(call.method.clone(), &call.path, &call.body) => r,
@@ -138,15 +138,14 @@ async fn deliver(client: &PortClient, item: Item) {
                     m.port_api_calls
                         .with_label_values(&[call.name, "retried"])
                         .inc();
-                    let wait =
-                        wait.unwrap_or_else(|| backoff.mul_f64(rand::rng().random_range(0.5..1.0)));
+                    let drawn = backoff.next_wait();
+                    let wait = wait.unwrap_or(drawn);
                     tracing::warn!(run_id = %item.run_id, call = call.name, error = %why,
                         retry_in_ms = wait.as_millis() as u64, "reporting to Port failed; retrying");
                     tokio::select! {
                         _ = tokio::time::sleep(wait.min(MAX_BACKOFF)) => {}
                         _ = item.ticket.abandoned().cancelled() => return,
                     }
-                    backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
             }
         }
