@@ -2,6 +2,7 @@
 //! what was wrong and where.
 
 pub mod avro;
+pub mod registry;
 
 use serde_json::Value;
 

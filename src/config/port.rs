@@ -204,7 +204,7 @@ fn lookup<'a>(root: &'a toml::Table, path: &[&str]) -> Option<&'a toml::Value> {
 
 fn set(root: &mut toml::Table, path: &[&str], value: toml::Value) {
     // A scalar where a section belongs is the file's error, which validation reports.
-    let _ = super::set_path(root, path, value);
+    let _ = super::load::set_path(root, path, value);
 }
 
 fn set_default(root: &mut toml::Table, path: &[&str], value: toml::Value) {

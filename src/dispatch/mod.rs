@@ -8,7 +8,12 @@
 //! record) are acknowledged and the ticket is completed; or switchyard is stopping, the
 //! ticket is dropped and the event will be redelivered. Nothing is skipped silently.
 
+mod checks;
 pub mod port;
+mod reject;
+mod report;
+
+use reject::{record_size, run_id_of};
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -454,158 +459,6 @@ impl Inner {
             duration_ms = done.duration.as_millis() as u64, summary = %done.report.summary, "attempt finished");
         Some(done)
     }
-
-    /// A redelivered run that is finished, or whose non-idempotent dispatch happened, is
-    /// not dispatched again (replays from the DLQ are always dispatched). The event of a
-    /// partition just assigned first waits for the view to catch up.
-    async fn is_duplicate(&self, run_id: &str, record: &TriggerRecord) -> bool {
-        let Some(ledger) = &self.ledger else {
-            return false;
-        };
-        if self.replayed(record) {
-            return false;
-        }
-        ledger.caught_up_for(&record.topic, record.partition).await;
-        let Some(seen) = ledger.seen(run_id) else {
-            return false;
-        };
-        let total = ledger.suppressed();
-        crate::telemetry::metrics::get().duplicates_suppressed.inc();
-        tracing::info!(run_id, seen = ?seen, suppressed_total = total, source = %record.source(),
-            "duplicate run suppressed; not dispatched again");
-        true
-    }
-
-    /// An event past its `deadline`, or older than `max_event_age`, is not dispatched.
-    fn check_expiry(&self, event: &TriggerEvent, record: &TriggerRecord) -> Result<(), BadInput> {
-        use time::format_description::well_known::Rfc3339;
-        let now = time::OffsetDateTime::now_utc();
-        if let Some(text) = &event.deadline {
-            let deadline = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
-                BadInput::InvalidEvent(format!("deadline: {text:?} is not an RFC 3339 time ({e})"))
-            })?;
-            if now > deadline {
-                return Err(BadInput::Expired(format!("deadline {text} passed")));
-            }
-        }
-        if let (Some(max), Some(ts)) = (self.max_event_age, record.timestamp_ms) {
-            let age_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64 - ts;
-            if age_ms > max.as_millis() as i64 {
-                return Err(BadInput::Expired(format!(
-                    "the event is {:.1} s old; dispatch.max_event_age is {max:?}",
-                    age_ms as f64 / 1000.0
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    /// The run updates for one finished attempt.
-    async fn publish_report(
-        &self,
-        w: &mut RunWriter,
-        report: &Report,
-        attempt: u32,
-        duration: std::time::Duration,
-    ) -> Result<(), Stopped> {
-        if let Some(resp) = &report.response {
-            if !report.outcome.is_failure() {
-                w.emit_nowait(RunUpdate::response(&w.run_id, resp.clone()))
-                    .await?;
-            }
-        }
-        if let Some(line) = &report.log {
-            w.emit_nowait(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
-                .await?;
-        }
-        let status = match report.outcome {
-            Outcome::Succeeded => Some(RunStatus::Success),
-            Outcome::Accepted => None,
-            _ => Some(RunStatus::Failure),
-        };
-        let needs_status =
-            status.is_some() || !report.link.is_empty() || report.external_run_id.is_some();
-        if needs_status {
-            let mut u = RunUpdate::status(&w.run_id, status.unwrap_or(RunStatus::InProgress))
-                .with_summary(report.summary.clone());
-            u.attempt = Some(attempt);
-            u.duration_ms = Some(duration.as_millis() as u64);
-            if !report.link.is_empty() {
-                u.link = Some(report.link.clone());
-            }
-            u.external_run_id = report.external_run_id.clone();
-            w.emit_nowait(u).await?;
-        }
-        // Response, log and status travel together: one wait for all of them.
-        w.settle().await
-    }
-
-    /// Bad input: a FAILURE update when the run id is known, a DLQ record, then the
-    /// offset completes.
-    async fn reject(
-        &self,
-        record: TriggerRecord,
-        ticket: Ticket,
-        run_id: Option<String>,
-        bad: BadInput,
-    ) {
-        let message = bad.to_string();
-        tracing::warn!(run_id = run_id.as_deref().unwrap_or(""), class = bad.class(),
-            source = %record.source(), error = %message, "rejected trigger event");
-        if let Some(id) = &run_id {
-            let mut w = RunWriter::new(
-                self.publisher.clone(),
-                &self.seqs,
-                id,
-                None,
-                record.source(),
-            )
-            .traced(crate::telemetry::trace::from_headers(&record.headers));
-            let u = RunUpdate::status(id, RunStatus::Failure).with_summary(message.clone());
-            if w.emit(u).await.is_err() {
-                return;
-            }
-        }
-        let mut rec = dlq::record(&record, &message, bad.class(), 0);
-        if matches!(bad, BadInput::TooLarge(_)) {
-            let max_input = self.max_input.load(std::sync::atomic::Ordering::Relaxed);
-            dlq::truncate(&mut rec, TRUNCATED_COPY.min(max_input / 2));
-        }
-        if self.publisher.send_dlq(&rec).await.is_err() {
-            return;
-        }
-        ticket.complete();
-    }
-}
-
-/// How much of a too-large record the DLQ keeps.
-const TRUNCATED_COPY: usize = 64 * 1024;
-
-/// Bytes of a record as the DLQ would hold it: key, value and headers.
-fn record_size(r: &TriggerRecord) -> usize {
-    r.payload.as_ref().map_or(0, Vec::len)
-        + r.key.as_ref().map_or(0, Vec::len)
-        + r.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum::<usize>()
-}
-
-/// The run id of a JSON event (`run.id`), read without building the event (the record
-/// may be huge); `None` when it is not there or the record does not parse.
-fn run_id_of(payload: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Run {
-        id: String,
-    }
-    #[derive(serde::Deserialize)]
-    struct Event {
-        run: Run,
-    }
-    serde_json::from_slice::<Event>(payload)
-        .ok()
-        .map(|e| e.run.id)
-        .filter(|id| !id.is_empty() && id.len() <= 256)
 }
 
 /// Test hook: `SWITCHYARD_TEST_PANIC_RUN_ID` (set by the operator, never by an event)
@@ -615,18 +468,6 @@ fn panic_hook_for_tests(run_id: &str) {
         std::sync::LazyLock::new(|| std::env::var("SWITCHYARD_TEST_PANIC_RUN_ID").ok());
     if ID.as_deref() == Some(run_id) {
         panic!("test hook: SWITCHYARD_TEST_PANIC_RUN_ID={run_id}");
-    }
-}
-
-impl Inner {
-    /// Whether `dlq replay` re-published this record (its MAC checked).
-    fn replayed(&self, record: &TriggerRecord) -> bool {
-        dlq::verified_replay(
-            self.replay_key.as_deref(),
-            &record.headers,
-            record.key.as_deref(),
-            record.payload.as_deref(),
-        )
     }
 }
 

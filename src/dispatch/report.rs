@@ -1,0 +1,45 @@
+//! A finished attempt's run updates: response, log, links and the terminal status.
+
+use super::*;
+
+impl Inner {
+    /// The run updates for one finished attempt.
+    pub(super) async fn publish_report(
+        &self,
+        w: &mut RunWriter,
+        report: &Report,
+        attempt: u32,
+        duration: std::time::Duration,
+    ) -> Result<(), Stopped> {
+        if let Some(resp) = &report.response {
+            if !report.outcome.is_failure() {
+                w.emit_nowait(RunUpdate::response(&w.run_id, resp.clone()))
+                    .await?;
+            }
+        }
+        if let Some(line) = &report.log {
+            w.emit_nowait(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
+                .await?;
+        }
+        let status = match report.outcome {
+            Outcome::Succeeded => Some(RunStatus::Success),
+            Outcome::Accepted => None,
+            _ => Some(RunStatus::Failure),
+        };
+        let needs_status =
+            status.is_some() || !report.link.is_empty() || report.external_run_id.is_some();
+        if needs_status {
+            let mut u = RunUpdate::status(&w.run_id, status.unwrap_or(RunStatus::InProgress))
+                .with_summary(report.summary.clone());
+            u.attempt = Some(attempt);
+            u.duration_ms = Some(duration.as_millis() as u64);
+            if !report.link.is_empty() {
+                u.link = Some(report.link.clone());
+            }
+            u.external_run_id = report.external_run_id.clone();
+            w.emit_nowait(u).await?;
+        }
+        // Response, log and status travel together: one wait for all of them.
+        w.settle().await
+    }
+}
