@@ -131,6 +131,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     );
     watcher
         .load(&cfg.kafka)
+        .await
         .context("starting the watches reader")?;
     let ledger = cfg
         .dedup

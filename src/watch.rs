@@ -19,9 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Semaphore;
@@ -30,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backends::{Backend, Progress};
 use crate::config::{KafkaConfig, WatchConfig};
 use crate::kafka::publisher::{Publisher, Stopped};
+use crate::kafka::tail::TopicTail;
 use crate::model::{RunStatus, RunUpdate, SourceRef};
 use crate::status::writer::{RunWriter, Sequencer};
 
@@ -245,31 +244,18 @@ impl Watcher {
 
     /// Start tailing the watches topic (all partitions, from the beginning) into the
     /// table, resuming owned runs as their records arrive.
-    pub fn load(self: &Arc<Self>, kafka: &KafkaConfig) -> anyhow::Result<()> {
-        let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
-            .set("group.id", format!("{}.watches", kafka.group_id))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()?;
-        let md = tokio::task::block_in_place(|| {
-            consumer.fetch_metadata(Some(&self.topic), Duration::from_secs(15))
-        })?;
-        let mut tpl = TopicPartitionList::new();
-        for t in md.topics() {
-            for p in t.partitions() {
-                tpl.add_partition_offset(&self.topic, p.id(), Offset::Beginning)?;
-            }
-        }
-        consumer.assign(&tpl)?;
+    pub async fn load(self: &Arc<Self>, kafka: &KafkaConfig) -> anyhow::Result<()> {
+        let mut tail = TopicTail::open(kafka, &self.topic, "watches", &[]).await?;
         let this = self.clone();
         let reader = tokio::spawn(async move {
             loop {
                 let msg = tokio::select! {
-                    m = consumer.recv() => m,
+                    m = tail.next(Duration::from_secs(3600)) => m,
                     _ = this.stop.cancelled() => return,
                 };
                 match msg {
-                    Ok(m) => this.on_record(m.key(), m.payload()),
+                    Ok(Some(m)) => this.on_record(m.key(), m.payload()),
+                    Ok(None) => {}
                     Err(e) => tracing::warn!(error = %e, "reading the watches topic failed"),
                 }
             }

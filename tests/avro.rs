@@ -17,10 +17,10 @@ const AVRO: &str = "triggers_format = \"avro\"\nstatus_format = \"avro\"\n";
 
 /// The test configuration with both topics in Avro, plus `extra`.
 fn avro_config(kafka: &Kafka, t: &Topics, extra: &str) -> String {
-    config_toml(kafka, t, extra).replace(
-        "create_topics = false\n",
-        &format!("create_topics = false\n{AVRO}"),
-    )
+    Setup::new(kafka, t)
+        .config(&format!("[kafka]\n{AVRO}"))
+        .config(extra)
+        .toml()
 }
 
 /// Read `n` status records and decode them (either format) with `codec`.

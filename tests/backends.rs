@@ -191,10 +191,9 @@ async fn upsert_entity_catalog_response_decides_the_status() {
     let t = kafka.topics(1).await;
     let rx = Receiver::start().await;
     let extra = format!(
-        "catalog_url = \"{}\"\ncatalog_token_secret = \"credential\"\n",
+        "[backends.upsert_entity]\ncatalog_url = \"{}\"\ncatalog_token_secret = \"credential\"\n",
         rx.url("/api")
     );
-    // Appended to the [backends.upsert_entity] table the test config ends with.
     let _d = Dispatcher::start(&kafka, &t, &extra);
     kafka
         .produce(&t.triggers, &[record(None, &upsert("r_cat_ok"))])

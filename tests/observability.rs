@@ -23,16 +23,13 @@ async fn logs_carry_run_fields_hide_secrets_and_trace_context_propagates() {
     let t = kafka.topics(1).await;
     let rx = Receiver::start().await;
     // JSON logs at debug level: the most a log could leak.
-    let cfg = config_toml(
-        &kafka,
-        &t,
-        "[backends.webhook.retry]\nmax_attempts = 2\ninitial_backoff = \"50ms\"\n",
-    )
-    .replace("format = \"text\"", "format = \"json\"")
-    .replace(
-        "level = \"info,librdkafka=warn\"",
-        "level = \"debug,librdkafka=warn,hyper=info,reqwest=info,h2=info\"",
-    );
+    let cfg = Setup::new(&kafka, &t)
+        .config("[backends.webhook.retry]\nmax_attempts = 2\ninitial_backoff = \"50ms\"\n")
+        .config(
+            "[log]\nformat = \"json\"\n\
+             level = \"debug,librdkafka=warn,hyper=info,reqwest=info,h2=info\"\n",
+        )
+        .toml();
     let d = Dispatcher::start_with_config(&cfg, &[]);
     let event = |run: &str, path: &str| {
         let mut ev = webhook_event(run, &rx.url(path), true);

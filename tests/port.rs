@@ -413,8 +413,8 @@ async fn the_mapping_file_shapes_the_request_decrypts_and_reports() {
         .to_string(),
     )
     .unwrap();
-    let toml = dispatcher_config(&kafka, &t, &port, &changelog, "").replace(
-        "[port]\n",
+    let toml = merge_config(
+        &dispatcher_config(&kafka, &t, &port, &changelog, ""),
         &format!("[port]\nmapping_file = \"{}\"\n", mapping.display()),
     );
     let body = r#"{"data": {"id": "run-77"}, "links": {"self": "https://tf.example/runs/run-77"}}"#;
@@ -601,8 +601,10 @@ async fn dlq_replays_return_to_their_topic_and_skip_the_age_limit() {
     kafka.create_topic(&changelog, 1).await;
     let receiver = Receiver::start().await;
     let port = FakePort::start(CLIENT_ID, SECRET).await;
-    let toml = dispatcher_config(&kafka, &t, &port, &changelog, "")
-        .replace("[port]\n", "[port]\nsignature_max_age = \"1h\"\n");
+    let toml = merge_config(
+        &dispatcher_config(&kafka, &t, &port, &changelog, ""),
+        "[port]\nsignature_max_age = \"1h\"\n",
+    );
     let config = scratch_dir().join("switchyard.toml");
     std::fs::write(&config, &toml).unwrap();
     let _d = start(&toml);

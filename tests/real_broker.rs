@@ -32,9 +32,10 @@ async fn missing_topics_are_created_when_configured() {
         status_partitions: 4,
     };
     let rx = Receiver::start().await;
-    let cfg = config_toml(&kafka, &t, "").replace(
-        "create_topics = false",
-        "create_topics = true\ntopic_partitions = 4",
+    let cfg = config_toml(
+        &kafka,
+        &t,
+        "[kafka]\ncreate_topics = true\ntopic_partitions = 4",
     );
     let d = Dispatcher::start_with_config(&cfg, &[]);
     let deadline = std::time::Instant::now() + WAIT;
@@ -128,9 +129,10 @@ async fn kip848_consumer_protocol_group_survives_a_kill_and_a_join() {
     let rx = Receiver::start().await;
     rx.set_default_delay(Duration::from_millis(10));
     // The classic-only client settings must go: librdkafka refuses them under KIP-848.
-    let cfg = config_toml(&kafka, &t, "")
-        .replace("\"session.timeout.ms\" = 6000\n", "")
-        .replace("\"heartbeat.interval.ms\" = 500\n", "");
+    let cfg = Setup::new(&kafka, &t)
+        .without(&["kafka", "consumer", "session.timeout.ms"])
+        .without(&["kafka", "consumer", "heartbeat.interval.ms"])
+        .toml();
     let env = [("SWITCHYARD_KAFKA__GROUP_PROTOCOL", "consumer")];
     let mut members: Vec<Dispatcher> = (0..2)
         .map(|_| Dispatcher::start_with_config(&cfg, &env))
@@ -180,9 +182,12 @@ async fn a_static_member_restarts_without_a_rebalance() {
     let t = kafka.topics(6).await;
     let rx = Receiver::start().await;
     let cfg = |id: &str| {
-        config_toml(&kafka, &t, "").replace(
-            "\"session.timeout.ms\" = 6000\n",
-            &format!("\"session.timeout.ms\" = 30000\n\"group.instance.id\" = \"{id}\"\n"),
+        config_toml(
+            &kafka,
+            &t,
+            &format!(
+                "[kafka.consumer]\n\"session.timeout.ms\" = 30000\n\"group.instance.id\" = \"{id}\"\n"
+            ),
         )
     };
     let mut a = Dispatcher::start_with_config(&cfg("sy-static-a"), &[]);

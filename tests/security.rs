@@ -285,11 +285,13 @@ async fn a_secret_out_of_scope_is_refused_and_no_secret_value_leaks() {
     let kafka = Kafka::start();
     let t = kafka.topics(1).await;
     let rx = Receiver::start().await;
-    let cfg = config_toml(&kafka, &t, "").replace(
-        "[dlq]",
-        "gh = { env = \"SWITCHYARD_TEST_GH\" }\n\
+    let cfg = config_toml(
+        &kafka,
+        &t,
+        "[secrets]\n\
+         gh = { env = \"SWITCHYARD_TEST_GH\" }\n\
          hook = { env = \"SWITCHYARD_TEST_HOOK\", hosts = [\"127.0.0.1\"], backends = [\"WEBHOOK\"] }\n\
-         elsewhere = { env = \"SWITCHYARD_TEST_HOOK\", hosts = [\"hooks.example.com\"] }\n\n[dlq]",
+         elsewhere = { env = \"SWITCHYARD_TEST_HOOK\", hosts = [\"hooks.example.com\"] }\n",
     );
     let mut d = Dispatcher::start_with_config(
         &cfg,
@@ -442,12 +444,10 @@ async fn the_kafka_backend_writes_only_to_allowed_topics() {
     let t = kafka.topics(1).await;
     let extra_topic = unique("allowed");
     kafka.create_topic(&extra_topic, 1).await;
-    let cfg = config_toml(&kafka, &t, "").replace(
-        &format!("[backends.kafka]\ntopic = \"{}\"", t.actions),
-        &format!(
-            "[backends.kafka]\ntopic = \"{}\"\ntopics = [\"{extra_topic}\"]",
-            t.actions
-        ),
+    let cfg = config_toml(
+        &kafka,
+        &t,
+        &format!("[backends.kafka]\ntopics = [\"{extra_topic}\"]"),
     );
     assert!(
         cfg.contains("topics = ["),
@@ -751,10 +751,11 @@ async fn a_rotated_file_secret_is_used_after_sighup() {
     let rx = Receiver::start().await;
     let file = scratch_dir().join("hook-secret");
     std::fs::write(&file, "rotation-value-one\n").unwrap();
-    let cfg = config_toml(&kafka, &t, "").replace(
-        "[dlq]",
+    let cfg = config_toml(
+        &kafka,
+        &t,
         &format!(
-            "rotated = {{ file = \"{}\", hosts = [\"127.0.0.1\"] }}\n\n[dlq]",
+            "[secrets]\nrotated = {{ file = \"{}\", hosts = [\"127.0.0.1\"] }}\n",
             file.display()
         ),
     );

@@ -119,7 +119,7 @@ pub fn failure(ex: &Exchange, prefix: &str) -> Report {
     let code = status.as_u16();
     let outcome = match code {
         401 | 403 => Outcome::CredentialsRejected,
-        408 | 425 | 429 | 500..=599 => Outcome::Retryable,
+        c if crate::config::retried_by_default(c) => Outcome::Retryable,
         _ => Outcome::Permanent,
     };
     let reason = status.canonical_reason().unwrap_or("");

@@ -1,15 +1,13 @@
 //! `switchyard runs tail` and `switchyard runs get`: the status topic for people.
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::time::Duration;
 
-use anyhow::Context as _;
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 
 use switchyard::codec::avro::Codec;
 use switchyard::config::{Config, KafkaConfig};
+use switchyard::kafka::tail::TopicTail;
 use switchyard::model::{RunStatus, RunUpdate};
 use switchyard::status::view::{RunState, RunView};
 
@@ -26,26 +24,17 @@ async fn scan(
     follow: bool,
     mut each: impl FnMut(&RunUpdate),
 ) -> anyhow::Result<()> {
-    let (tpl, ends) = switchyard::kafka::topics::from_start(kafka, &kafka.status_topic)
-        .await
-        .with_context(|| format!("reading {}", kafka.status_topic))?;
-    let consumer: StreamConsumer = switchyard::kafka::consumer_config(kafka)
-        .set("group.id", format!("{}.runs-cli", kafka.group_id))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    consumer.assign(&tpl)?;
-    let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let mut tail = TopicTail::open(kafka, &kafka.status_topic, "runs-cli", &[]).await?;
     loop {
-        let caught_up = ends.iter().all(|(p, end)| position[p] >= *end);
-        let next = if follow || !caught_up {
-            // Before the end: wait as long as it takes (bounded by the broker).
-            tokio::time::timeout(Duration::from_secs(3600), consumer.recv()).await
+        let caught_up = tail.caught_up();
+        // Before the end: wait as long as it takes (bounded by the broker).
+        let idle = if follow || !caught_up {
+            Duration::from_secs(3600)
         } else {
-            tokio::time::timeout(QUIET, consumer.recv()).await
+            QUIET
         };
-        match next {
-            Ok(Ok(m)) => {
-                position.insert(m.partition(), m.offset() + 1);
+        match tail.next(idle).await? {
+            Some(m) => {
                 let Some(u) = codec.decode_update(m.payload().unwrap_or_default()).await else {
                     continue;
                 };
@@ -53,9 +42,8 @@ async fn scan(
                     each(&u);
                 }
             }
-            Ok(Err(e)) => anyhow::bail!("reading {}: {e}", kafka.status_topic),
-            Err(_) if caught_up => return Ok(()),
-            Err(_) => {}
+            None if caught_up => return Ok(()),
+            None => {}
         }
     }
 }

@@ -32,9 +32,7 @@ pub async fn publish(config: &Config, payload: &[u8], validate: bool) -> anyhow:
         Err((bad, _)) if validate => bail!("{bad} (use --no-validate to publish it anyway)"),
         Err((_, id)) => (id.clone(), id.unwrap_or_default()),
     };
-    let producer: FutureProducer = switchyard::kafka::client_config(cfg)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+    let producer: FutureProducer = switchyard::kafka::producer_config(cfg)
         .set("message.timeout.ms", "30000")
         .create()
         .context("creating the producer")?;

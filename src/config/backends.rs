@@ -383,7 +383,7 @@ impl Default for RetryConfig {
             max_attempts: 5,
             initial_backoff: Duration::from_millis(500),
             max_backoff: Duration::from_secs(30),
-            retry_statuses: ["408", "425", "429", "5xx"].map(String::from).to_vec(),
+            retry_statuses: DEFAULT_RETRY_STATUSES.map(String::from).to_vec(),
             credentials_pause: Duration::from_secs(60),
             credentials_max_wait: Duration::from_secs(600),
         }
@@ -433,6 +433,17 @@ fn valid_status_pattern(p: &str) -> bool {
     b.len() == 3
         && (b'1'..=b'5').contains(&b[0])
         && ((b[1].is_ascii_digit() && b[2].is_ascii_digit()) || (b[1] == b'x' && b[2] == b'x'))
+}
+
+/// The HTTP statuses worth another attempt unless a backend's `retry.retry_statuses`
+/// says otherwise: request timeout, too early, too many requests, server errors.
+pub const DEFAULT_RETRY_STATUSES: [&str; 4] = ["408", "425", "429", "5xx"];
+
+/// Whether `code` is retried by default ([`DEFAULT_RETRY_STATUSES`]).
+pub fn retried_by_default(code: u16) -> bool {
+    DEFAULT_RETRY_STATUSES
+        .iter()
+        .any(|p| status_matches(p, code))
 }
 
 fn status_matches(pattern: &str, code: u16) -> bool {

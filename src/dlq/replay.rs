@@ -9,16 +9,16 @@
 //! watermark read at start and no record arrived for a second (some brokers report the
 //! watermark late, so the watermark alone is not trusted to mean "the end").
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 
 use crate::config::{Config, KafkaConfig};
 use crate::dlq;
+use crate::kafka::tail::TopicTail;
 
 /// Which DLQ records to replay. Empty sets select everything.
 #[derive(Debug, Clone, Default)]
@@ -105,32 +105,25 @@ impl DeadLetter {
 
 /// Read every DLQ record and return the selected ones.
 pub async fn select(cfg: &KafkaConfig, s: &Selection) -> anyhow::Result<Vec<DeadLetter>> {
-    let consumer: StreamConsumer = crate::kafka::consumer_config(cfg)
-        .set("group.id", format!("{}.dlq-replay", cfg.group_id))
-        .set("enable.auto.commit", "false")
-        .create()?;
-    let (tpl, ends) = crate::kafka::topics::from_start(cfg, &cfg.dlq_topic).await?;
-    consumer.assign(&tpl)?;
-    let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
+    let mut tail = TopicTail::open(cfg, &cfg.dlq_topic, "dlq-replay", &[]).await?;
     let mut out = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
-        let caught_up = ends.iter().all(|(p, end)| position[p] >= *end);
+        let caught_up = tail.caught_up();
         let idle = if caught_up {
             Duration::from_secs(1)
         } else {
             Duration::from_secs(15)
         };
-        let msg = match tokio::time::timeout(idle, consumer.recv()).await {
-            Err(_) if caught_up => break,
-            Err(_) => anyhow::bail!("no DLQ records arrived for 15 s before reaching the end"),
-            Ok(m) => m?,
+        let msg = match tail.next(idle).await? {
+            None if caught_up => break,
+            None => anyhow::bail!("no DLQ records arrived for 15 s before reaching the end"),
+            Some(m) => m,
         };
         anyhow::ensure!(
             Instant::now() < deadline,
             "reading the DLQ took over 5 minutes"
         );
-        position.insert(msg.partition(), msg.offset() + 1);
         let letter = DeadLetter {
             partition: msg.partition(),
             offset: msg.offset(),
@@ -162,10 +155,7 @@ pub async fn replay(config: &Config, letters: &[DeadLetter]) -> anyhow::Result<u
              secret as the dispatchers'"
         )
     })?;
-    let producer: FutureProducer = crate::kafka::client_config(cfg)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .create()?;
+    let producer: FutureProducer = crate::kafka::producer_config(cfg).create()?;
     for l in letters {
         let source = format!("{}/{}/{}", cfg.dlq_topic, l.partition, l.offset);
         let mut headers = OwnedHeaders::new();

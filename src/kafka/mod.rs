@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod offsets;
 pub mod publisher;
+pub mod tail;
 pub mod topics;
 
 use rdkafka::ClientConfig;
@@ -15,6 +16,20 @@ pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.brokers);
     for (k, v) in &cfg.common {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Settings of every producer switchyard creates (the publisher, `dlq replay`,
+/// `trigger`): [`client_config`], idempotent with `acks=all`, a 2 ms linger, then
+/// `kafka.producer`.
+pub fn producer_config(cfg: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "2");
+    for (k, v) in &cfg.producer {
         c.set(k, v);
     }
     c

@@ -134,15 +134,8 @@ impl Publisher {
         codec: Arc<crate::codec::avro::Codec>,
         stop: CancellationToken,
     ) -> rdkafka::error::KafkaResult<Self> {
-        let mut c = super::client_config(cfg);
-        c.set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "2");
-        for (k, v) in &cfg.producer {
-            c.set(k, v);
-        }
         Ok(Publisher {
-            producer: SharedProducer::new(c)?,
+            producer: SharedProducer::new(super::producer_config(cfg))?,
             codec,
             status_topic: cfg.status_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),

@@ -342,3 +342,17 @@ async fn abandoning_ends_the_wait_and_returns_none() {
     );
     assert_eq!(notices.len(), 1);
 }
+
+#[test]
+fn the_pool_future_stays_small() {
+    // One state machine for all the layers, and notices boxed: the future a lane holds
+    // per run stays small (it is held for every in-flight run).
+    let pool = Pool::new("TEST", &config());
+    let backend = Scripted::new([]);
+    let req = request();
+    let abandon = CancellationToken::new();
+    let mut notices = Vec::new();
+    let fut = pool.run(backend.as_ref(), &req, &abandon, &mut notices);
+    let size = std::mem::size_of_val(&fut);
+    println!("pool future: {size} bytes");
+}

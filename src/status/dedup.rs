@@ -20,11 +20,11 @@ use std::sync::{Arc, Mutex};
 
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
+use crate::kafka::tail::TopicTail;
 use crate::model::RunUpdate;
 
 /// The tail fetches at most this long ([`LEDGER_FETCH_MIN_BYTES`] permitting)…
@@ -229,31 +229,31 @@ pub async fn tail(
     ledger: Option<Arc<Ledger>>,
     observe: impl Fn(&RunUpdate) + Send + 'static,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let (tpl, ends) = crate::kafka::topics::from_start(kafka, &kafka.status_topic).await?;
-    let consumer: StreamConsumer = crate::kafka::consumer_config(kafka)
-        .set("group.id", format!("{}.ledger", kafka.group_id))
-        .set("enable.auto.commit", "false")
+    let mut tail = TopicTail::open(
+        kafka,
+        &kafka.status_topic,
+        "ledger",
         // The view may trail by a fraction of a second; what it must not do is cost
         // the broker one fetch per few records (three run updates per event).
-        .set("fetch.wait.max.ms", LEDGER_FETCH_WAIT_MS.to_string())
-        .set("fetch.min.bytes", LEDGER_FETCH_MIN_BYTES.to_string())
-        .create()?;
-    consumer.assign(&tpl)?;
+        &[
+            ("fetch.wait.max.ms", LEDGER_FETCH_WAIT_MS.to_string()),
+            ("fetch.min.bytes", LEDGER_FETCH_MIN_BYTES.to_string()),
+        ],
+    )
+    .await?;
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let mut ready = Some(ready_tx);
-        let mut position: HashMap<i32, i64> = ends.keys().map(|p| (*p, 0)).collect();
         loop {
-            if ready.is_some() && reached(&position, &ends) {
+            if ready.is_some() && tail.caught_up() {
                 let _ = ready.take().map(|r| r.send(()));
             }
             let msg = tokio::select! {
-                m = consumer.recv() => m,
+                m = tail.next(Duration::from_secs(3600)) => m,
                 _ = stop.cancelled() => return,
             };
             match msg {
-                Ok(m) => {
-                    position.insert(m.partition(), m.offset() + 1);
+                Ok(Some(m)) => {
                     if let Some(l) = &ledger {
                         l.advance(m.partition(), m.offset() + 1);
                     }
@@ -267,6 +267,7 @@ pub async fn tail(
                         observe(&u);
                     }
                 }
+                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "reading the status topic failed"),
             }
         }

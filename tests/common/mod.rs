@@ -652,10 +652,57 @@ pub fn scratch_dir() -> PathBuf {
     d
 }
 
-/// The configuration a test dispatcher runs with; `extra` is appended TOML.
+/// The configuration a test dispatcher runs with: [`Setup`]'s base with `extra` merged
+/// over it.
 pub fn config_toml(kafka: &Kafka, t: &Topics, extra: &str) -> String {
-    format!(
-        r#"
+    Setup::new(kafka, t).config(extra).toml()
+}
+
+/// `extra` (TOML) merged over `base` (TOML): tables merge key by key, recursively; any
+/// other value in `extra` replaces the base's. A `[backends.webhook.destinations]`
+/// table replaces the base's whole: a test about the destination policy brings all of it.
+pub fn merge_config(base: &str, extra: &str) -> String {
+    let mut table: toml::Table = base.parse().expect("the base configuration parses");
+    merge_into(&mut table, parse_extra(extra));
+    toml::to_string(&table).expect("a TOML table serialises")
+}
+
+fn parse_extra(extra: &str) -> toml::Table {
+    extra
+        .parse()
+        .unwrap_or_else(|e| panic!("a test's extra configuration does not parse: {e}\n{extra}"))
+}
+
+fn merge_into(base: &mut toml::Table, extra: toml::Table) {
+    for (key, value) in extra {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(e)) if key != "destinations" => {
+                merge_into(b, e)
+            }
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// A test dispatcher's configuration: the base below (the test topics, loopback
+/// receivers allowed, the test secrets) with TOML tables merged over it.
+///
+/// ```ignore
+/// let d = Setup::new(&kafka, &t)
+///     .config("[backends.webhook.retry]\nmax_attempts = 1")
+///     .without(&["kafka", "consumer", "session.timeout.ms"])
+///     .start();
+/// ```
+pub struct Setup {
+    table: toml::Table,
+}
+
+impl Setup {
+    pub fn new(kafka: &Kafka, t: &Topics) -> Setup {
+        let base = format!(
+            r#"
 [kafka]
 brokers = "{brokers}"
 group_id = "{group}"
@@ -685,31 +732,58 @@ credential = {{ env = "SWITCHYARD_TEST_TOKEN" }}
 [dlq]
 replay_key = {{ env = "SWITCHYARD_TEST_REPLAY_KEY" }}
 
-{destinations}
+# Test receivers listen on loopback, which the destination policy refuses unless opened.
+[backends.webhook.destinations]
+allow = ["127.0.0.1", "::1"]
 
 [backends.kafka]
 topic = "{actions}"
 
 [backends.upsert_entity]
 topic = "{entities}"
-{extra}
 "#,
-        // Test receivers listen on loopback, which the destination policy refuses unless
-        // opened; tests about the policy bring their own table.
-        destinations = if extra.contains("[backends.webhook.destinations]") {
-            ""
-        } else {
-            "[backends.webhook.destinations]\nallow = [\"127.0.0.1\", \"::1\"]"
-        },
-        actions = t.actions,
-        watches = t.watches,
-        entities = t.entities,
-        brokers = kafka.brokers,
-        group = t.group,
-        triggers = t.triggers,
-        status = t.status,
-        dlq = t.dlq,
-    )
+            actions = t.actions,
+            watches = t.watches,
+            entities = t.entities,
+            brokers = kafka.brokers,
+            group = t.group,
+            triggers = t.triggers,
+            status = t.status,
+            dlq = t.dlq,
+        );
+        Setup {
+            table: base.parse().expect("the base test configuration parses"),
+        }
+    }
+
+    /// Merge a TOML text over the configuration (see [`merge_config`]).
+    pub fn config(mut self, toml: &str) -> Setup {
+        merge_into(&mut self.table, parse_extra(toml));
+        self
+    }
+
+    /// Remove the value at `path` (table names, then the key); it must be there.
+    pub fn without(mut self, path: &[&str]) -> Setup {
+        let (last, tables) = path.split_last().expect("a path");
+        let mut table = &mut self.table;
+        for name in tables {
+            table = table
+                .get_mut(*name)
+                .and_then(toml::Value::as_table_mut)
+                .unwrap_or_else(|| panic!("no table {name} in the configuration"));
+        }
+        assert!(table.remove(*last).is_some(), "no {last} to remove");
+        self
+    }
+
+    pub fn toml(&self) -> String {
+        toml::to_string(&self.table).expect("a TOML table serialises")
+    }
+
+    /// Start `switchyard run` with this configuration.
+    pub fn start(&self) -> Dispatcher {
+        Dispatcher::start_with_config(&self.toml(), &[])
+    }
 }
 
 pub fn bin() -> &'static str {

@@ -8,7 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
 use serde_json::Value;
 
 use crate::backends::error_chain;
@@ -146,9 +146,8 @@ async fn classify(sent: reqwest::Result<reqwest::Response>) -> Result<Value, Cal
         return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
     }
     let body: String = text.chars().take(1024).collect();
-    match status {
-        StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {}
-        s if s.is_server_error() || s.as_u16() == 425 => {}
+    match status.as_u16() {
+        code if crate::config::retried_by_default(code) => {}
         _ => {
             return Err(CallError::Rejected {
                 status: status.as_u16(),
