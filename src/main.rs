@@ -153,7 +153,7 @@ fn main() -> ExitCode {
     // A template worker (see switchyard::sandbox) is this executable with one variable
     // set: it serves renders on its pipes and never parses a command line.
     if let Some(limits) = std::env::var_os(switchyard::template::sandbox::WORKER_ENV) {
-        return switchyard::template::sandbox::worker_main(&limits.to_string_lossy());
+        return switchyard::template::worker_main(&limits.to_string_lossy());
     }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod offsets;
 pub mod publisher;
+pub mod sanitize;
 pub mod tail;
 pub mod topics;
 

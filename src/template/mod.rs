@@ -13,6 +13,9 @@ mod jq;
 pub mod sandbox;
 mod syntax;
 mod values;
+mod worker;
+
+pub use worker::worker_main;
 
 use jq::{compile, environment, Program};
 use syntax::{is_spread, simple_path, snippet, split, walk_path, Segment};
