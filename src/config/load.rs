@@ -41,6 +41,9 @@ impl Config {
             }
         }
         port::apply_org_defaults(&mut root);
+        if let Ok(dir) = std::env::current_dir() {
+            port::discover_mapping(&mut root, &dir);
+        }
         let mut unknown = Vec::new();
         let parsed: Result<Config, _> =
             serde_ignored::deserialize(toml::Value::Table(root), |path| {

@@ -186,6 +186,24 @@ pub fn apply_org_defaults(root: &mut toml::Table) {
     set_default(root, &["kafka", "group_id"], s(format!("{org}.switchyard")));
 }
 
+/// Where the Port agent's image mounts the mapping (Helm and Docker set no variable):
+/// the agent's working directory is `/app`.
+pub const AGENT_MAPPING_FILE: &str = "control_the_payload_config.json";
+
+/// In Port mode (`port.org_id` set) with no `port.mapping_file`: the agent's mapping
+/// file in `dir` (the working directory), when it exists, as the agent reads it.
+pub fn discover_mapping(root: &mut toml::Table, dir: &std::path::Path) {
+    let port_mode = lookup(root, &["port", "org_id"]).is_some();
+    if !port_mode || lookup(root, &["port", "mapping_file"]).is_some() {
+        return;
+    }
+    let candidate = dir.join(AGENT_MAPPING_FILE);
+    if candidate.is_file() {
+        let path = candidate.to_string_lossy().into_owned();
+        set(root, &["port", "mapping_file"], toml::Value::String(path));
+    }
+}
+
 fn port_input(topic: &str) -> toml::Value {
     let mut t = toml::Table::new();
     t.insert("topic".into(), toml::Value::String(topic.to_owned()));

@@ -263,3 +263,64 @@ fn the_group_protocol_is_chosen_by_its_own_setting() {
     let cfg = Config::from_toml("", env).unwrap();
     assert_eq!(cfg.kafka.group_protocol, GroupProtocol::Consumer);
 }
+
+#[test]
+fn the_agents_mounted_mapping_is_found_in_the_working_directory() {
+    let dir = std::env::temp_dir().join(format!("sy-mapping-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join(port::AGENT_MAPPING_FILE);
+    let _ = std::fs::remove_file(&file);
+    let root = |text: &str| -> toml::Table { text.parse().unwrap() };
+    let mapping_of = |t: &toml::Table| {
+        t.get("port")
+            .and_then(|p| p.get("mapping_file"))
+            .and_then(|v| v.as_str())
+            .map(str::to_owned)
+    };
+    // No file: nothing set (the built-in default applies).
+    let mut t = root("[port]\norg_id = \"org_X\"\n");
+    port::discover_mapping(&mut t, &dir);
+    assert_eq!(mapping_of(&t), None);
+    // The file as Helm and Docker mount it: used in Port mode.
+    std::fs::write(&file, "[]").unwrap();
+    port::discover_mapping(&mut t, &dir);
+    assert_eq!(mapping_of(&t).as_deref(), file.to_str());
+    // An explicit path (CONTROL_THE_PAYLOAD_CONFIG_PATH, or the file) wins.
+    let mut t = root("[port]\norg_id = \"org_X\"\nmapping_file = \"/etc/mine.json\"\n");
+    port::discover_mapping(&mut t, &dir);
+    assert_eq!(mapping_of(&t).as_deref(), Some("/etc/mine.json"));
+    // Not in Port mode: a stray file is not read.
+    let mut t = root("[kafka]\nbrokers = \"b:9092\"\n");
+    port::discover_mapping(&mut t, &dir);
+    assert_eq!(mapping_of(&t), None);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn the_images_baked_config_lets_the_agents_environment_choose_topics_and_group() {
+    // The secret itself is read from the process environment, like every env secret.
+    let _env = crate::env_lock();
+    std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/switchyard.toml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let plain = Config::from_toml(&text, env(&[])).unwrap();
+    assert_eq!(plain.kafka.triggers_topic, "switchyard.triggers");
+    assert_eq!(plain.kafka.group_id, "switchyard");
+    let agent = Config::from_toml(
+        &text,
+        env(&[
+            ("PORT_ORG_ID", "org_X"),
+            ("PORT_CLIENT_ID", "cid"),
+            ("PORT_CLIENT_SECRET", "agent-secret-from-env"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(
+        agent.input_topics(),
+        vec![
+            ("org_X.runs".to_owned(), Format::Port),
+            ("org_X.change.log".to_owned(), Format::Port)
+        ]
+    );
+    assert_eq!(agent.kafka.group_id, "org_X.switchyard");
+}

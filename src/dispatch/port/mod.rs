@@ -324,8 +324,17 @@ impl Settings {
             ])
         })?;
         let mapping = match &cfg.port.mapping_file {
-            Some(path) => Mapping::load(std::path::Path::new(path)).map_err(ConfigErrors)?,
-            None => Mapping::builtin(),
+            Some(path) => {
+                tracing::info!(mapping = %path, "Port payload mapping read from the file");
+                Mapping::load(std::path::Path::new(path)).map_err(ConfigErrors)?
+            }
+            None => {
+                tracing::info!(
+                    "Port payload mapping: the agent's built-in default (no \
+                     CONTROL_THE_PAYLOAD_CONFIG_PATH, no ./control_the_payload_config.json)"
+                );
+                Mapping::builtin()
+            }
         };
         let age = cfg.port.signature_max_age;
         Ok(Some(Settings {
