@@ -41,11 +41,6 @@ impl Backoff {
         self.retries = self.retries.saturating_add(1);
         nth(self.initial, self.max, self.retries, self.jitter)
     }
-
-    /// Start over (after a success).
-    pub fn reset(&mut self) {
-        self.retries = 0;
-    }
 }
 
 /// The wait before retry `n` (1-based): `initial × 2^(n-1)`, capped at `max`, jittered.
@@ -70,8 +65,6 @@ mod tests {
         let mut plain = Backoff::new(ms(100), ms(1000), Jitter::None);
         let waits: Vec<_> = (0..6).map(|_| plain.next_wait()).collect();
         assert_eq!(waits, [100, 200, 400, 800, 1000, 1000].map(ms));
-        plain.reset();
-        assert_eq!(plain.next_wait(), ms(100));
         for n in 1..10 {
             let ceiling = nth(ms(100), ms(1000), n, Jitter::None);
             for _ in 0..50 {

@@ -56,6 +56,27 @@ impl Client {
     }
 }
 
+/// Publish an async webhook run and wait until it is accepted (202): it then waits,
+/// IN_PROGRESS, for reports through the API. Returns the status log read so far.
+async fn accepted_run(kafka: &Kafka, t: &Topics, rx: &Receiver, run: &str) -> StatusLog {
+    kafka
+        .produce(
+            &t.triggers,
+            &[record(
+                None,
+                &webhook_event(run, &rx.url("/accepted?status=202"), false),
+            )],
+        )
+        .await;
+    let mut log = StatusLog::new(kafka, t);
+    log.wait_until(WAIT, "the run accepted", |u| {
+        u.iter()
+            .any(|u| u.kind == UpdateKind::Log && u.run_id == run)
+    })
+    .await;
+    log
+}
+
 /// An async webhook run reported to completion through the API, as a workflow reporting
 /// to Port would: label and link, logs, the response, then a final status. Port's rules
 /// hold afterwards, and a second instance that did not dispatch the run answers for it.
@@ -66,21 +87,7 @@ async fn async_run_is_reported_through_the_api_with_ports_rules() {
     let rx = Receiver::start().await;
     let a = Dispatcher::start(&kafka, &t, API);
     let api = Client::new(&a);
-    kafka
-        .produce(
-            &t.triggers,
-            &[record(
-                None,
-                &webhook_event("r_api", &rx.url("/accepted?status=202"), false),
-            )],
-        )
-        .await;
-    let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "the run accepted", |u| {
-        u.iter()
-            .any(|u| u.kind == UpdateKind::Log && u.run_id == "r_api")
-    })
-    .await;
+    let mut log = accepted_run(&kafka, &t, &rx, "r_api").await;
 
     let (code, body) = api
         .send(
@@ -407,21 +414,7 @@ async fn concurrent_api_writes_to_one_run_get_distinct_seqs() {
     let rx = Receiver::start().await;
     let d = Dispatcher::start(&kafka, &t, API);
     let api = Client::new(&d);
-    kafka
-        .produce(
-            &t.triggers,
-            &[record(
-                None,
-                &webhook_event("r_seq", &rx.url("/accepted?status=202"), false),
-            )],
-        )
-        .await;
-    let mut log = StatusLog::new(&kafka, &t);
-    log.wait_until(WAIT, "the run accepted", |u| {
-        u.iter()
-            .any(|u| u.kind == UpdateKind::Log && u.run_id == "r_seq")
-    })
-    .await;
+    let mut log = accepted_run(&kafka, &t, &rx, "r_seq").await;
 
     const WRITES: usize = 24;
     let mut tasks = Vec::new();

@@ -272,11 +272,6 @@ impl Registry {
             .map(|(k, r)| (*k, r.backend.clone()))
             .collect()
     }
-
-    /// Comma-separated list of known types, for error messages.
-    pub fn known(&self) -> String {
-        self.by_type.keys().copied().collect::<Vec<_>>().join(", ")
-    }
 }
 
 /// Port allows `synchronized` (and `agent`) as a bool or as a string such as "true".

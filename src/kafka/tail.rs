@@ -54,9 +54,7 @@ impl TopicTail {
 
     /// Whether every record written before the tail opened has been read.
     pub fn caught_up(&self) -> bool {
-        self.ends
-            .iter()
-            .all(|(p, end)| self.position.get(p).copied().unwrap_or(0) >= *end)
+        reached(&self.position, &self.ends)
     }
 
     /// The next record, or `Ok(None)` when none arrives within `idle`. A read error
@@ -70,8 +68,10 @@ impl TopicTail {
         self.position.insert(m.partition(), m.offset() + 1);
         Ok(Some(m))
     }
+}
 
-    pub fn topic(&self) -> &str {
-        &self.topic
-    }
+/// Whether `position` (the next offset read, per partition) has reached `ends`.
+pub fn reached(position: &HashMap<i32, i64>, ends: &HashMap<i32, i64>) -> bool {
+    ends.iter()
+        .all(|(p, end)| position.get(p).copied().unwrap_or(0) >= *end)
 }

@@ -24,7 +24,7 @@ use rdkafka::message::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::KafkaConfig;
-use crate::kafka::tail::TopicTail;
+use crate::kafka::tail::{reached, TopicTail};
 use crate::model::RunUpdate;
 
 /// The tail fetches at most this long ([`LEDGER_FETCH_MIN_BYTES`] permitting)…
@@ -276,12 +276,6 @@ pub async fn tail(
         tracing::warn!(wait = ?catch_up, "the view of the status topic has not caught up; starting anyway");
     }
     Ok(task)
-}
-
-/// Whether `position` (the next offset read, per partition) has reached `ends`.
-fn reached(position: &HashMap<i32, i64>, ends: &HashMap<i32, i64>) -> bool {
-    ends.iter()
-        .all(|(p, end)| position.get(p).copied().unwrap_or(0) >= *end)
 }
 
 /// The fields the ledger reads, parsed from a JSON run update without the rest (a

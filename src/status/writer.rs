@@ -64,7 +64,8 @@ impl Sequencer {
     }
 
     /// The last number handed out for `run`, when it is remembered.
-    pub fn last(&self, run: &str) -> Option<u64> {
+    #[cfg(test)]
+    fn last(&self, run: &str) -> Option<u64> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         g.last.get(run).copied()
     }
