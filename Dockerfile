@@ -20,6 +20,9 @@ RUN apt-get update \
 COPY --from=build /src/target/release/switchyard /usr/local/bin/switchyard
 COPY examples/switchyard.toml /etc/switchyard/switchyard.toml
 COPY schemas /usr/share/switchyard/schemas
+# The Port agent's working directory: Helm and Docker mount the user's mapping at
+# /app/control_the_payload_config.json, which Port mode reads from there.
+WORKDIR /app
 USER 10001
 ENV SWITCHYARD_CONFIG=/etc/switchyard/switchyard.toml \
     SWITCHYARD_HTTP__LISTEN=0.0.0.0:8080

@@ -11,7 +11,8 @@ use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::backends::Registry;
-use crate::config::Config;
+use crate::config::{Config, KafkaConfig};
+use crate::dispatch::port::client::{CallError, KafkaCredentials, PortClient};
 use crate::dispatch::Pipeline;
 use crate::kafka::{consumer, publisher::Publisher, topics};
 use crate::watch::Watcher;
@@ -20,54 +21,215 @@ use crate::watch::Watcher;
 /// API ([`crate::dispatch::port::reporter`]).
 fn start_port_reporter(
     cfg: &Config,
+    out: &KafkaConfig,
     codec: Arc<crate::codec::avro::Codec>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<consumer::ConsumerHandle>> {
-    let (Some(url), Some(id), Some(secret)) =
-        (&cfg.port.api_url, &cfg.port.client_id, cfg.port_secret())
-    else {
+    let Some(client) = port_client(cfg)? else {
         return Ok(None);
     };
-    let client = crate::dispatch::port::client::PortClient::new(url, id, &secret)?;
-    let port_topics = cfg
-        .input_topics()
-        .into_iter()
-        .filter(|(_, f)| *f == crate::config::Format::Port)
-        .map(|(t, _)| t)
-        .collect();
-    let reporter = crate::dispatch::port::reporter::Reporter::new(client, codec, port_topics);
+    let reporter = crate::dispatch::port::reporter::Reporter::new(client, codec, port_topics(cfg));
     let sub = consumer::Subscription {
+        kafka: out.clone(),
         group: format!("{}.port-reporter", cfg.kafka.group_id),
-        topics: vec![cfg.kafka.status_topic.clone()],
+        topics: vec![out.status_topic.clone()],
         marks_ready: false,
     };
-    tracing::info!(api = %url, group = %sub.group, "reporting Port runs to Port's API");
+    tracing::info!(api = ?cfg.port.api_url, group = %sub.group, "reporting Port runs to Port's API");
     let handle = consumer::start(cfg, sub, Arc::new(reporter), stop)
         .context("starting the Port reporter")?;
     Ok(Some(handle))
 }
 
+/// The client of Port's API, when `[port]` has the API's URL and credentials.
+fn port_client(cfg: &Config) -> anyhow::Result<Option<PortClient>> {
+    let (Some(url), Some(id), Some(secret)) =
+        (&cfg.port.api_url, &cfg.port.client_id, cfg.port_secret())
+    else {
+        return Ok(None);
+    };
+    Ok(Some(PortClient::new(url, id, &secret)?))
+}
+
+/// The topics that carry Port's agent messages.
+fn port_topics(cfg: &Config) -> std::collections::HashSet<String> {
+    cfg.input_topics()
+        .into_iter()
+        .filter(|(_, f)| *f == crate::config::Format::Port)
+        .map(|(t, _)| t)
+        .collect()
+}
+
 /// Run the dispatcher until `shutdown` fires, then stop cleanly.
+///
+/// In Port mode the org's streamer setting is set first (`PATCH /v1/organization`, as the
+/// agent does), and with `port.fetch_kafka_credentials` the brokers and SASL credentials
+/// come from Port's API: fetched at start, and again when the brokers refuse them; new
+/// credentials restart the Kafka clients (in-flight runs drain first, as on a shutdown).
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = port_client(&cfg)?;
+    if let (true, Some(c)) = (cfg.agent_mode(), &client) {
+        announce_streamer(c).await;
+    }
+    if !cfg.port.fetch_kafka_credentials {
+        return run_once(cfg, shutdown).await;
+    }
+    let client = client
+        .context("port.fetch_kafka_credentials needs port.api_url, client_id and client_secret")?;
+    let mut creds = first_credentials(&client, &shutdown).await?;
+    loop {
+        let mut now = cfg.clone();
+        use_credentials(&mut now, &creds);
+        let round = shutdown.child_token();
+        let mut app = std::pin::pin!(run_once(now, round.clone()));
+        let mut last_check: Option<tokio::time::Instant> = None;
+        let fresh = loop {
+            tokio::select! {
+                done = &mut app => return done,
+                _ = crate::kafka::auth_failures().notified() => {}
+            }
+            // At most one fetch per 30 s however often the brokers complain.
+            if last_check.is_some_and(|t| t.elapsed() < CREDENTIAL_RECHECK) {
+                continue;
+            }
+            last_check = Some(tokio::time::Instant::now());
+            match client.kafka_credentials().await {
+                Ok(fresh) if fresh != creds => break fresh,
+                Ok(_) => tracing::warn!(
+                    "Kafka refused the credentials and Port's API still issues the same ones"
+                ),
+                Err(e) => tracing::warn!(error = %e,
+                    "Kafka refused the credentials, and fetching new ones from Port's API failed"),
+            }
+        };
+        tracing::warn!(brokers = %fresh.brokers, username = %fresh.username,
+            "Port issued new Kafka credentials; restarting the Kafka clients with them");
+        round.cancel();
+        app.await?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        creds = fresh;
+    }
+}
+
+const CREDENTIAL_RECHECK: Duration = Duration::from_secs(30);
+
+/// `PATCH /v1/organization` with the streamer name, as the agent does at start; a
+/// failure is a warning, and the start goes on.
+async fn announce_streamer(client: &PortClient) {
+    let body = serde_json::json!({"settings": {"portAgentStreamerName": "KAFKA"}});
+    let sent = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.request(reqwest::Method::PATCH, "/v1/organization", Some(&body)),
+    )
+    .await;
+    match sent {
+        Ok(Ok(_)) => tracing::info!(streamer = "KAFKA", "Port organisation's streamer set"),
+        Ok(Err(e)) => tracing::warn!(error = %e, "setting the Port organisation's streamer failed"),
+        Err(_) => tracing::warn!("setting the Port organisation's streamer timed out"),
+    }
+}
+
+/// The start's credentials: transient failures are retried for about a minute, a refusal
+/// stops the start (the agent crashes on either).
+async fn first_credentials(
+    client: &PortClient,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<KafkaCredentials> {
+    let mut backoff = crate::backoff::Backoff::new(
+        Duration::from_secs(1),
+        Duration::from_secs(15),
+        crate::backoff::Jitter::Half,
+    );
+    for attempt in 1..=6 {
+        match client.kafka_credentials().await {
+            Ok(c) => {
+                tracing::info!(brokers = %c.brokers, username = %c.username,
+                    "Kafka brokers and credentials from Port's API (GET /v1/kafka-credentials)");
+                return Ok(c);
+            }
+            Err(e @ CallError::Rejected { .. }) => {
+                anyhow::bail!("Port's API refused the Kafka credentials request: {e}")
+            }
+            Err(e) if attempt == 6 => {
+                anyhow::bail!("fetching the Kafka credentials from Port's API failed: {e}")
+            }
+            Err(e) => tracing::warn!(error = %e, attempt,
+                "fetching the Kafka credentials from Port's API failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
+            _ = shutdown.cancelled() => anyhow::bail!("stopped while fetching the Kafka credentials"),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Port's credentials on the triggers' cluster: brokers, `sasl.username`,
+/// `sasl.password` (the protocol and mechanism stay the agent variables').
+fn use_credentials(cfg: &mut Config, c: &KafkaCredentials) {
+    crate::secrets::add_redacted([c.password.clone()]);
+    cfg.kafka.brokers.clone_from(&c.brokers);
+    cfg.kafka
+        .common
+        .insert("sasl.username".into(), c.username.clone());
+    cfg.kafka
+        .common
+        .insert("sasl.password".into(), c.password.clone());
+}
+
+/// One run of the dispatcher with fixed Kafka settings.
+async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let k = &cfg.kafka;
     let inputs = cfg.input_topics();
-    let mut required: Vec<topics::TopicSpec> = inputs
+    let inputs_spec: Vec<topics::TopicSpec> = inputs
         .iter()
         .map(|(t, _)| topics::TopicSpec::plain(t))
         .collect();
-    required.extend([
-        topics::TopicSpec::plain(&k.status_topic),
-        topics::TopicSpec {
-            max_message_bytes: Some(topics::DLQ_MAX_MESSAGE),
-            ..topics::TopicSpec::plain(&k.dlq_topic)
-        },
-        topics::TopicSpec {
-            name: &k.watches_topic,
-            compacted: true,
-            max_message_bytes: None,
-        },
-    ]);
-    topics::ensure_topics(k, &required, k.create_topics).await?;
+    // The cluster of switchyard's own topics; none in Port mode without [kafka.output].
+    let out = cfg.output_kafka();
+    fn own_spec(o: &KafkaConfig) -> [topics::TopicSpec<'_>; 3] {
+        [
+            topics::TopicSpec::plain(&o.status_topic),
+            topics::TopicSpec {
+                max_message_bytes: Some(topics::DLQ_MAX_MESSAGE),
+                ..topics::TopicSpec::plain(&o.dlq_topic)
+            },
+            topics::TopicSpec {
+                name: &o.watches_topic,
+                compacted: true,
+                max_message_bytes: None,
+            },
+        ]
+    }
+    if cfg.agent_mode() {
+        // Port's Kafka is read-only to switchyard: its topics are checked, never created.
+        // A missing one (an org without a change log) is a warning, as for the agent.
+        if let Err(e) = topics::ensure_topics(k, &inputs_spec, false).await {
+            tracing::warn!(error = %e, "Port's topics are not all there; consuming what exists");
+        }
+        match &out {
+            Some(o) => topics::ensure_topics(o, &own_spec(o), o.create_topics).await?,
+            None => tracing::warn!(
+                "Port mode without [kafka.output]: no status, DLQ or watches topic. Run \
+                 updates go straight to Port's API, dead letters are logged and skipped, \
+                 and duplicate suppression, the run view and resumed follows are off"
+            ),
+        }
+    } else {
+        let o = out
+            .as_ref()
+            .expect("outside Port mode there is an output cluster");
+        if o.brokers == k.brokers {
+            let mut required = inputs_spec;
+            required.extend(own_spec(o));
+            topics::ensure_topics(k, &required, k.create_topics).await?;
+        } else {
+            topics::ensure_topics(k, &inputs_spec, k.create_topics).await?;
+            topics::ensure_topics(o, &own_spec(o), o.create_topics).await?;
+        }
+    }
     // Every accepted record must fit in the DLQ with switchyard's headers: the input cap
     // follows from the DLQ's max.message.bytes. A broker that does not answer within a
     // second (or at all: the mock cluster) leaves Kafka's default in place, and a later
@@ -82,8 +244,8 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let max_input = Arc::new(std::sync::atomic::AtomicUsize::new(cap_for(
         topics::BROKER_DEFAULT_MAX_MESSAGE,
     )));
-    {
-        let (k, max_input) = (k.clone(), max_input.clone());
+    if let Some(o) = &out {
+        let (k, max_input) = (o.clone(), max_input.clone());
         let asked = tokio::spawn(async move {
             let Some(dlq_max) = topics::max_message_bytes(&k, &k.dlq_topic).await else {
                 tracing::info!(default = topics::BROKER_DEFAULT_MAX_MESSAGE,
@@ -100,7 +262,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         });
         let _ = tokio::time::timeout(Duration::from_secs(1), asked).await;
     }
-    let mut k = k.clone();
+    let mut k = out.clone().unwrap_or_else(|| k.clone());
     // The producer may send whatever a DLQ of up to 16 MiB accepts (librdkafka's own
     // limit is 1,000,000 bytes by default); the broker's topic limit decides.
     k.producer
@@ -110,14 +272,21 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let store = Arc::new(crate::secrets::Store::from_config(&cfg)?);
     let secrets = store.all();
     let hard_stop = CancellationToken::new();
-    let publisher = Arc::new(
-        Publisher::new(
-            k,
-            crate::codec::avro::Codec::from_config(&cfg),
-            hard_stop.clone(),
-        )
-        .context("creating the status producer")?,
-    );
+    let codec = crate::codec::avro::Codec::from_config(&cfg);
+    let publisher = Arc::new(match (&out, port_client(&cfg)?) {
+        (Some(_), _) => {
+            Publisher::new(k, codec, hard_stop.clone()).context("creating the status producer")?
+        }
+        (None, Some(client)) => {
+            let direct =
+                crate::dispatch::port::reporter::DirectReporter::new(client, port_topics(&cfg));
+            Publisher::direct(k, codec, hard_stop.clone(), Arc::new(direct))
+        }
+        (None, None) => anyhow::bail!(
+            "Port mode without [kafka.output] reports to Port's API only, which needs \
+             port.api_url, client_id and client_secret"
+        ),
+    });
     // The one numbering of run updates for every writer in this process.
     let seqs = Arc::new(crate::status::writer::Sequencer::default());
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
@@ -129,13 +298,13 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         &k.watches_topic,
         hard_stop.clone(),
     );
-    watcher
-        .load(&cfg.kafka)
-        .await
-        .context("starting the watches reader")?;
-    let ledger = cfg
-        .dedup
-        .enabled
+    if out.is_some() {
+        watcher
+            .load(k)
+            .await
+            .context("starting the watches reader")?;
+    }
+    let ledger = (cfg.dedup.enabled && out.is_some())
         .then(|| crate::status::dedup::Ledger::new(cfg.dedup.max_runs, k, cfg.dedup.catch_up));
     let tokens = cfg.api.resolve_tokens()?;
     // Never shown in a run update, a DLQ record or a log line either.
@@ -148,7 +317,7 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let secrets_stop = CancellationToken::new();
     let _stop_secrets = secrets_stop.clone().drop_guard();
     crate::secrets::watch(store.clone(), Duration::from_secs(5), secrets_stop);
-    let view = (!tokens.is_empty()).then(|| {
+    let view = (!tokens.is_empty() && out.is_some()).then(|| {
         Arc::new(crate::status::view::RunView::bounded(
             cfg.api.max_runs,
             cfg.api.max_logs,
@@ -204,7 +373,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
         None
     };
     let reporter_stop = CancellationToken::new();
-    let reporter = start_port_reporter(&cfg, publisher.codec().clone(), reporter_stop.clone())?;
+    let reporter = match &out {
+        Some(o) => start_port_reporter(&cfg, o, publisher.codec().clone(), reporter_stop.clone())?,
+        None => None, // the publisher reports to Port's API itself
+    };
     let pipeline_inputs = crate::dispatch::Inputs {
         formats: inputs.iter().cloned().collect(),
         port: crate::dispatch::port::Settings::from_config(&cfg)?,
@@ -241,9 +413,10 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
     let subscription = consumer::Subscription::triggers(&cfg);
     let consumer = consumer::start(&cfg, subscription, Arc::new(pipeline), shutdown.clone())
         .context("starting the triggers consumer")?;
-    tracing::info!(brokers = %k.brokers, group = %k.group_id, group_protocol = ?k.group_protocol,
-        triggers = %k.triggers_topic, status = %k.status_topic, dlq = %k.dlq_topic,
-        "switchyard running");
+    tracing::info!(brokers = %cfg.kafka.brokers, group = %k.group_id, group_protocol = ?k.group_protocol,
+        triggers = %k.triggers_topic, output_brokers = out.as_ref().map_or("", |o| o.brokers.as_str()),
+        status = %out.as_ref().map_or("", |o| o.status_topic.as_str()),
+        dlq = %out.as_ref().map_or("", |o| o.dlq_topic.as_str()), "switchyard running");
     consumer.join().await;
     // Reports of what was just dispatched go out before the producer is closed (up to
     // the grace period; the rest are reported after the next start).

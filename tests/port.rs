@@ -8,11 +8,9 @@ mod common;
 use std::time::Duration;
 
 use base64::Engine as _;
-use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
-use sha2::Sha256;
 
-use common::port_api::{ApiCall, FakePort};
+use common::port_api::{envelope, hmac_b64, now, port_signed_with, summary, FakePort};
 use common::receiver::{Receiver, Seen};
 use common::*;
 
@@ -20,46 +18,9 @@ use common::*;
 const SECRET: &str = "port-client-secret-0123456789abcdef!";
 const CLIENT_ID: &str = "switchyard-e2e";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-fn hmac_b64(secret: &str, text: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(text);
-    format!(
-        "v1,{}",
-        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
-    )
-}
-
-/// Sign a message as Port does: over its compact JSON with `"headers": {}` in place (for
-/// ASCII text serde_json's compact form is JSON.stringify's).
-fn port_signed(mut msg: Value) -> Value {
-    let ts = now();
-    msg["headers"] = json!({});
-    let sig = hmac_b64(SECRET, format!("{ts}.{}", msg).as_bytes());
-    msg["headers"] = json!({"X-Port-Signature": sig, "X-Port-Timestamp": ts});
-    msg
-}
-
-/// An agent envelope (reference §5.1) for a WEBHOOK run.
-fn envelope(run: &str, url: &str, synchronized: bool) -> Value {
-    json!({
-        "action": "deploy_service", "resourceType": "run", "status": "TRIGGERED",
-        "trigger": {"by": {"orgId": "org_T", "userId": "auth0|u1"}, "origin": "UI",
-                    "at": "2026-11-28T10:00:00.000Z"},
-        "context": {"entity": null, "blueprint": "service", "runId": run},
-        "payload": {"entity": null,
-            "action": {"invocationMethod": {"type": "WEBHOOK", "agent": true,
-                "synchronized": synchronized, "method": "POST", "url": url},
-                "trigger": "CREATE"},
-            "properties": {"version": "1.2.3"}, "censoredProperties": []},
-        "headers": {}
-    })
+/// Sign a message as Port does, with the test's client secret.
+fn port_signed(msg: Value) -> Value {
+    port_signed_with(SECRET, msg)
 }
 
 /// The request the receiver got for a run (by the body's context.runId).
@@ -80,22 +41,6 @@ fn assert_signed_over_raw_bytes(seen: &Seen) {
         "signature over the exact bytes"
     );
     assert!((now() - ts.parse::<i64>().unwrap()).abs() < 120);
-}
-
-fn summary(calls: &[ApiCall]) -> Vec<String> {
-    calls
-        .iter()
-        .map(|c| {
-            let tail = c.path.rsplit('/').next().unwrap();
-            let what = match (c.method.as_str(), tail) {
-                ("POST", "logs") => format!("log {}", c.body["message"].as_str().unwrap_or("?")),
-                ("PATCH", "response") => format!("response {}", c.body["response"]),
-                ("PATCH", _) => format!("run {}", c.body),
-                _ => format!("{} {}", c.method, c.path),
-            };
-            what
-        })
-        .collect()
 }
 
 /// Publish one signed message and read the status topic until its run finished.
@@ -209,8 +154,8 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
 
     let mut status = StatusLog::new(&kafka, &t);
     status
-        .wait_until(Duration::from_secs(60), "5 finished runs", |u| {
-            StatusLog::finished(u) >= 5
+        .wait_until(Duration::from_secs(60), "4 finished runs", |u| {
+            StatusLog::finished(u) >= 4
         })
         .await;
     // Every run's last Port call is in: the closing log, or the FAILURE.
@@ -230,9 +175,9 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
                     b["message"] == "Port agent finished processing the action run"
                 })
                 && last("r_fail").is_some_and(|b| b["status"] == "FAILURE")
-                && last("r_tampered").is_some_and(|b| b["status"] == "FAILURE")
                 && last("wfnr_node1").is_some_and(|b| {
-                    b["logs"][0]["message"] == "Port agent finished processing the action run"
+                    b["logs"][0]["message"]
+                        == "Port agent finished processing the workflow node run"
                 })
         },
     )
@@ -274,8 +219,10 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
             received,
             preparing,
             sending,
-            "log The request was successful with status code: 200",
+            "log Action invocation has completed successfully with status code: 200",
+            "log Reporting the run response",
             "response {\"ok\":true,\"path\":\"/deploy\"}",
+            "log The run response was reported successfully ",
             "run {\"status\":\"SUCCESS\"}",
             finished,
         ]
@@ -286,7 +233,7 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
             received,
             preparing,
             sending,
-            "log The request was successful with status code: 202",
+            "log Action invocation has completed successfully with status code: 202",
             finished,
         ],
         "async: no status, the run stays IN_PROGRESS for its service"
@@ -297,18 +244,17 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
             received,
             preparing,
             sending,
-            "log The request failed with status code: 500 and response: scripted failure",
+            "log Action invocation failed with status code: 500 and response: scripted failure",
+            "log Reporting the run response",
             "response \"scripted failure\"",
-            "run {\"status\":\"FAILURE\",\"summary\":\"Failed to invoke the webhook with status code: 500. Response: scripted failure.\"}",
+            "log The run response was reported successfully ",
+            "run {\"status\":\"FAILURE\",\"summary\":\"Failed to invoke the webhook with status code: 500. Response: scripted failure\"}",
         ]
     );
-    let tampered_calls = port.calls_for("r_tampered");
-    assert_eq!(tampered_calls.len(), 1, "{tampered_calls:?}");
-    let why = tampered_calls[0].body["summary"].as_str().unwrap();
-    assert!(
-        why.starts_with("Port signature rejected: the signature does not match"),
-        "{why}"
-    );
+    // T-IN-01: a message whose signature fails is not executed and not reported to Port
+    // (an unauthenticated message causes no authenticated write); it goes to the DLQ.
+    assert!(port.calls_for("r_tampered").is_empty());
+    assert!(status.of("r_tampered").is_empty());
     // The node run reports through the node endpoints.
     let node_calls = port.calls_for("wfnr_node1");
     assert!(node_calls
@@ -316,7 +262,7 @@ async fn signed_envelopes_become_signed_webhooks_and_the_agents_port_api_calls()
         .all(|c| c.path.starts_with("/v1/workflows/nodes/runs/wfnr_node1")));
     assert_eq!(
         node_calls[0].body,
-        json!({"logs": [{"level": "INFO", "message": "An action message has been received"}]})
+        json!({"logs": [{"level": "INFO", "message": "A workflow node run has been received"}]})
     );
     let done = node_calls.iter().find(|c| c.method == "PATCH").unwrap();
     assert_eq!(
@@ -501,7 +447,10 @@ async fn the_mapping_file_shapes_the_request_decrypts_and_reports() {
 /// an Apache Kafka broker of its own with a SASL_SSL listener (a certificate for
 /// 127.0.0.1 generated at start) and the agent's SCRAM user written when its storage is
 /// formatted. The dispatcher is configured by a Port agent's environment variables alone
-/// (plus a file naming switchyard's own topics and the test CA).
+/// (plus a file naming switchyard's own topics, the test CA and the output cluster: the
+/// broker's PLAINTEXT listener). As the agent (T-ENV-01), it fetches its brokers and SCRAM
+/// credentials from Port's API; Port first issues a stale password, and the dispatcher
+/// fetches again when the broker refuses it.
 #[cfg(feature = "real-broker")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
@@ -553,27 +502,41 @@ async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
 
     let receiver = Receiver::start().await;
     let port = FakePort::start(CLIENT_ID, SECRET).await;
-    let toml = config_toml(
-        &kafka,
-        &t,
-        &format!("[kafka.common]\n\"ssl.ca.location\" = \"{ca}\"\n"),
+    let toml = merge_config(
+        &config_toml(&kafka, &t, ""),
+        &format!(
+            "[kafka.common]\n\"ssl.ca.location\" = \"{ca}\"\n[kafka.output]\nbrokers = \"{}\"\n",
+            setup.brokers
+        ),
     );
+    // A stale password first: the broker refuses it, and the dispatcher asks again.
+    port.set_kafka_credentials(&brokers, USER, "rotated-away");
     let agent_env = [
         ("STREAMER_NAME", "KAFKA"),
         ("PORT_ORG_ID", "org_T"),
         ("PORT_CLIENT_ID", CLIENT_ID),
         ("PORT_CLIENT_SECRET", SECRET),
         ("PORT_API_BASE_URL", &port.url()),
-        ("KAFKA_CONSUMER_BROKERS", &brokers),
         ("KAFKA_CONSUMER_SECURITY_PROTOCOL", "SASL_SSL"),
         ("KAFKA_CONSUMER_AUTHENTICATION_MECHANISM", "SCRAM-SHA-512"),
-        ("KAFKA_CONSUMER_USERNAME", USER),
-        ("KAFKA_CONSUMER_PASSWORD", PASS),
         ("KAFKA_CONSUMER_GROUP_ID", &t.group),
         ("KAFKA_RUNS_TOPIC", &t.triggers),
         ("KAFKA_CHANGE_LOG_TOPIC", &changelog),
     ];
     let _d = Dispatcher::start_with_config(&toml, &agent_env);
+    let fetches = |port: &FakePort| {
+        port.calls()
+            .iter()
+            .filter(|c| c.path == "/v1/kafka-credentials")
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fetches(&port) < 1 {
+        assert!(std::time::Instant::now() < deadline, "no credentials fetch");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    port.set_kafka_credentials(&brokers, USER, PASS);
     let m = port_signed(envelope("r_scram", &receiver.url("/deploy"), true));
     let mut status = dispatch_one(&kafka, &t, "r_scram", &m, Duration::from_secs(90)).await;
     assert_eq!(
@@ -588,6 +551,12 @@ async fn an_agent_environment_runs_over_sasl_ssl_with_scram_sha_512() {
     assert_eq!(
         kafka.wait_committed(&t, 1, Duration::from_secs(30)).await,
         1
+    );
+    assert!(fetches(&port) >= 2, "fetched again after the refusal");
+    assert_eq!(
+        port.calls()[0].path,
+        "/v1/organization",
+        "the streamer setting comes first, as the agent's start"
     );
 }
 

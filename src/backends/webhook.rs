@@ -23,6 +23,9 @@ pub struct Webhook {
     policy: std::sync::Arc<Policy>,
     /// Signs every request when set.
     signing_secret: Option<String>,
+    /// Port mode: bodies are written as the agent's Python writes them (see
+    /// [`crate::port::json::python_dumps`]), and a null body is signed as `null`.
+    python_bodies: bool,
 }
 
 impl Webhook {
@@ -40,7 +43,11 @@ impl Webhook {
                 "backends.webhook.verify_tls is off: webhook TLS certificates are not checked"
             );
         }
-        let client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder();
+        for cert in crate::net::extra_roots(&cfg.ca_certificates) {
+            builder = builder.add_root_certificate(cert);
+        }
+        let client = builder
             .connect_timeout(cfg.timeout)
             .pool_max_idle_per_host(cfg.concurrency)
             .danger_accept_invalid_certs(!cfg.verify_tls)
@@ -57,6 +64,7 @@ impl Webhook {
             client,
             policy,
             signing_secret,
+            python_bodies: port_mode,
         })
     }
 }
@@ -152,13 +160,23 @@ impl Webhook {
         }
         let mut bytes = Vec::new();
         if let Some(body) = inv.get("body").filter(|b| !b.is_null()) {
-            bytes = serde_json::to_vec(body).expect("a JSON value always serialises");
+            bytes = if self.python_bodies {
+                crate::port::json::python_dumps(body).into_bytes()
+            } else {
+                serde_json::to_vec(body).expect("a JSON value always serialises")
+            };
             request = request.header(CONTENT_TYPE, "application/json");
         }
         if let Some(secret) = &self.signing_secret {
-            // Signed over the very bytes that go on the wire.
+            // Signed over the very bytes that go on the wire (the agent signs a missing
+            // body as `null`).
             let ts = signature::now_secs().to_string();
-            let sig = signature::sign(secret, &ts, &bytes);
+            let signed: &[u8] = if bytes.is_empty() && self.python_bodies {
+                b"null"
+            } else {
+                &bytes
+            };
+            let sig = signature::sign(secret, &ts, signed);
             request = request
                 .header(signature::TIMESTAMP, ts)
                 .header(signature::SIGNATURE, sig);

@@ -34,10 +34,22 @@ pub struct WebhookConfig {
     /// Verify the TLS certificates of webhook destinations. Turn off only for test
     /// servers with self-signed certificates (Port agent: `WEBHOOK_VERIFY_SSL`).
     pub verify_tls: bool,
+    /// More trusted CA certificates: files, or directories whose `*.crt` and `*.pem`
+    /// files (one level of subdirectories too) are read, on top of the system's store
+    /// (which `SSL_CERT_FILE` and `SSL_CERT_DIR` extend). The defaults are where the
+    /// agent's image collects them, including Helm's `selfSignedCertificate` mount; a
+    /// path that does not exist is skipped.
+    pub ca_certificates: Vec<String>,
     /// Where event-chosen URLs may go (see `crate::policy`). Default: no loopback,
     /// link-local, private, multicast or unspecified addresses.
     pub destinations: crate::policy::DestinationsConfig,
 }
+
+/// The CA directories the Port agent's image reads at start.
+pub const DEFAULT_CA_PATHS: [&str; 2] = [
+    "/usr/local/share/ca-certificates",
+    "/usr/share/ca-certificates",
+];
 
 impl Default for WebhookConfig {
     fn default() -> Self {
@@ -50,6 +62,7 @@ impl Default for WebhookConfig {
             rate_limit: pool.rate_limit,
             signing_secret: None,
             verify_tls: true,
+            ca_certificates: DEFAULT_CA_PATHS.map(String::from).to_vec(),
             destinations: Default::default(),
         }
     }
@@ -367,8 +380,9 @@ pub struct RetryConfig {
     /// HTTP statuses that are retried: codes (`"409"`) or classes (`"5xx"`). 401 and 403
     /// are credential failures and other statuses permanent.
     pub retry_statuses: Vec<String>,
-    /// After a credential failure (401, 403) the whole backend pauses this long; its runs
-    /// wait instead of failing, and the first attempt after the pause probes again.
+    /// After a credential failure (401, 403) the destination pauses this long; its runs
+    /// wait instead of failing, and the first attempt after the pause probes again. `0s`:
+    /// a 401/403 fails the run at once (the default in Port mode, as the agent).
     #[serde(with = "humantime_serde")]
     pub credentials_pause: Duration,
     /// Longest a run waits on credential pauses before it fails (a destination that
@@ -405,11 +419,6 @@ impl RetryConfig {
         if self.credentials_max_wait.is_zero() {
             p.push(format!(
                 "{section}.retry.credentials_max_wait: must be greater than 0"
-            ));
-        }
-        if self.credentials_pause.is_zero() {
-            p.push(format!(
-                "{section}.retry.credentials_pause: must be greater than 0"
             ));
         }
         if self.initial_backoff > self.max_backoff {

@@ -132,6 +132,21 @@ pub struct KafkaConfig {
     /// librdkafka options for the producer only.
     #[serde(deserialize_with = "options")]
     pub producer: BTreeMap<String, String>,
+    /// Where switchyard's own topics (status, DLQ, watches) and its extra groups live
+    /// when that is not the triggers' cluster. In Port mode (`port.org_id`) Port's Kafka is
+    /// read-only to switchyard: without this section those topics are off.
+    pub output: Option<OutputCluster>,
+}
+
+/// `[kafka.output]`: a second cluster for switchyard's own topics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OutputCluster {
+    /// Bootstrap servers, `host:port[,host:port]`.
+    pub brokers: String,
+    /// librdkafka options of its clients (security), in place of `kafka.common`.
+    #[serde(deserialize_with = "options")]
+    pub common: BTreeMap<String, String>,
 }
 
 impl Default for KafkaConfig {
@@ -154,6 +169,7 @@ impl Default for KafkaConfig {
             common: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
+            output: None,
         }
     }
 }

@@ -405,6 +405,28 @@ impl Config {
         self.input_topics().iter().any(|(_, f)| *f == Format::Port)
     }
 
+    /// Port mode: `port.org_id` is set (the agent's `PORT_ORG_ID`). Port's Kafka is then
+    /// read-only to switchyard, and the agent's semantics are the defaults.
+    pub fn agent_mode(&self) -> bool {
+        self.port.org_id.is_some()
+    }
+
+    /// The cluster of switchyard's own topics (status, DLQ, watches) and extra groups:
+    /// `[kafka.output]` when set; none in Port mode without it (those topics are off);
+    /// else the triggers' cluster.
+    pub fn output_kafka(&self) -> Option<KafkaConfig> {
+        match &self.kafka.output {
+            Some(o) => Some(KafkaConfig {
+                brokers: o.brokers.clone(),
+                common: o.common.clone(),
+                output: None,
+                ..self.kafka.clone()
+            }),
+            None if self.agent_mode() => None,
+            None => Some(self.kafka.clone()),
+        }
+    }
+
     /// The Port client secret, read now (validation checked that it resolves).
     pub fn port_secret(&self) -> Option<String> {
         self.port.client_secret.as_ref()?.resolve().ok()

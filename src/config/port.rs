@@ -35,6 +35,20 @@ pub struct PortConfig {
     /// accepts any age. Replays from the DLQ are exempt (the signature still has to match).
     #[serde(with = "humantime_serde")]
     pub signature_max_age: Duration,
+    /// Fetch the Kafka brokers and SASL credentials from Port's API
+    /// (`GET /v1/kafka-credentials`) at start, and again when the brokers refuse them, as
+    /// the agent does. On with the agent's environment unless `USING_LOCAL_PORT_INSTANCE`
+    /// is true.
+    pub fetch_kafka_credentials: bool,
+    /// Response texts in Port run logs and failure summaries (`DETAILED_LOGGING`).
+    pub detailed_logging: bool,
+    /// A mapping jq program that does not compile stops the start (exit 78). Off (the
+    /// default in Port mode, as the agent): it yields null with a warning at run time.
+    pub strict_mapping: bool,
+    /// Mapping warnings (a jq error, a field to decrypt that is missing) are also posted
+    /// as WARN run logs to the run in Port. Off (the default in Port mode): stdout only,
+    /// as the agent.
+    pub mapping_warnings_in_run_log: bool,
 }
 
 impl Default for PortConfig {
@@ -46,6 +60,10 @@ impl Default for PortConfig {
             api_url: None,
             mapping_file: None,
             signature_max_age: Duration::from_secs(24 * 3600),
+            fetch_kafka_credentials: false,
+            detailed_logging: true,
+            strict_mapping: true,
+            mapping_warnings_in_run_log: true,
         }
     }
 }
@@ -69,22 +87,56 @@ pub fn apply_agent_env(root: &mut toml::Table, env: &BTreeMap<String, String>) -
             ));
         }
     }
+    let flag = |name: &str| get(name).map(|v| agent_bool(name, v));
+    let local = match flag("USING_LOCAL_PORT_INSTANCE") {
+        Some(Ok(b)) => b,
+        Some(Err(p)) => {
+            problems.push(p);
+            false
+        }
+        None => false,
+    };
+    // The agent reads its brokers (and, before v0.7.6 / Nov 2023, its credentials) from
+    // the environment only for a local Port instance; otherwise they come from Port's API.
+    if local {
+        for (var, path) in [
+            ("KAFKA_CONSUMER_BROKERS", &["kafka", "brokers"][..]),
+            ("KAFKA_CONSUMER_BOOTSTRAP_SERVERS", &["kafka", "brokers"]),
+            (
+                "KAFKA_CONSUMER_USERNAME",
+                &["kafka", "common", "sasl.username"],
+            ),
+            (
+                "KAFKA_CONSUMER_PASSWORD",
+                &["kafka", "common", "sasl.password"],
+            ),
+        ] {
+            if let Some(v) = get(var) {
+                set(root, path, s(v));
+            }
+        }
+    } else if get("PORT_ORG_ID").is_some() {
+        if get("KAFKA_CONSUMER_BOOTSTRAP_SERVERS").is_some() {
+            problems.push(
+                "environment KAFKA_CONSUMER_BOOTSTRAP_SERVERS: read only with \
+                 USING_LOCAL_PORT_INSTANCE=true (as the agent); otherwise the brokers and \
+                 credentials come from Port's API (GET /v1/kafka-credentials)"
+                    .into(),
+            );
+        }
+        set(root, &["port", "fetch_kafka_credentials"], true.into());
+    }
+    match flag("DETAILED_LOGGING") {
+        Some(Ok(b)) => set(root, &["port", "detailed_logging"], b.into()),
+        Some(Err(p)) => problems.push(p),
+        None => {}
+    }
     for (var, path) in [
         ("PORT_ORG_ID", &["port", "org_id"][..]),
         ("PORT_CLIENT_ID", &["port", "client_id"]),
         ("PORT_API_BASE_URL", &["port", "api_url"]),
         ("CONTROL_THE_PAYLOAD_CONFIG_PATH", &["port", "mapping_file"]),
-        ("KAFKA_CONSUMER_BROKERS", &["kafka", "brokers"]),
-        ("KAFKA_CONSUMER_BOOTSTRAP_SERVERS", &["kafka", "brokers"]),
         ("KAFKA_CONSUMER_GROUP_ID", &["kafka", "group_id"]),
-        (
-            "KAFKA_CONSUMER_USERNAME",
-            &["kafka", "common", "sasl.username"],
-        ),
-        (
-            "KAFKA_CONSUMER_PASSWORD",
-            &["kafka", "common", "sasl.password"],
-        ),
         (
             "KAFKA_CONSUMER_SESSION_TIMEOUT_MS",
             &["kafka", "consumer", "session.timeout.ms"],
@@ -149,19 +201,36 @@ pub fn apply_agent_env(root: &mut toml::Table, env: &BTreeMap<String, String>) -
             )),
         }
     }
-    if let Some(v) = get("WEBHOOK_VERIFY_SSL") {
-        match v.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" => set(root, &["backends", "webhook", "verify_tls"], true.into()),
-            "false" | "0" | "no" => set(root, &["backends", "webhook", "verify_tls"], false.into()),
-            _ => problems.push(format!(
-                "environment WEBHOOK_VERIFY_SSL: {v:?} is not true or false"
-            )),
-        }
+    match flag("WEBHOOK_VERIFY_SSL") {
+        Some(Ok(b)) => set(root, &["backends", "webhook", "verify_tls"], b.into()),
+        Some(Err(p)) => problems.push(p),
+        None => {}
     }
     if let Some(v) = get("LOG_LEVEL") {
-        set(root, &["log", "level"], s(&v.to_ascii_lowercase()));
+        set(root, &["log", "level"], s(&log_level(v)));
     }
     problems
+}
+
+/// A boolean as the agent's settings (pydantic) read one.
+fn agent_bool(name: &str, v: &str) -> Result<bool, String> {
+    match v.to_ascii_lowercase().as_str() {
+        "1" | "true" | "t" | "yes" | "y" | "on" => Ok(true),
+        "0" | "false" | "f" | "no" | "n" | "off" => Ok(false),
+        _ => Err(format!("environment {name}: {v:?} is not true or false")),
+    }
+}
+
+/// The agent's `LOG_LEVEL` (Python's level names) as a log filter: WARNING is `warn`,
+/// CRITICAL and FATAL are `error`; a tracing filter (`info,switchyard=debug`) passes
+/// through.
+fn log_level(v: &str) -> String {
+    match v.to_ascii_lowercase().as_str() {
+        "warning" | "warn" => "warn".into(),
+        "critical" | "fatal" => "error".into(),
+        "notset" => "trace".into(),
+        other => other.to_owned(),
+    }
 }
 
 /// The defaults `port.org_id` implies, for keys still unset.
@@ -184,6 +253,20 @@ pub fn apply_org_defaults(root: &mut toml::Table) {
     );
     // Port's managed Kafka only admits groups named `<org>.<anything>`.
     set_default(root, &["kafka", "group_id"], s(format!("{org}.switchyard")));
+    // The agent's semantics (docs/port.md "Differences"): one attempt, a 401/403 fails the
+    // run, no breaker, no signature age limit, and jq that does not compile yields null.
+    let webhook = ["backends", "webhook"];
+    for (path, value) in [
+        (&["retry", "max_attempts"][..], toml::Value::Integer(1)),
+        (&["retry", "credentials_pause"], s("0s".into())),
+        (&["breaker", "enabled"], false.into()),
+    ] {
+        let full: Vec<&str> = webhook.iter().chain(path).copied().collect();
+        set_default(root, &full, value);
+    }
+    set_default(root, &["port", "signature_max_age"], s("0s".into()));
+    set_default(root, &["port", "strict_mapping"], false.into());
+    set_default(root, &["port", "mapping_warnings_in_run_log"], false.into());
 }
 
 /// Where the Port agent's image mounts the mapping (Helm and Docker set no variable):

@@ -125,11 +125,15 @@ fn a_port_agent_environment_works_unchanged() {
     std::fs::write(&mapping, r#"[{"enabled": true, "url": "\"https://x\""}]"#).unwrap();
     let agent = env(&[
         ("STREAMER_NAME", "KAFKA"),
+        ("USING_LOCAL_PORT_INSTANCE", "true"),
         ("PORT_ORG_ID", "org_X"),
         ("PORT_CLIENT_ID", "cid"),
         ("PORT_CLIENT_SECRET", "agent-secret-from-env"),
         ("KAFKA_CONSUMER_GROUP_ID", "org_X.agents"),
-        ("KAFKA_CONSUMER_BROKERS", "b-1.port:9196,b-2.port:9196"),
+        (
+            "KAFKA_CONSUMER_BOOTSTRAP_SERVERS",
+            "b-1.port:9196,b-2.port:9196",
+        ),
         ("KAFKA_CONSUMER_SECURITY_PROTOCOL", "SASL_SSL"),
         ("KAFKA_CONSUMER_AUTHENTICATION_MECHANISM", "SCRAM-SHA-512"),
         ("KAFKA_CONSUMER_USERNAME", "org_X-user"),
@@ -168,13 +172,83 @@ fn a_port_agent_environment_works_unchanged() {
     assert_eq!(cfg.backends.webhook.timeout, Duration::from_millis(2500));
     assert!(!cfg.backends.webhook.verify_tls);
     assert_eq!(cfg.log.level, "debug");
+    assert!(!cfg.port.fetch_kafka_credentials, "a local Port instance");
+}
+
+#[test]
+fn the_helm_environment_fetches_kafka_credentials_and_keeps_the_agents_semantics() {
+    // T-ENV-01, T-ENV-05, T-ENV-06: the environment the agent's Helm chart sets, and
+    // nothing else (no brokers, no credentials: the agent fetches them from Port's API).
+    let _env = crate::env_lock();
+    std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
+    let helm = [
+        ("PORT_ORG_ID", "org_H"),
+        ("PORT_CLIENT_ID", "cid"),
+        ("PORT_CLIENT_SECRET", "agent-secret-from-env"),
+        ("PORT_API_BASE_URL", "https://api.port.io"),
+        ("STREAMER_NAME", "KAFKA"),
+        ("KAFKA_CONSUMER_GROUP_ID", "org_H.agent"),
+        ("KAFKA_CONSUMER_SECURITY_PROTOCOL", "SASL_SSL"),
+        ("KAFKA_CONSUMER_AUTHENTICATION_MECHANISM", "SCRAM-SHA-512"),
+        ("KAFKA_CONSUMER_AUTO_OFFSET_RESET", "largest"),
+        ("LOG_LEVEL", "WARNING"),
+        ("DETAILED_LOGGING", "False"),
+        ("GITLAB_URL", "https://gitlab.com/"),
+    ];
+    let cfg = Config::from_toml("", env(&helm)).unwrap();
+    assert!(cfg.port.fetch_kafka_credentials);
+    assert!(cfg.agent_mode());
+    assert_eq!(
+        cfg.output_kafka().map(|k| k.brokers),
+        None,
+        "Port's Kafka is read-only"
+    );
+    assert_eq!(cfg.log.level, "warn", "Python's WARNING");
+    assert!(!cfg.port.detailed_logging);
+    let w = &cfg.backends.webhook;
+    assert_eq!(w.retry.max_attempts, 1, "one attempt, as the agent");
+    assert!(
+        w.retry.credentials_pause.is_zero(),
+        "a 401/403 fails the run"
+    );
+    assert!(!w.breaker.enabled);
+    assert!(cfg.port.signature_max_age.is_zero());
+    assert!(!cfg.port.strict_mapping);
+    // CRITICAL is `error`; a tracing filter passes through.
+    let mut critical = env(&helm);
+    critical.push(("LOG_LEVEL".into(), "CRITICAL".into()));
+    assert_eq!(Config::from_toml("", critical).unwrap().log.level, "error");
+    // Each of the agent's semantics is one setting away.
+    let better = "[backends.webhook.retry]\nmax_attempts = 5\ncredentials_pause = \"60s\"\n\
+                  [backends.webhook.breaker]\nenabled = true\n[port]\nstrict_mapping = true\n\
+                  signature_max_age = \"24h\"\n";
+    let cfg = Config::from_toml(better, env(&helm)).unwrap();
+    assert_eq!(cfg.backends.webhook.retry.max_attempts, 5);
+    assert!(cfg.backends.webhook.breaker.enabled);
+    assert!(cfg.port.strict_mapping);
+    assert_eq!(cfg.port.signature_max_age, Duration::from_secs(86400));
+    // Brokers in the environment without a local instance: refused, as by the agent.
+    let mut stray = env(&helm);
+    stray.push(("KAFKA_CONSUMER_BOOTSTRAP_SERVERS".into(), "b:9092".into()));
+    let err = Config::from_toml("", stray).unwrap_err().to_string();
+    assert!(err.contains("USING_LOCAL_PORT_INSTANCE"), "{err}");
+    // An output cluster takes switchyard's own topics.
+    let out = "[kafka.output]\nbrokers = \"out-1:9092\"\n[kafka.output.common]\n\"security.protocol\" = \"ssl\"\n";
+    let cfg = Config::from_toml(out, env(&helm)).unwrap();
+    let o = cfg.output_kafka().unwrap();
+    assert_eq!(
+        (o.brokers.as_str(), o.common["security.protocol"].as_str()),
+        ("out-1:9092", "ssl")
+    );
+    assert_eq!(o.group_id, "org_H.agent");
 }
 
 #[test]
 fn port_defaults_follow_the_org_and_yield_to_explicit_settings() {
     let _env = crate::env_lock();
     std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
-    let text = "[port]\norg_id = \"org_Y\"\nclient_secret = { env = \"PORT_CLIENT_SECRET\" }\n";
+    let text = "[port]\norg_id = \"org_Y\"\nclient_secret = { env = \"PORT_CLIENT_SECRET\" }\n\
+                [kafka.output]\nbrokers = \"out:9092\"\n";
     let cfg = Config::from_toml(text, no_env()).unwrap();
     assert_eq!(cfg.kafka.group_id, "org_Y.switchyard");
     assert_eq!(cfg.kafka.triggers_topic, "org_Y.runs");
@@ -323,4 +397,20 @@ fn the_images_baked_config_lets_the_agents_environment_choose_topics_and_group()
         ]
     );
     assert_eq!(agent.kafka.group_id, "org_X.switchyard");
+    // The baked file leaves the agent's semantics to Port mode's defaults (T-HTTP-01/02/03,
+    // T-IN-02), and its `create_topics = true` never reaches Port's cluster: switchyard's
+    // own topics have no cluster there (T-ENV-07).
+    assert!(agent.kafka.create_topics);
+    assert_eq!(agent.output_kafka().map(|k| k.brokers), None);
+    assert!(agent.port.fetch_kafka_credentials, "T-ENV-01");
+    let w = &agent.backends.webhook;
+    assert_eq!(w.retry.max_attempts, 1);
+    assert!(w.retry.credentials_pause.is_zero());
+    assert!(!w.breaker.enabled);
+    assert!(agent.port.signature_max_age.is_zero());
+    assert!(!agent.port.strict_mapping);
+    // Outside Port mode the baked file keeps switchyard's own defaults.
+    assert_eq!(plain.backends.webhook.retry.max_attempts, 5);
+    assert!(plain.backends.webhook.breaker.enabled);
+    assert_eq!(plain.port.signature_max_age, Duration::from_secs(86400));
 }

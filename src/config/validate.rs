@@ -328,8 +328,27 @@ impl Config {
                 p.push("port.api_url: reporting to Port needs port.client_id and port.client_secret (PORT_CLIENT_ID, PORT_CLIENT_SECRET)".into());
             }
         }
+        let api = pc.api_url.is_some() && pc.client_id.is_some() && pc.client_secret.is_some();
+        if pc.fetch_kafka_credentials && !api {
+            p.push("port.fetch_kafka_credentials: fetching Kafka credentials needs port.api_url, client_id and client_secret (PORT_CLIENT_ID, PORT_CLIENT_SECRET)".into());
+        }
+        if let Some(o) = &k.output {
+            if o.brokers.trim().is_empty() {
+                p.push("kafka.output.brokers: must name at least one broker".into());
+            }
+        } else if self.agent_mode() {
+            // Port's Kafka is read-only: without an output cluster there is no status topic.
+            if !api {
+                p.push("kafka.output: in Port mode (port.org_id) without an output cluster, run updates go to Port's API only, which needs port.api_url, client_id and client_secret".into());
+            }
+            if !self.api.tokens.is_empty() {
+                p.push("api.tokens: the status API reads the status topic, which Port mode keeps on [kafka.output]; set kafka.output or remove the tokens".into());
+            }
+        }
         if let Some(path) = &pc.mapping_file {
-            if let Err(errs) = crate::port::mapping::Mapping::load(Path::new(path)) {
+            if let Err(errs) =
+                crate::port::mapping::Mapping::load(Path::new(path), pc.strict_mapping)
+            {
                 p.extend(errs.into_iter().map(|e| format!("port.mapping_file: {e}")));
             }
         }

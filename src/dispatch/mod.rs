@@ -336,8 +336,7 @@ impl Inner {
         )
         .for_action(Some(event.action.identifier.clone()))
         .traced(crate::telemetry::trace::current());
-        let started = RunUpdate::status(&run_id, RunStatus::InProgress)
-            .with_summary(format!("dispatching to {}", reg.backend.kind()));
+        let started = RunUpdate::dispatching(&run_id, reg.backend.kind());
         // Not awaited here: it is acknowledged (settled) before the event completes.
         if w.emit_nowait(started).await.is_err() {
             return;

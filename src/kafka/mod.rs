@@ -12,6 +12,24 @@ use rdkafka::ClientConfig;
 
 use crate::config::KafkaConfig;
 
+/// Fired when a broker refuses the client's credentials (SASL authentication failed), so
+/// that Port mode can fetch new ones from Port's API.
+pub fn auth_failures() -> &'static tokio::sync::Notify {
+    static N: std::sync::OnceLock<tokio::sync::Notify> = std::sync::OnceLock::new();
+    N.get_or_init(tokio::sync::Notify::new)
+}
+
+/// Note a client error; an authentication failure fires [`auth_failures`].
+pub fn note_client_error(error: &rdkafka::error::KafkaError) {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    if matches!(
+        error.rdkafka_error_code(),
+        Some(C::Authentication | C::SaslAuthenticationFailed)
+    ) {
+        auth_failures().notify_one();
+    }
+}
+
 /// Base librdkafka settings shared by every client: brokers plus `kafka.common`.
 pub fn client_config(cfg: &KafkaConfig) -> ClientConfig {
     let mut c = ClientConfig::new();

@@ -40,7 +40,8 @@ pub struct SharedProducer {
 
 struct SharedInner {
     config: rdkafka::ClientConfig,
-    current: std::sync::RwLock<FutureProducer>,
+    /// `None` until first used, for a producer created lazily.
+    current: std::sync::RwLock<Option<FutureProducer>>,
 }
 
 impl SharedProducer {
@@ -49,13 +50,49 @@ impl SharedProducer {
         Ok(SharedProducer {
             inner: Arc::new(SharedInner {
                 config,
-                current: std::sync::RwLock::new(producer),
+                current: std::sync::RwLock::new(Some(producer)),
             }),
         })
     }
 
+    /// A producer created on first use: in Port mode without an output cluster, no
+    /// producer (no connection) exists unless a KAFKA or UPSERT_ENTITY run needs one.
+    fn lazy(config: rdkafka::ClientConfig) -> Self {
+        SharedProducer {
+            inner: Arc::new(SharedInner {
+                config,
+                current: std::sync::RwLock::new(None),
+            }),
+        }
+    }
+
     /// The producer to send with now.
     pub fn get(&self) -> FutureProducer {
+        if let Some(p) = self
+            .inner
+            .current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return p.clone();
+        }
+        let mut slot = self
+            .inner
+            .current
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        slot.get_or_insert_with(|| {
+            self.inner
+                .config
+                .create()
+                .expect("the producer settings were checked at start")
+        })
+        .clone()
+    }
+
+    /// The producer, when one was created.
+    fn created(&self) -> Option<FutureProducer> {
         self.inner
             .current
             .read()
@@ -104,12 +141,15 @@ impl SharedProducer {
             .current
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        if current.client().native_ptr() != used.client().native_ptr() {
+        if current
+            .as_ref()
+            .is_some_and(|c| c.client().native_ptr() != used.client().native_ptr())
+        {
             return; // already replaced
         }
         match self.inner.config.create::<FutureProducer>() {
             Ok(fresh) => {
-                *current = fresh;
+                *current = Some(fresh);
                 tracing::error!(error = ?code, reason, "producer hit a fatal error; replaced it with a new producer (pending sends are retried through it)");
             }
             Err(e) => {
@@ -125,6 +165,20 @@ pub struct Publisher {
     status_topic: String,
     dlq_topic: String,
     stop: CancellationToken,
+    /// Port mode without an output cluster: run updates go here instead of the status
+    /// topic, DLQ records are logged and counted, watches are not kept.
+    direct: Option<Arc<dyn Direct>>,
+}
+
+/// Where run updates go when there is no status topic (Port mode without
+/// `[kafka.output]`): Port's API. Returns once the update was taken (or refused for
+/// good), or `Stopped` when `stop` fires first.
+pub trait Direct: Send + Sync {
+    fn update<'a>(
+        &'a self,
+        update: &'a RunUpdate,
+        stop: &'a CancellationToken,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Stopped>> + Send + 'a>>;
 }
 
 impl Publisher {
@@ -141,7 +195,32 @@ impl Publisher {
             status_topic: cfg.status_topic.clone(),
             dlq_topic: cfg.dlq_topic.clone(),
             stop,
+            direct: None,
         })
+    }
+
+    /// A publisher without switchyard's topics: run updates go to `direct`, DLQ records
+    /// are logged and counted, watches are not kept. `cfg` is the cluster of the KAFKA and
+    /// UPSERT_ENTITY backends' producer, created on first use only.
+    pub fn direct(
+        cfg: &KafkaConfig,
+        codec: Arc<crate::codec::avro::Codec>,
+        stop: CancellationToken,
+        direct: Arc<dyn Direct>,
+    ) -> Self {
+        Publisher {
+            producer: SharedProducer::lazy(super::producer_config(cfg)),
+            codec,
+            status_topic: String::new(),
+            dlq_topic: String::new(),
+            stop,
+            direct: Some(direct),
+        }
+    }
+
+    /// Whether switchyard's own topics are off (updates go straight to Port's API).
+    pub fn is_direct(&self) -> bool {
+        self.direct.is_some()
     }
 
     /// Publish a run update keyed by its run id; returns once the broker acknowledged it.
@@ -155,6 +234,11 @@ impl Publisher {
         update: &RunUpdate,
         traceparent: Option<&str>,
     ) -> Result<(), Stopped> {
+        if let Some(d) = &self.direct {
+            d.update(&sanitized(update), &self.stop).await?;
+            metrics::get().run_updates.inc();
+            return Ok(());
+        }
         let payload = self.encoded(update).await?;
         let headers = update_headers(&payload, traceparent);
         self.send(
@@ -177,6 +261,14 @@ impl Publisher {
         update: RunUpdate,
         traceparent: Option<String>,
     ) -> Result<Pending, Stopped> {
+        if self.direct.is_some() {
+            // Sent in order by `RunWriter::settle`.
+            return Ok(Pending {
+                update,
+                traceparent,
+                delivery: None,
+            });
+        }
         let payload = self.encoded(&update).await?;
         let headers = update_headers(&payload, traceparent.as_deref());
         let record = FutureRecord::<[u8], [u8]>::to(&self.status_topic)
@@ -229,6 +321,10 @@ impl Publisher {
 
     /// Publish a DLQ record; returns once the broker acknowledged it.
     pub async fn send_dlq(&self, record: &DlqRecord) -> Result<(), Stopped> {
+        if self.direct.is_some() {
+            log_unwritten_dlq(record);
+            return Ok(());
+        }
         let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
         for (key, value) in &record.headers {
             headers = headers.insert(Header {
@@ -262,6 +358,9 @@ impl Publisher {
         key: &str,
         payload: Option<&[u8]>,
     ) -> Result<(), Stopped> {
+        if self.direct.is_some() {
+            return Ok(()); // no watches topic: follows are not resumed after a restart
+        }
         self.send(
             topic,
             Some(key.as_bytes()),
@@ -350,7 +449,10 @@ impl Publisher {
 
     /// Wait until every queued record is delivered, up to `timeout`.
     pub fn flush(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
-        self.producer.get().flush(Timeout::After(timeout))
+        match self.producer.created() {
+            Some(p) => p.flush(Timeout::After(timeout)),
+            None => Ok(()),
+        }
     }
 
     /// The shared idempotent producer, for backends that produce (KAFKA, UPSERT_ENTITY).
@@ -361,6 +463,29 @@ impl Publisher {
     pub fn status_topic(&self) -> &str {
         &self.status_topic
     }
+}
+
+/// Port mode without a DLQ: the record is logged (its switchyard-error headers, never its
+/// payload) and counted in `port_skipped_total{reason=<class>}`, as the agent logs and
+/// skips what it cannot process.
+fn log_unwritten_dlq(record: &DlqRecord) {
+    let header = |name: &str| {
+        record
+            .headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.as_deref())
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
+    use crate::model::dead_letter as h;
+    let class = header(h::H_CLASS);
+    tracing::error!(class = %class, error = %header(h::H_ERROR), source = %header(h::H_SOURCE),
+        "dead letter not written (Port mode without [kafka.output]: no DLQ topic); skipped");
+    metrics::get()
+        .port_skipped
+        .with_label_values(&[&class])
+        .inc();
 }
 
 /// Headers of a run-update record: its content type (from the encoded payload's first

@@ -208,6 +208,26 @@ impl RunUpdate {
         }
     }
 
+    /// The dispatcher's IN_PROGRESS mark as a run is handed to its backend:
+    /// "dispatching to WEBHOOK".
+    pub fn dispatching(run_id: impl Into<String>, backend: &str) -> Self {
+        Self::status(run_id, RunStatus::InProgress).with_summary(format!("{DISPATCHING}{backend}"))
+    }
+
+    /// Whether this is the [`dispatching`](Self::dispatching) mark (Port shows the run as
+    /// running already, so the Port reporter does not send it).
+    pub fn is_dispatching_mark(&self) -> bool {
+        self.kind == UpdateKind::Status
+            && self.status == Some(RunStatus::InProgress)
+            && self.link.is_none()
+            && self.external_run_id.is_none()
+            && self.status_label.is_none()
+            && self
+                .summary
+                .as_deref()
+                .is_some_and(|s| s.starts_with(DISPATCHING))
+    }
+
     pub fn with_summary(mut self, summary: impl Into<String>) -> Self {
         self.summary = Some(summary.into());
         self
@@ -241,6 +261,9 @@ pub fn truncate(s: &str, max: usize) -> String {
     }
     format!("{}{marker}", &s[..end])
 }
+
+/// The summary prefix of [`RunUpdate::dispatching`].
+const DISPATCHING: &str = "dispatching to ";
 
 #[cfg(test)]
 mod tests {

@@ -103,6 +103,8 @@ pub struct Pool {
     retry: Retry,
     /// The longest a run waits on credential pauses, in all.
     credentials_max_wait: Duration,
+    /// `retry.credentials_pause` is 0: a 401/403 ends the run (FAILURE), as the agent.
+    credentials_fail: bool,
     pauses: CredentialPauses,
     breakers: Breakers,
     limiter: Option<RateLimiter>,
@@ -125,6 +127,7 @@ impl Pool {
             timeout: cfg.timeout,
             retry: Retry::new(&cfg.retry),
             credentials_max_wait: cfg.retry.credentials_max_wait,
+            credentials_fail: cfg.retry.credentials_pause.is_zero(),
             pauses: CredentialPauses::new(name, cfg.retry.credentials_pause),
             breakers: Breakers::new(name, &cfg.breaker),
             limiter: RateLimiter::new(&cfg.rate_limit),
@@ -178,6 +181,9 @@ impl Pool {
             }
             // 2–4. Breaker, rate limit, permit and timeout: one attempt.
             let report = self.attempt(backend, req, dest.as_deref(), abandon).await?;
+            if report.outcome == Outcome::CredentialsRejected && self.credentials_fail {
+                return settled(report, attempt);
+            }
             if report.outcome == Outcome::CredentialsRejected {
                 // Do not burn the event: the destination pauses and this run waits to
                 // probe again.

@@ -93,6 +93,139 @@ fn js_float(x: f64) -> String {
     out
 }
 
+/// `json.dumps(value, separators=(",", ":"))` as Python writes it: compact, keys in
+/// their order, every non-ASCII character escaped (`\u00eb`, surrogate pairs above the
+/// BMP), and floats in Python's `repr` form (`1e-07`, `1e+16`, `5.0`).
+///
+/// The agent signs its webhooks over this text, so its receivers verify by parsing the
+/// body and writing it back this way. In Port mode switchyard sends exactly these bytes,
+/// so that a receiver that checks the raw bytes and one that re-serialises as Python
+/// both verify.
+pub fn python_dumps(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    py_write(&mut out, value);
+    out
+}
+
+fn py_write(out: &mut String, value: &Value) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Value::Number(n) => out.push_str(&py_number(n)),
+        Value::String(s) => py_string(out, s),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, v) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                py_write(out, v);
+            }
+            out.push(']');
+        }
+        Value::Object(m) => {
+            out.push('{');
+            for (i, (k, v)) in m.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                py_string(out, k);
+                out.push(':');
+                py_write(out, v);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn py_string(out: &mut String, s: &str) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            ' '..='~' => out.push(c),
+            _ => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+        }
+    }
+    out.push('"');
+}
+
+/// A number as Python's json module writes what it parsed: integers as integers (an
+/// integer literal beyond 64 bits, which serde_json holds as a float, too), floats as
+/// `repr(float)`.
+fn py_number(n: &serde_json::Number) -> String {
+    match (n.as_u64(), n.as_i64(), n.as_f64()) {
+        (Some(u), _, _) => u.to_string(),
+        (None, Some(i), _) => i.to_string(),
+        (None, None, Some(f))
+            if f.fract() == 0.0 && f.abs() > u64::MAX as f64 && f.abs() < 1e21 =>
+        {
+            js_float(f) // JavaScript wrote it as digits, which Python reads as an int
+        }
+        (None, None, Some(f)) => py_float(f),
+        _ => n.to_string(),
+    }
+}
+
+/// Python's `repr(float)` for a finite double.
+fn py_float(x: f64) -> String {
+    if x == 0.0 {
+        return if x.is_sign_negative() { "-0.0" } else { "0.0" }.into();
+    }
+    if !x.is_finite() {
+        return "null".into();
+    }
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponents are integers");
+    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let k = digits.len() as i32;
+    let mut out = String::with_capacity(k as usize + 8);
+    if x < 0.0 {
+        out.push('-');
+    }
+    if (-4..16).contains(&exp) {
+        if exp >= 0 {
+            let whole = exp + 1;
+            if k <= whole {
+                out.push_str(&digits);
+                out.extend(std::iter::repeat_n('0', (whole - k) as usize));
+                out.push_str(".0");
+            } else {
+                out.push_str(&digits[..whole as usize]);
+                out.push('.');
+                out.push_str(&digits[whole as usize..]);
+            }
+        } else {
+            out.push_str("0.");
+            out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
+            out.push_str(&digits);
+        }
+    } else {
+        out.push_str(&digits[..1]);
+        if k > 1 {
+            out.push('.');
+            out.push_str(&digits[1..]);
+        }
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        out.push_str(&format!("{:02}", exp.abs()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -135,5 +268,21 @@ mod tests {
         let v: Value = serde_json::from_str("[123456789012345680000,1e+21]").unwrap();
         assert_eq!(stringify(&v), "[123456789012345680000,1e+21]");
         assert_eq!(stringify(&json!({"headers": {}})), r#"{"headers":{}}"#);
+    }
+
+    #[test]
+    fn python_dumps_matches_pythons_json_module() {
+        // Expected values are what CPython 3.11's json.dumps(json.loads(text),
+        // separators=(",", ":")) prints.
+        let v: Value = serde_json::from_str(
+            r#"{"name":"Zoë","emoji":"🚀","ctl":"a\u0001\n\t\"\\/\u007f","n":[1.0,1e-7,0.000001,1e16,1e15,123.456,-2.5,3,1e+21,0.0001,-0.0],"big":123456789012345680000}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            python_dumps(&v),
+            r#"{"name":"Zo\u00eb","emoji":"\ud83d\ude80","ctl":"a\u0001\n\t\"\\/\u007f","n":[1.0,1e-07,1e-06,1e+16,1000000000000000.0,123.456,-2.5,3,1e+21,0.0001,-0.0],"big":123456789012345680000}"#
+        );
+        assert_eq!(python_dumps(&json!(null)), "null");
+        assert_eq!(python_dumps(&json!({"a": []})), r#"{"a":[]}"#);
     }
 }

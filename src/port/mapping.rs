@@ -23,12 +23,31 @@ use crate::template::{Context, Renderer};
 
 const BUILTIN: &str = include_str!("default_mapping.json");
 
-/// `enabled`: a boolean or a jq program.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+/// `enabled`: a boolean or a jq program. As in the agent (pydantic), `1`, `0` and the
+/// strings `"1"`, `"yes"`, `"on"`, `"t"`, `"y"`, `"true"` (`"0"`, `"no"`, `"off"`, `"f"`,
+/// `"n"`, `"false"`), in any case, are booleans; any other string is a jq program.
+#[derive(Debug, Clone)]
 pub enum Enabled {
     Flag(bool),
     Jq(String),
+}
+
+impl<'de> Deserialize<'de> for Enabled {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Bool(b) => Ok(Enabled::Flag(b)),
+            Value::Number(n) if n.as_i64() == Some(1) => Ok(Enabled::Flag(true)),
+            Value::Number(n) if n.as_i64() == Some(0) => Ok(Enabled::Flag(false)),
+            Value::String(s) => Ok(match s.to_ascii_lowercase().as_str() {
+                "1" | "true" | "t" | "yes" | "y" | "on" => Enabled::Flag(true),
+                "0" | "false" | "f" | "no" | "n" | "off" => Enabled::Flag(false),
+                _ => Enabled::Jq(s),
+            }),
+            other => Err(serde::de::Error::custom(format!(
+                "enabled: {other} is not a boolean or a jq program"
+            ))),
+        }
+    }
 }
 
 /// The `report` block: each key, when present, overrides the default report.
@@ -113,15 +132,22 @@ impl Mapping {
             .expect("the bundled default mapping is valid")
     }
 
-    /// Load and check a mapping file; every problem is listed.
-    pub fn load(path: &Path) -> Result<Mapping, Vec<String>> {
+    /// Load and check a mapping file; every problem is listed. `strict`: a jq program
+    /// that does not compile is a problem; otherwise a warning, and it yields null at run
+    /// time (as in the agent).
+    pub fn load(path: &Path, strict: bool) -> Result<Mapping, Vec<String>> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| vec![format!("cannot read {}: {e}", path.display())])?;
-        Self::parse(&text, &path.display().to_string())
+        Self::parse_with(&text, &path.display().to_string(), strict)
     }
 
-    /// Parse mapping JSON; `origin` names it in problems.
+    /// Parse mapping JSON strictly; `origin` names it in problems.
     pub fn parse(text: &str, origin: &str) -> Result<Mapping, Vec<String>> {
+        Self::parse_with(text, origin, true)
+    }
+
+    /// Parse mapping JSON; see [`load`](Self::load) for `strict`.
+    pub fn parse_with(text: &str, origin: &str, strict: bool) -> Result<Mapping, Vec<String>> {
         let raw: Value =
             serde_json::from_str(text).map_err(|e| vec![format!("{origin}: not JSON: {e}")])?;
         let Value::Array(items) = raw else {
@@ -142,7 +168,15 @@ impl Mapping {
             }
             match entry {
                 Ok(e) => {
-                    problems.extend(check(&jq, &e, &at));
+                    let (shape, compile) = check(&jq, &e, &at);
+                    problems.extend(shape);
+                    if strict {
+                        problems.extend(compile);
+                    } else {
+                        for c in compile {
+                            tracing::warn!("{c}; it yields null (port.strict_mapping is off)");
+                        }
+                    }
                     entries.push(e);
                 }
                 Err(e) => problems.push(format!("{at}: {e}")),
@@ -199,7 +233,16 @@ impl Mapping {
             },
         };
         let method = text(&e.method, "method", default_str("method", "POST")).to_uppercase();
-        let url = text(&e.url, "url", default_str("url", ""));
+        // A mapped url that yields null sends nothing (the agent's request fails too); only
+        // a missing `url` key falls back to the message's.
+        let url = match &e.url {
+            None => default_str("url", ""),
+            Some(c) => match self.eval(c, &ctx, "url", warnings) {
+                Value::String(s) => s,
+                Value::Null => String::new(),
+                other => other.to_string(),
+            },
+        };
         let mut object = |spec: &Option<Value>, field: &str| match spec {
             None => Map::new(),
             Some(s) => match self.apply(s, &ctx, field, warnings) {
@@ -275,8 +318,8 @@ impl Mapping {
     }
 }
 
-/// Shape and syntax problems of one entry.
-fn check(jq: &Renderer, e: &Entry, at: &str) -> Vec<String> {
+/// Shape problems and jq compile errors of one entry.
+fn check(jq: &Renderer, e: &Entry, at: &str) -> (Vec<String>, Vec<String>) {
     let mut problems = Vec::new();
     let mut programs: Vec<(String, &str)> = Vec::new();
     if let Enabled::Jq(c) = &e.enabled {
@@ -310,12 +353,11 @@ fn check(jq: &Renderer, e: &Entry, at: &str) -> Vec<String> {
             }
         }
     }
-    for (field, code) in programs {
-        if let Err(e) = jq.check(code) {
-            problems.push(format!("{at}: {field}: {e}"));
-        }
-    }
-    problems
+    let compile = programs
+        .into_iter()
+        .filter_map(|(field, code)| jq.check(code).err().map(|e| format!("{at}: {field}: {e}")))
+        .collect();
+    (problems, compile)
 }
 
 fn leaves<'a>(v: &'a Value, field: &str, out: &mut Vec<(String, &'a str)>) {

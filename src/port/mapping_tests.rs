@@ -32,10 +32,85 @@ fn the_first_enabled_entry_wins() {
     let mut w = Vec::new();
     let e = m.select(&Context::plain(&msg()), &mut w).unwrap();
     assert_eq!(e.url.as_deref(), Some("\"https://prod\""));
-    // `enabled` must be literally true: a truthy string does not enable an entry.
-    let m = mapping(json!([{"enabled": "\"yes\""}, {"enabled": "1"}]));
+    // A jq `enabled` must yield exactly true: a truthy result does not enable an entry.
+    let m = mapping(json!([{"enabled": "\"yes\""}, {"enabled": "2"}]));
     assert!(m.select(&Context::plain(&msg()), &mut w).is_none());
     assert!(w.is_empty(), "{w:?}");
+}
+
+#[test]
+fn enabled_takes_the_agents_boolean_spellings() {
+    // T-MAP-02: pydantic reads these as booleans before any jq runs.
+    for on in [
+        json!("True"),
+        json!("yes"),
+        json!("ON"),
+        json!("t"),
+        json!("y"),
+        json!("1"),
+        json!(1),
+    ] {
+        let m = mapping(json!([{"enabled": on, "url": "\"https://on\""}]));
+        let mut w = Vec::new();
+        assert!(m.select(&Context::plain(&msg()), &mut w).is_some(), "{on}");
+    }
+    for off in [
+        json!("no"),
+        json!("Off"),
+        json!("f"),
+        json!("n"),
+        json!("0"),
+        json!(0),
+        json!("FALSE"),
+    ] {
+        let m = mapping(json!([{"enabled": off}]));
+        let mut w = Vec::new();
+        assert!(m.select(&Context::plain(&msg()), &mut w).is_none(), "{off}");
+    }
+    assert!(Mapping::parse(r#"[{"enabled": 2}]"#, "t").is_err());
+}
+
+#[test]
+fn jq_that_does_not_compile_yields_null_unless_the_mapping_is_strict() {
+    // T-MAP-01 / T-MAP-13: the agent ran such mappings for months; the header is dropped.
+    let text = json!([{"enabled": true, "url": "\"https://x\"",
+        "headers": {"Content-Type": "application/json", "X-Ok": "\"yes\""},
+        "body": {"csv": "[1,2] | @csv"}}])
+    .to_string();
+    let strict = Mapping::parse(&text, "t").unwrap_err();
+    assert!(
+        strict.iter().any(|p| p.contains("headers.Content-Type")),
+        "{strict:?}"
+    );
+    let m = Mapping::parse_with(&text, "t", false).unwrap();
+    let mut w = Vec::new();
+    let e = m.select(&Context::plain(&msg()), &mut w).unwrap();
+    let p = m.request(e, &msg(), &Map::new(), &mut w);
+    assert_eq!(p.headers.get("Content-Type"), Some(&Value::Null));
+    assert_eq!(p.headers.get("X-Ok"), Some(&json!("yes")));
+    assert_eq!(p.body, json!({"csv": null}));
+    assert!(
+        w.iter().any(|x| x.starts_with("headers.Content-Type")),
+        "{w:?}"
+    );
+}
+
+#[test]
+fn a_mapped_url_that_yields_null_sends_nothing() {
+    // T-MAP-03: no fallback to invocationMethod.url.
+    let m = mapping(json!([{"enabled": true, "url": ".payload.properties.cluster_url"}]));
+    let mut w = Vec::new();
+    let e = m.select(&Context::plain(&msg()), &mut w).unwrap();
+    let mut inv = Map::new();
+    inv.insert("url".into(), json!("https://placeholder.example"));
+    assert_eq!(m.request(e, &msg(), &inv, &mut w).url, "");
+    // Without a `url` key the message's url is the default, as in the agent.
+    let m = mapping(json!([{"enabled": true}]));
+    let e = m.select(&Context::plain(&msg()), &mut w).unwrap();
+    assert_eq!(
+        m.request(e, &msg(), &inv, &mut w).url,
+        "https://placeholder.example"
+    );
 }
 
 #[test]

@@ -80,6 +80,37 @@ impl Kafka {
         }
     }
 
+    /// A mock cluster of the test's own, on either pass (a second cluster beside
+    /// [`Kafka::start`]'s).
+    pub fn mock_cluster() -> Kafka {
+        let mock = MockCluster::new(1).expect("starting the mock cluster");
+        Kafka {
+            brokers: mock.bootstrap_servers(),
+            mock: Some(mock),
+            options: Vec::new(),
+        }
+    }
+
+    /// The names of the cluster's topics.
+    pub fn topic_names(&self) -> Vec<String> {
+        let c: rdkafka::consumer::BaseConsumer = self.config().create().unwrap();
+        let md = c
+            .fetch_metadata(None, Duration::from_secs(10))
+            .expect("reading the cluster's metadata");
+        let mut names: Vec<String> = md.topics().iter().map(|t| t.name().to_owned()).collect();
+        names.sort();
+        names
+    }
+
+    /// The consumer groups the cluster knows.
+    pub fn group_names(&self) -> Vec<String> {
+        let c: rdkafka::consumer::BaseConsumer = self.config().create().unwrap();
+        let list = c
+            .fetch_group_list(None, Duration::from_secs(10))
+            .expect("listing the cluster's groups");
+        list.groups().iter().map(|g| g.name().to_owned()).collect()
+    }
+
     /// A real broker at `brokers` (tests that run their own broker).
     pub fn at(brokers: &str) -> Kafka {
         Self::at_with(brokers, &[])
@@ -818,6 +849,26 @@ impl Dispatcher {
             .env_remove("SWITCHYARD_CONFIG")
             .env("SWITCHYARD_TEST_TOKEN", TEST_TOKEN)
             .env("SWITCHYARD_TEST_REPLAY_KEY", REPLAY_KEY)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawning switchyard");
+        Dispatcher {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Start `switchyard run` as the Port agent's image would: no `--config`, the
+    /// environment `env` only (plus the parent's), in the working directory `dir` (the
+    /// agent's `/app`, where a mounted mapping file sits).
+    pub fn start_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Dispatcher {
+        let log = dir.join("switchyard.log");
+        let child = Command::new(bin())
+            .arg("run")
+            .current_dir(dir)
+            .env_remove("SWITCHYARD_CONFIG")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -3,6 +3,9 @@
 //! then, with `Authorization: Bearer <token>`: `PATCH /v1/actions/runs/{id}`,
 //! `POST /v1/actions/runs/{id}/logs`, `PATCH /v1/actions/runs/{id}/response`,
 //! `PATCH /v1/workflows/nodes/runs/{id}` and `POST /v1/workflows/nodes/runs/{id}/logs`.
+//! `GET /v1/kafka-credentials` answers the credentials set with
+//! [`FakePort::set_kafka_credentials`] (`{credentials: {brokers, username, password}}`), and
+//! `PATCH /v1/organization` takes the streamer setting.
 //! Every call is recorded; the next N report calls can be made to fail with a status.
 //! Only tokens this fake issued are accepted (each unguessable), as Port accepts only its
 //! own.
@@ -34,6 +37,10 @@ struct Inner {
     failing: u32,
     fail_status: u16,
     refused: u32,
+    /// The answer of `GET /v1/kafka-credentials`: brokers, username, password.
+    kafka: Option<(Vec<String>, String, String)>,
+    /// Per-path answers overriding `{"ok": true}` (status, body).
+    answers: std::collections::HashMap<String, (u16, Value)>,
 }
 
 #[derive(Clone)]
@@ -74,6 +81,24 @@ impl FakePort {
         let mut i = self.inner.lock().unwrap();
         i.failing = n;
         i.fail_status = status;
+    }
+
+    /// What `GET /v1/kafka-credentials` answers from now on.
+    pub fn set_kafka_credentials(&self, brokers: &str, username: &str, password: &str) {
+        self.inner.lock().unwrap().kafka = Some((
+            brokers.split(',').map(str::to_owned).collect(),
+            username.into(),
+            password.into(),
+        ));
+    }
+
+    /// Calls to `path` (any method) answer `status` with `body` from now on.
+    pub fn answer(&self, path: &str, status: u16, body: Value) {
+        self.inner
+            .lock()
+            .unwrap()
+            .answers
+            .insert(path.into(), (status, body));
     }
 
     /// Report calls accepted, in arrival order (token requests and failed calls excluded).
@@ -150,12 +175,27 @@ impl FakePort {
         if !i.issued.iter().any(|t| t == auth) {
             return (StatusCode::UNAUTHORIZED, "not a token this API issued").into_response();
         }
+        if method == Method::GET && path == "/v1/kafka-credentials" {
+            let Some((brokers, username, password)) = i.kafka.clone() else {
+                return (StatusCode::NOT_FOUND, "no Kafka credentials for this org")
+                    .into_response();
+            };
+            i.calls.push(ApiCall {
+                method: method.to_string(),
+                path,
+                body: Value::Null,
+            });
+            return axum::Json(json!({"ok": true, "credentials":
+                {"brokers": brokers, "username": username, "password": password}}))
+            .into_response();
+        }
         let known = matches!(
             (
                 method.as_str(),
                 path.split('/').collect::<Vec<_>>().as_slice()
             ),
-            ("PATCH", ["", "v1", "actions", "runs", _])
+            ("PATCH", ["", "v1", "organization"])
+                | ("PATCH", ["", "v1", "actions", "runs", _])
                 | ("POST", ["", "v1", "actions", "runs", _, "logs"])
                 | ("PATCH", ["", "v1", "actions", "runs", _, "response"])
                 | ("PATCH", ["", "v1", "workflows", "nodes", "runs", _])
@@ -170,11 +210,89 @@ impl FakePort {
             let status = StatusCode::from_u16(i.fail_status).unwrap();
             return (status, "scripted outage").into_response();
         }
+        let answer = i.answers.get(&path).cloned();
         i.calls.push(ApiCall {
             method: method.to_string(),
             path,
             body,
         });
-        axum::Json(json!({"ok": true})).into_response()
+        match answer {
+            Some((status, body)) => {
+                (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+            }
+            None => axum::Json(json!({"ok": true})).into_response(),
+        }
     }
+}
+
+/// Seconds since the epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `v1,base64(HMAC-SHA256(secret, text))`.
+pub fn hmac_b64(secret: &str, text: &[u8]) -> String {
+    use base64::Engine as _;
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(text);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+/// Sign a message as Port does, now: over its compact JSON with `"headers": {}` in place
+/// (for ASCII text serde_json's compact form is JSON.stringify's).
+pub fn port_signed_with(secret: &str, msg: Value) -> Value {
+    port_signed_at(secret, msg, now())
+}
+
+/// [`port_signed_with`] with the timestamp `ts`.
+pub fn port_signed_at(secret: &str, mut msg: Value, ts: i64) -> Value {
+    msg["headers"] = json!({});
+    let sig = hmac_b64(secret, format!("{ts}.{}", msg).as_bytes());
+    msg["headers"] = json!({"X-Port-Signature": sig, "X-Port-Timestamp": ts});
+    msg
+}
+
+/// An agent envelope (reference §5.1) for a WEBHOOK run.
+pub fn envelope(run: &str, url: &str, synchronized: bool) -> Value {
+    json!({
+        "action": "deploy_service", "resourceType": "run", "status": "TRIGGERED",
+        "trigger": {"by": {"orgId": "org_T", "userId": "auth0|u1"}, "origin": "UI",
+                    "at": "2026-11-28T10:00:00.000Z"},
+        "context": {"entity": null, "blueprint": "service", "runId": run},
+        "payload": {"entity": null,
+            "action": {"invocationMethod": {"type": "WEBHOOK", "agent": true,
+                "synchronized": synchronized, "method": "POST", "url": url},
+                "trigger": "CREATE"},
+            "properties": {"version": "1.2.3"}, "censoredProperties": []},
+        "headers": {}
+    })
+}
+
+/// Calls as short lines: `log <message>`, `response <json>`, `run <body>`, else
+/// `<METHOD> <path>`.
+pub fn summary(calls: &[ApiCall]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| {
+            let tail = c.path.rsplit('/').next().unwrap();
+            match (c.method.as_str(), tail) {
+                ("POST", "logs") => {
+                    let m = c.body["message"]
+                        .as_str()
+                        .or(c.body["logs"][0]["message"].as_str());
+                    format!("log {}", m.unwrap_or("?"))
+                }
+                ("PATCH", "response") => format!("response {}", c.body["response"]),
+                ("PATCH", _) => format!("run {}", c.body),
+                _ => format!("{} {}", c.method, c.path),
+            }
+        })
+        .collect()
 }

@@ -1,5 +1,5 @@
 //! A webhook receiver on loopback that records every request and answers as scripted by
-//! the query string: `?status=503&delay_ms=200&body=text` (`?echo=1` answers with the
+//! the query string: `?status=503&delay_ms=200&body=text&location=/runs/7` (`?echo=1` answers with the
 //! request body). Without `delay_ms`, the
 //! receiver-wide default delay applies (tests change it at run time).
 
@@ -118,13 +118,10 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> impl IntoResponse {
-    let query: HashMap<String, String> = uri
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.replace("%20", " ")))
-        .collect();
+    let query: HashMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let now = s.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     s.max_in_flight.fetch_max(now, Ordering::SeqCst);
     s.seen.lock().unwrap().push(Seen {
@@ -191,5 +188,13 @@ async fn handle(
         }
         None => "scripted failure".to_owned(),
     };
-    (status, HeaderMap::new(), text)
+    // `?location=/runs/7`: a `Location` header on the answer.
+    let mut headers = HeaderMap::new();
+    if let Some(l) = query.get("location") {
+        headers.insert(
+            axum::http::header::LOCATION,
+            axum::http::HeaderValue::from_str(l).unwrap(),
+        );
+    }
+    (status, headers, text)
 }

@@ -29,6 +29,23 @@ pub enum CallError {
     Rejected { status: u16, body: String },
 }
 
+/// Brokers and SASL credentials from `GET /v1/kafka-credentials`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct KafkaCredentials {
+    pub brokers: String,
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for KafkaCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaCredentials")
+            .field("brokers", &self.brokers)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
 pub struct PortClient {
     http: reqwest::Client,
     base: String,
@@ -55,6 +72,17 @@ impl PortClient {
     /// One call: `method path` with a JSON body and a bearer token. A 401 renews the
     /// token and tries once more.
     pub async fn call(&self, method: Method, path: &str, body: &Value) -> Result<(), CallError> {
+        self.request(method, path, Some(body)).await.map(drop)
+    }
+
+    /// [`call`](Self::call) that returns the answer's JSON (`null` when it is not JSON);
+    /// `body` None sends no body (a GET).
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, CallError> {
         match self.send(false, &method, path, body).await {
             Err(CallError::Rejected { status: 401, .. }) => {
                 self.send(true, &method, path, body).await
@@ -63,22 +91,47 @@ impl PortClient {
         }
     }
 
+    /// The org's Kafka brokers and SASL credentials (`GET /v1/kafka-credentials`), as
+    /// the agent fetches them.
+    pub async fn kafka_credentials(&self) -> Result<KafkaCredentials, CallError> {
+        let answer = self
+            .request(Method::GET, "/v1/kafka-credentials", None)
+            .await?;
+        let c = &answer["credentials"];
+        let brokers: Vec<&str> = c["brokers"]
+            .as_array()
+            .map(|b| b.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        let text = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+        if brokers.is_empty() {
+            return Err(CallError::Rejected {
+                status: 200,
+                body: "the answer names no brokers (credentials.brokers)".into(),
+            });
+        }
+        Ok(KafkaCredentials {
+            brokers: brokers.join(","),
+            username: text("username"),
+            password: text("password"),
+        })
+    }
+
     async fn send(
         &self,
         fresh_token: bool,
         method: &Method,
         path: &str,
-        body: &Value,
-    ) -> Result<(), CallError> {
+        body: Option<&Value>,
+    ) -> Result<Value, CallError> {
         let token = self.token(fresh_token).await?;
-        let sent = self
+        let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
-            .bearer_auth(&token)
-            .json(body)
-            .send()
-            .await;
-        classify(sent).await.map(drop)
+            .bearer_auth(&token);
+        if let Some(b) = body {
+            request = request.json(b);
+        }
+        classify(request.send().await).await
     }
 
     /// The cached token, or a new one (`fresh`: always a new one).

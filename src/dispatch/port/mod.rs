@@ -68,6 +68,13 @@ impl Pipeline {
                 ticket.complete();
             }
             Decoded::Bad(bad, run_id) => {
+                // An unauthenticated message must not cause an authenticated write: a
+                // message whose signature fails goes to the DLQ only, as the agent drops
+                // it. A workflow node run is still marked FAILED, as the agent does.
+                let run_id = match &bad {
+                    BadInput::Signature(_) => run_id.filter(|id| id.starts_with("wfnr_")),
+                    _ => run_id,
+                };
                 // Bounded: the ticket holds a slot of the partition window.
                 tokio::spawn(async move { inner.reject(record, ticket, run_id, bad).await });
             }
@@ -137,16 +144,21 @@ impl Inner {
         .for_action(port_action(&run.message))
         .traced(crate::telemetry::trace::current());
         let prepared = mapping.request(entry, &message, &run.invocation, &mut warnings);
-        let started = RunUpdate::status(&run_id, RunStatus::InProgress)
-            .with_summary(format!("dispatching to {BACKEND}"));
-        let opening = [
-            started,
-            info(&run_id, report::RECEIVED),
-            info(&run_id, report::PREPARING),
-        ];
-        let opening = opening
-            .into_iter()
-            .chain(warning_updates(&run_id, &warnings));
+        let started = RunUpdate::dispatching(&run_id, BACKEND);
+        // The agent's opening lines; a node run has no "Preparing" line.
+        let opening = match run.kind {
+            Kind::Node => vec![started, info(&run_id, report::RECEIVED_NODE)],
+            _ => vec![
+                started,
+                info(&run_id, report::RECEIVED),
+                info(&run_id, report::PREPARING),
+            ],
+        };
+        let opening = opening.into_iter().chain(warning_updates(
+            &run_id,
+            &warnings,
+            settings.warnings_in_run_log,
+        ));
         if emit_all(&mut w, opening).await.is_err() {
             return;
         }
@@ -188,7 +200,14 @@ impl Inner {
         let Some(done) = self.attempt(reg, &req, &ticket, &mut w).await else {
             return;
         };
-        let c = report::conclude(mapping, entry, (&run, &message), &prepared, &done.report);
+        let c = report::conclude_with(
+            mapping,
+            entry,
+            (&run, &message),
+            &prepared,
+            &done.report,
+            settings.detailed,
+        );
         let class = done.report.error_class.unwrap_or("port_report");
         let took = (done.attempt, done.duration.as_millis() as u64);
         self.finish_port(record, ticket, w, c, class, took).await
@@ -215,9 +234,12 @@ impl Inner {
             LogLevel::Info
         };
         let mut updates = vec![RunUpdate::log(&run_id, level, c.result_log.clone())];
-        updates.extend(warning_updates(&run_id, &c.warnings));
+        let to_port = self.port.as_ref().is_some_and(|s| s.warnings_in_run_log);
+        updates.extend(warning_updates(&run_id, &c.warnings, to_port));
         if let Some(r) = &c.response {
+            updates.push(info(&run_id, report::REPORTING_RESPONSE));
             updates.push(RunUpdate::response(&run_id, r.clone()));
+            updates.push(info(&run_id, report::RESPONSE_REPORTED));
         }
         if let Some(s) = &c.status {
             let mut u = RunUpdate::status(&run_id, s.status.unwrap_or(RunStatus::InProgress));
@@ -232,7 +254,12 @@ impl Inner {
             updates.push(u);
         }
         if c.finished {
-            updates.push(info(&run_id, report::FINISHED));
+            let last = if run_id.starts_with("wfnr_") {
+                report::FINISHED_NODE
+            } else {
+                report::FINISHED
+            };
+            updates.push(info(&run_id, last));
         }
         if emit_all(&mut w, updates).await.is_err() || w.settle().await.is_err() {
             return;
@@ -271,8 +298,11 @@ async fn emit_all(
 
 /// Mapping warnings: logged in full (as the agent logs them), and as WARN run updates
 /// that name the field only, since a jq error can quote the (decrypted) values it ran on.
-fn warning_updates(run_id: &str, warnings: &[String]) -> Vec<RunUpdate> {
+fn warning_updates(run_id: &str, warnings: &[String], as_updates: bool) -> Vec<RunUpdate> {
     log_warnings(run_id, warnings);
+    if !as_updates {
+        return Vec::new();
+    }
     warnings
         .iter()
         .map(|warning| {
@@ -310,6 +340,10 @@ pub struct Settings {
     pub secret: String,
     /// Oldest signature accepted (`None`: any).
     pub max_age: Option<Duration>,
+    /// Response texts in run logs and summaries (`DETAILED_LOGGING`).
+    pub detailed: bool,
+    /// Mapping warnings become WARN run logs too (else stdout only, as the agent).
+    pub warnings_in_run_log: bool,
 }
 
 impl Settings {
@@ -326,7 +360,8 @@ impl Settings {
         let mapping = match &cfg.port.mapping_file {
             Some(path) => {
                 tracing::info!(mapping = %path, "Port payload mapping read from the file");
-                Mapping::load(std::path::Path::new(path)).map_err(ConfigErrors)?
+                Mapping::load(std::path::Path::new(path), cfg.port.strict_mapping)
+                    .map_err(ConfigErrors)?
             }
             None => {
                 tracing::info!(
@@ -341,6 +376,8 @@ impl Settings {
             mapping,
             secret,
             max_age: (!age.is_zero()).then_some(age),
+            detailed: cfg.port.detailed_logging,
+            warnings_in_run_log: cfg.port.mapping_warnings_in_run_log,
         }))
     }
 }

@@ -20,9 +20,14 @@ use crate::port::mapping::{Entry, Mapping, Prepared};
 const TEXT_IN_SUMMARY: usize = 1024;
 
 pub const RECEIVED: &str = "An action message has been received";
+pub const RECEIVED_NODE: &str = "A workflow node run has been received";
 pub const PREPARING: &str = "Preparing the payload for the request";
 pub const SENDING: &str = "Sending the request";
 pub const FINISHED: &str = "Port agent finished processing the action run";
+pub const FINISHED_NODE: &str = "Port agent finished processing the workflow node run";
+pub const REPORTING_RESPONSE: &str = "Reporting the run response";
+/// With the agent's trailing space.
+pub const RESPONSE_REPORTED: &str = "The run response was reported successfully ";
 
 /// A status update to write.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,9 +68,22 @@ impl Conclusion {
 pub fn conclude(
     mapping: &Mapping,
     entry: &Entry,
+    run: (&PortRun, &Value),
+    prepared: &Prepared,
+    report: &Report,
+) -> Conclusion {
+    conclude_with(mapping, entry, run, prepared, report, true)
+}
+
+/// [`conclude`]; `detailed` false (`DETAILED_LOGGING=false`) leaves the response text
+/// out of the run log and the failure summary, as the agent does.
+pub fn conclude_with(
+    mapping: &Mapping,
+    entry: &Entry,
     (run, message): (&PortRun, &Value),
     prepared: &Prepared,
     report: &Report,
+    detailed: bool,
 ) -> Conclusion {
     let (kind, synchronized) = (run.kind, run.synchronized);
     let Some(ex) = report.exchange.as_deref() else {
@@ -94,10 +112,14 @@ pub fn conclude(
         && body != json!([]);
     let short = head(&text);
     let mut c = Conclusion {
-        result_log: if ok {
-            format!("The request was successful with status code: {code}")
-        } else {
-            format!("The request failed with status code: {code} and response: {short}")
+        result_log: match (ok, detailed) {
+            (true, _) => {
+                format!("Action invocation has completed successfully with status code: {code}")
+            }
+            (false, true) => {
+                format!("Action invocation failed with status code: {code} and response: {short}")
+            }
+            (false, false) => format!("Action invocation failed with status code: {code}"),
         },
         finished: ok,
         ..Conclusion::default()
@@ -112,13 +134,28 @@ pub fn conclude(
             (true, false) => None,
         },
         summary: (!ok).then(|| {
-            format!("Failed to invoke the webhook with status code: {code}. Response: {short}.")
+            let mut s = format!("Failed to invoke the webhook with status code: {code}.");
+            if detailed {
+                s.push_str(&format!(" Response: {short}"));
+            }
+            s
         }),
         link: Vec::new(),
         external_run_id: None,
-        node_response: (kind == Kind::Node && synchronized)
-            .then(|| json!({"status": code, "data": body})),
+        // The agent (v0.8.9) sends a node's output on success only, `{}` for no body.
+        node_response: (kind == Kind::Node && synchronized && ok).then(|| {
+            let data = if has_body { body.clone() } else { json!({}) };
+            json!({"status": code, "data": data})
+        }),
     };
+    if kind == Kind::Node {
+        // The agent ignores `report` for workflow node runs.
+        c.status = status.status.map(|st| Status {
+            status: Some(st),
+            ..status
+        });
+        return c;
+    }
     let context = json!({"body": message, "request": prepared.context(),
         "response": {"statusCode": code, "headers": headers(ex), "text": text, "json": parsed}});
     let o = mapping.report(entry, &context, &mut c.warnings);
@@ -172,15 +209,38 @@ fn text_of(v: Value) -> Option<String> {
     }
 }
 
+/// `response.headers` as the agent's mappings read them: `Location`, `Content-Type`.
+/// HTTP clients here see names in lower case, so each is given in the canonical
+/// capitalisation (a server's `X-Request-ID` reads `X-Request-Id`); repeated headers are
+/// joined with `, `, as Python's requests joins them.
 fn headers(ex: &Exchange) -> Value {
     let mut m = Map::new();
     for (k, v) in &ex.headers {
-        m.insert(
-            k.as_str().to_owned(),
-            Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-        );
+        let value = String::from_utf8_lossy(v.as_bytes()).into_owned();
+        match m.entry(title_case(k.as_str())) {
+            serde_json::map::Entry::Vacant(e) => {
+                e.insert(Value::String(value));
+            }
+            serde_json::map::Entry::Occupied(mut e) => {
+                if let Value::String(s) = e.get_mut() {
+                    s.push_str(", ");
+                    s.push_str(&value);
+                }
+            }
+        }
     }
     Value::Object(m)
+}
+
+/// `content-type` → `Content-Type`.
+fn title_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut start = true;
+    for c in name.chars() {
+        out.push(if start { c.to_ascii_uppercase() } else { c });
+        start = c == '-';
+    }
+    out
 }
 
 fn head(text: &str) -> String {
@@ -252,7 +312,7 @@ mod tests {
         );
         assert_eq!(
             c.result_log,
-            "The request was successful with status code: 200"
+            "Action invocation has completed successfully with status code: 200"
         );
         assert_eq!(c.response, Some(json!({"id": 7})));
         assert_eq!(c.status.as_ref().unwrap().status, Some(RunStatus::Success));
@@ -280,11 +340,28 @@ mod tests {
         assert_eq!(s.status, Some(RunStatus::Failure));
         assert_eq!(
             s.summary.as_deref(),
-            Some("Failed to invoke the webhook with status code: 503. Response: down.")
+            Some("Failed to invoke the webhook with status code: 503. Response: down")
         );
         assert_eq!(
             c.result_log,
-            "The request failed with status code: 503 and response: down"
+            "Action invocation failed with status code: 503 and response: down"
+        );
+        // DETAILED_LOGGING=false (T-ENV-06): no response text in the log or the summary.
+        let quiet = conclude_with(
+            &m,
+            e,
+            (&run(Kind::Run, true), &msg),
+            &prepared(),
+            &exchange(503, "token=abc"),
+            false,
+        );
+        assert_eq!(
+            quiet.result_log,
+            "Action invocation failed with status code: 503"
+        );
+        assert_eq!(
+            quiet.status.unwrap().summary.as_deref(),
+            Some("Failed to invoke the webhook with status code: 503.")
         );
         assert_eq!(
             c.response,
@@ -299,7 +376,7 @@ mod tests {
         let m = Mapping::parse(
             &json!([{"enabled": true, "report": {
                 "status": "if .response.statusCode == 201 then \"SUCCESS\" else \"FAILURE\" end",
-                "link": "[.response.json.self, .response.headers[\"x-request-id\"]]",
+                "link": "[.response.json.self, .response.headers[\"X-Request-Id\"]]",
                 "summary": ".request.url + \" answered \" + (.response.statusCode | tostring)",
                 "externalRunId": ".response.json.id"}}])
             .to_string(),

@@ -113,44 +113,102 @@ impl Sink for Reporter {
 
 /// Send an item's calls in order, each until Port takes or refuses it.
 async fn deliver(client: &PortClient, item: Item) {
-    let m = metrics::get();
     for call in &item.calls {
-        let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF, Jitter::Half);
-        loop {
-            let result = tokio::select! {
-                r = client.call(call.method.clone(), &call.path, &call.body) => r,
-                _ = item.ticket.abandoned().cancelled() => return, // redelivered later
-            };
-            match result {
-                Ok(()) => {
-                    m.port_api_calls.with_label_values(&[call.name, "ok"]).inc();
-                    break;
-                }
-                Err(CallError::Rejected { status, body }) => {
-                    m.port_api_calls
-                        .with_label_values(&[call.name, "rejected"])
-                        .inc();
-                    tracing::warn!(run_id = %item.run_id, call = call.name, status, answer = %body,
-                        "Port refused a report; it is not retried");
-                    break;
-                }
-                Err(CallError::Retry { why, wait }) => {
-                    m.port_api_calls
-                        .with_label_values(&[call.name, "retried"])
-                        .inc();
-                    let drawn = backoff.next_wait();
-                    let wait = wait.unwrap_or(drawn);
-                    tracing::warn!(run_id = %item.run_id, call = call.name, error = %why,
-                        retry_in_ms = wait.as_millis() as u64, "reporting to Port failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait.min(MAX_BACKOFF)) => {}
-                        _ = item.ticket.abandoned().cancelled() => return,
-                    }
+        if !send_call(client, &item.run_id, call, item.ticket.abandoned()).await {
+            return; // redelivered later
+        }
+    }
+    item.ticket.complete();
+}
+
+/// Send one call until Port takes or refuses it; false when `abandon` fired first.
+async fn send_call(
+    client: &PortClient,
+    run_id: &str,
+    call: &Call,
+    abandon: &tokio_util::sync::CancellationToken,
+) -> bool {
+    let m = metrics::get();
+    let mut backoff = Backoff::new(Duration::from_millis(500), MAX_BACKOFF, Jitter::Half);
+    loop {
+        let result = tokio::select! {
+            r = client.call(call.method.clone(), &call.path, &call.body) => r,
+            _ = abandon.cancelled() => return false,
+        };
+        match result {
+            Ok(()) => {
+                m.port_api_calls.with_label_values(&[call.name, "ok"]).inc();
+                return true;
+            }
+            Err(CallError::Rejected { status, body }) => {
+                m.port_api_calls
+                    .with_label_values(&[call.name, "rejected"])
+                    .inc();
+                tracing::warn!(run_id, call = call.name, status, answer = %body,
+                    "Port refused a report; it is not retried");
+                return true;
+            }
+            Err(CallError::Retry { why, wait }) => {
+                m.port_api_calls
+                    .with_label_values(&[call.name, "retried"])
+                    .inc();
+                let drawn = backoff.next_wait();
+                let wait = wait.unwrap_or(drawn);
+                tracing::warn!(run_id, call = call.name, error = %why,
+                    retry_in_ms = wait.as_millis() as u64, "reporting to Port failed; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait.min(MAX_BACKOFF)) => {}
+                    _ = abandon.cancelled() => return false,
                 }
             }
         }
     }
-    item.ticket.complete();
+}
+
+/// Port mode without a status topic: each run update of a Port run is reported to Port's
+/// API as it is written, and the writer (so the event's offset) waits until Port took it.
+pub struct DirectReporter {
+    client: PortClient,
+    port_topics: HashSet<String>,
+}
+
+impl DirectReporter {
+    pub fn new(client: PortClient, port_topics: HashSet<String>) -> Self {
+        DirectReporter {
+            client,
+            port_topics,
+        }
+    }
+}
+
+impl crate::kafka::publisher::Direct for DirectReporter {
+    fn update<'a>(
+        &'a self,
+        u: &'a RunUpdate,
+        stop: &'a tokio_util::sync::CancellationToken,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = Result<(), crate::kafka::publisher::Stopped>>
+                + Send
+                + 'a,
+        >,
+    > {
+        Box::pin(async move {
+            let ours = u
+                .source
+                .as_ref()
+                .is_some_and(|s| self.port_topics.contains(&s.topic));
+            if !ours || u.run_id.starts_with("cl_") {
+                return Ok(());
+            }
+            for call in calls_for(u) {
+                if !send_call(&self.client, &u.run_id, &call, stop).await {
+                    return Err(crate::kafka::publisher::Stopped);
+                }
+            }
+            Ok(())
+        })
+    }
 }
 
 /// The Port API calls that report `u` (none for updates Port has no place for).
@@ -238,13 +296,15 @@ fn run_patch(u: &RunUpdate) -> Option<Value> {
     if let Some(x) = &u.external_run_id {
         body.insert("externalRunId".into(), json!(x));
     }
-    if body.is_empty() {
-        return None;
+    // A summary alone is sent too (an async run's `report.summary`), except the
+    // dispatcher's own "dispatching to …" mark on a run Port already shows as running.
+    match &u.summary {
+        Some(s) if !u.is_dispatching_mark() => {
+            body.insert("summary".into(), json!(s));
+        }
+        _ => {}
     }
-    if let Some(s) = &u.summary {
-        body.insert("summary".into(), json!(s));
-    }
-    Some(Value::Object(body))
+    (!body.is_empty()).then_some(Value::Object(body))
 }
 
 /// A run id as one URL path segment.

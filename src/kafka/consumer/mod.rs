@@ -74,6 +74,8 @@ type Tp = (String, i32);
 /// What a consumer reads: its group and topics.
 #[derive(Debug, Clone)]
 pub struct Subscription {
+    /// The cluster (brokers, security, client options).
+    pub kafka: crate::config::KafkaConfig,
     pub group: String,
     pub topics: Vec<String>,
     /// Joining the group makes `/readyz` ready (the triggers consumer).
@@ -84,6 +86,7 @@ impl Subscription {
     /// The dispatcher's: `kafka.group_id` on the triggers topic and `kafka.inputs`.
     pub fn triggers(cfg: &Config) -> Self {
         Subscription {
+            kafka: cfg.kafka.clone(),
             group: cfg.kafka.group_id.clone(),
             topics: cfg.input_topics().into_iter().map(|(t, _)| t).collect(),
             marks_ready: true,
@@ -151,7 +154,7 @@ pub fn start<S: Sink>(
     sink: Arc<S>,
     shutdown: CancellationToken,
 ) -> Result<ConsumerHandle, rdkafka::error::KafkaError> {
-    let k = &cfg.kafka;
+    let k = &sub.kafka;
     let mut c = super::client_config(k);
     c.set("group.id", &sub.group)
         .set("enable.auto.commit", "true")

@@ -62,6 +62,7 @@ pub struct Ctx<S: Sink> {
 impl<S: Sink> ClientContext for Ctx<S> {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         tracing::warn!(error = %error, reason, "kafka client error");
+        crate::kafka::note_client_error(&error);
     }
 
     /// librdkafka statistics (`statistics.interval.ms`): consumer lag per partition.
