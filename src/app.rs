@@ -69,7 +69,7 @@ fn port_topics(cfg: &Config) -> std::collections::HashSet<String> {
 pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = port_client(&cfg)?;
     if let (true, Some(c)) = (cfg.agent_mode(), &client) {
-        announce_streamer(c).await;
+        announce_streamer(c, cfg.port.streamer).await;
     }
     if !cfg.port.fetch_kafka_credentials {
         return run_once(cfg, shutdown).await;
@@ -115,17 +115,51 @@ pub async fn run(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()>
 
 const CREDENTIAL_RECHECK: Duration = Duration::from_secs(30);
 
+/// Whether a run ended elsewhere before its run_timeout: a terminal update on the status
+/// topic (seen by the duplicate ledger: a service reported through the status API), or,
+/// for a Port run, a final status in Port (a service reported to Port's API directly).
+struct EndedElsewhere {
+    ledger: Option<Arc<crate::status::dedup::Ledger>>,
+    port: Option<(PortClient, std::collections::HashSet<String>)>,
+}
+
+impl crate::watch::RunEnded for EndedElsewhere {
+    fn ended<'a>(
+        &'a self,
+        run_id: &'a str,
+        source: &'a crate::model::SourceRef,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let finished = self.ledger.as_ref().and_then(|l| l.seen(run_id))
+                == Some(crate::status::dedup::Seen::Finished);
+            if finished {
+                return Ok(true);
+            }
+            match &self.port {
+                Some((client, topics)) if topics.contains(&source.topic) => {
+                    crate::dispatch::port::reporter::ended_in_port(client, run_id)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                _ => Ok(false),
+            }
+        })
+    }
+}
+
 /// `PATCH /v1/organization` with the streamer name, as the agent does at start; a
 /// failure is a warning, and the start goes on.
-async fn announce_streamer(client: &PortClient) {
-    let body = serde_json::json!({"settings": {"portAgentStreamerName": "KAFKA"}});
+async fn announce_streamer(client: &PortClient, streamer: crate::config::Streamer) {
+    let name = streamer.as_str();
+    let body = serde_json::json!({"settings": {"portAgentStreamerName": name}});
     let sent = tokio::time::timeout(
         Duration::from_secs(30),
         client.request(reqwest::Method::PATCH, "/v1/organization", Some(&body)),
     )
     .await;
     match sent {
-        Ok(Ok(_)) => tracing::info!(streamer = "KAFKA", "Port organisation's streamer set"),
+        Ok(Ok(_)) => tracing::info!(streamer = name, "Port organisation's streamer set"),
         Ok(Err(e)) => tracing::warn!(error = %e, "setting the Port organisation's streamer failed"),
         Err(_) => tracing::warn!("setting the Port organisation's streamer timed out"),
     }
@@ -203,11 +237,15 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
             },
         ]
     }
+    let polling = cfg.port.streamer == crate::config::Streamer::Polling;
     if cfg.agent_mode() {
         // Port's Kafka is read-only to switchyard: its topics are checked, never created.
         // A missing one (an org without a change log) is a warning, as for the agent.
-        if let Err(e) = topics::ensure_topics(k, &inputs_spec, false).await {
-            tracing::warn!(error = %e, "Port's topics are not all there; consuming what exists");
+        // POLLING reads no Kafka topic.
+        if !polling {
+            if let Err(e) = topics::ensure_topics(k, &inputs_spec, false).await {
+                tracing::warn!(error = %e, "Port's topics are not all there; consuming what exists");
+            }
         }
         match &out {
             Some(o) => topics::ensure_topics(o, &own_spec(o), o.create_topics).await?,
@@ -290,13 +328,21 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
     // The one numbering of run updates for every writer in this process.
     let seqs = Arc::new(crate::status::writer::Sequencer::default());
     let registry = Registry::from_config(&cfg, publisher.producer(), &secrets)?;
-    let watcher = Watcher::new(
+    let ledger = (cfg.dedup.enabled && out.is_some())
+        .then(|| crate::status::dedup::Ledger::new(cfg.dedup.max_runs, k, cfg.dedup.catch_up));
+    let ended = EndedElsewhere {
+        ledger: ledger.clone(),
+        port: port_client(&cfg)?.map(|c| (c, port_topics(&cfg))),
+    };
+    let watcher = Watcher::with_timeouts(
         registry.backends(),
         &cfg.watch,
         publisher.clone(),
         seqs.clone(),
         &k.watches_topic,
         hard_stop.clone(),
+        cfg.run_timeout.clone(),
+        Some(Arc::new(ended)),
     );
     if out.is_some() {
         watcher
@@ -304,8 +350,6 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
             .await
             .context("starting the watches reader")?;
     }
-    let ledger = (cfg.dedup.enabled && out.is_some())
-        .then(|| crate::status::dedup::Ledger::new(cfg.dedup.max_runs, k, cfg.dedup.catch_up));
     let tokens = cfg.api.resolve_tokens()?;
     // Never shown in a run update, a DLQ record or a log line either.
     crate::secrets::add_redacted(
@@ -410,14 +454,49 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
         },
         &cfg.dispatch,
     );
-    let subscription = consumer::Subscription::triggers(&cfg);
-    let consumer = consumer::start(&cfg, subscription, Arc::new(pipeline), shutdown.clone())
-        .context("starting the triggers consumer")?;
+    let pipeline = Arc::new(pipeline);
+    let polled = if polling {
+        let client = port_client(&cfg)?.context("POLLING needs Port's API")?;
+        let streamed = crate::dispatch::port::polling::Streamed {
+            topic: cfg.kafka.triggers_topic.clone(),
+            window: cfg.dispatch.partition_window,
+            grace: cfg.dispatch.shutdown_grace,
+            secret: cfg
+                .port_secret()
+                .context("POLLING needs port.client_secret")?,
+        };
+        let (pipeline, polling_cfg, stop) =
+            (pipeline.clone(), cfg.port.polling.clone(), shutdown.clone());
+        tracing::info!(api = ?cfg.port.api_url, "claiming runs from Port's API (POLLING)");
+        Some(tokio::spawn(async move {
+            crate::dispatch::port::polling::run(client, pipeline, &polling_cfg, streamed, stop)
+                .await
+        }))
+    } else {
+        None
+    };
+    let consumer = if polling {
+        None
+    } else {
+        let subscription = consumer::Subscription::triggers(&cfg);
+        Some(
+            consumer::start(&cfg, subscription, pipeline, shutdown.clone())
+                .context("starting the triggers consumer")?,
+        )
+    };
     tracing::info!(brokers = %cfg.kafka.brokers, group = %k.group_id, group_protocol = ?k.group_protocol,
         triggers = %k.triggers_topic, output_brokers = out.as_ref().map_or("", |o| o.brokers.as_str()),
         status = %out.as_ref().map_or("", |o| o.status_topic.as_str()),
         dlq = %out.as_ref().map_or("", |o| o.dlq_topic.as_str()), "switchyard running");
-    consumer.join().await;
+    let mut outcome = Ok(());
+    if let Some(c) = consumer {
+        c.join().await;
+    }
+    if let Some(p) = polled {
+        // The poller ends on the shutdown, or when claims kept failing: stop then too.
+        outcome = p.await.context("the POLLING streamer panicked")?;
+        shutdown.cancel();
+    }
     // Reports of what was just dispatched go out before the producer is closed (up to
     // the grace period; the rest are reported after the next start).
     reporter_stop.cancel();
@@ -434,7 +513,7 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
         .await?
         .context("flushing the producer")?;
     tracing::info!("switchyard stopped");
-    Ok(())
+    outcome
 }
 
 /// Install the global log subscriber: JSON lines in production, readable text for

@@ -9,6 +9,12 @@
 //! re-recorded); a finish is published as the terminal status, then the record is
 //! deleted (tombstone).
 //!
+//! A run may also have a deadline (`[run_timeout]`, per backend or per action): a followed
+//! run, or an async run nobody polls (a WEBHOOK that answered 202, a KAFKA or
+//! AZURE_DEVOPS run), is recorded with it. Past the deadline the run fails with "timed
+//! out after …", unless it finished elsewhere meanwhile ([`RunEnded`]: a terminal update
+//! on the status topic, or a final status in Port).
+//!
 //! Ownership follows the triggers topic: the instance that owns the partition a run's
 //! event came from follows the run. Every instance tails the watches topic into a table;
 //! when a partition is assigned, its recorded runs are resumed, and when it is revoked,
@@ -38,6 +44,61 @@ pub struct Watch {
     /// Backend-specific state (e.g. project and pipeline id).
     pub state: Value,
     pub label: Option<String>,
+    /// When the run times out (`[run_timeout]`); `None` from the dispatcher: the
+    /// watcher sets it from the configuration.
+    pub deadline: Option<Deadline>,
+}
+
+impl Watch {
+    /// A run to follow by polling its backend.
+    pub fn follow(writer: RunWriter, state: Value) -> Self {
+        Watch {
+            writer,
+            state,
+            label: None,
+            deadline: None,
+        }
+    }
+}
+
+/// When a run times out, and after how long (for the message).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadline {
+    /// Epoch milliseconds.
+    pub at_ms: i64,
+    pub after: Duration,
+}
+
+impl Deadline {
+    /// `after` from now.
+    pub fn after(after: Duration) -> Self {
+        Deadline {
+            at_ms: now_ms().saturating_add(after.as_millis() as i64),
+            after,
+        }
+    }
+
+    /// The deadline as an [`Instant`] of this process.
+    fn instant(&self) -> Instant {
+        let left = self.at_ms.saturating_sub(now_ms()).max(0) as u64;
+        Instant::now() + Duration::from_millis(left)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Whether a run finished somewhere else (a service reported it), checked before it
+/// times out. `Err`: cannot tell now (checked again, a few times).
+pub trait RunEnded: Send + Sync {
+    fn ended<'a>(
+        &'a self,
+        run_id: &'a str,
+        source: &'a SourceRef,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, String>> + Send + 'a>>;
 }
 
 /// The watches-topic record of a followed run.
@@ -54,9 +115,20 @@ struct Record {
     /// The run's action identifier (absent in records written before run update v2).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     action: Option<String>,
+    /// Epoch ms past which the run times out, and the timeout in ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    timeout_ms: Option<u64>,
+    /// A deadline only: the backend is not polled (no `state`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    no_poll: bool,
 }
 
 type Tp = (String, i32);
+
+/// How often a failed "did it end elsewhere?" check is repeated before a run times out.
+const TIMEOUT_CHECKS: u32 = 5;
 
 #[derive(Default)]
 struct Book {
@@ -82,6 +154,8 @@ pub struct Watcher {
     handle: tokio::runtime::Handle,
     /// The watches-topic reader, joined at shutdown so its client closes before we return.
     reader: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    timeouts: crate::config::RunTimeoutConfig,
+    ended: Option<Arc<dyn RunEnded>>,
 }
 
 impl Watcher {
@@ -92,6 +166,30 @@ impl Watcher {
         seqs: Arc<Sequencer>,
         topic: &str,
         stop: CancellationToken,
+    ) -> Arc<Self> {
+        Self::with_timeouts(
+            backends,
+            cfg,
+            publisher,
+            seqs,
+            topic,
+            stop,
+            Default::default(),
+            None,
+        )
+    }
+
+    /// [`new`](Self::new) with run timeouts, and the check of runs that ended elsewhere.
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_timeouts(
+        backends: BTreeMap<&'static str, Arc<dyn Backend>>,
+        cfg: &WatchConfig,
+        publisher: Arc<Publisher>,
+        seqs: Arc<Sequencer>,
+        topic: &str,
+        stop: CancellationToken,
+        timeouts: crate::config::RunTimeoutConfig,
+        ended: Option<Arc<dyn RunEnded>>,
     ) -> Arc<Self> {
         Arc::new(Watcher {
             backends,
@@ -105,6 +203,8 @@ impl Watcher {
             stop,
             handle: tokio::runtime::Handle::current(),
             reader: Mutex::new(None),
+            timeouts,
+            ended,
         })
     }
 
@@ -121,7 +221,13 @@ impl Watcher {
     /// Start following a newly dispatched run: record it, then poll it. Returns once the
     /// record is acknowledged (the caller may then complete the event's offset), or
     /// `Err` when switchyard is stopping. A run over `max_watches` is not followed.
-    pub async fn follow(self: &Arc<Self>, watch: Watch) -> Result<bool, Stopped> {
+    pub async fn follow(self: &Arc<Self>, mut watch: Watch) -> Result<bool, Stopped> {
+        if watch.deadline.is_none() {
+            let (kind, action) = (watch.writer.backend, watch.writer.action.as_deref());
+            watch.deadline = kind
+                .and_then(|k| self.timeouts.for_run(k, action))
+                .map(Deadline::after);
+        }
         let Some(backend) = watch
             .writer
             .backend
@@ -158,6 +264,23 @@ impl Watcher {
         });
     }
 
+    /// An async run nobody polls (a WEBHOOK that answered 202, a KAFKA or AZURE_DEVOPS
+    /// run): when `[run_timeout]` gives it a timeout, record its deadline and wait for
+    /// it. `Ok(false)`: no timeout applies (or `max_watches` is reached).
+    pub async fn time_limit(self: &Arc<Self>, writer: RunWriter) -> Result<bool, Stopped> {
+        let (kind, action) = (writer.backend, writer.action.as_deref());
+        let Some(after) = kind.and_then(|k| self.timeouts.for_run(k, action)) else {
+            return Ok(false);
+        };
+        let watch = Watch {
+            writer,
+            state: Value::Null,
+            label: None,
+            deadline: Some(Deadline::after(after)),
+        };
+        self.follow(watch).await
+    }
+
     async fn record(&self, w: &Watch) -> Result<(), Stopped> {
         let rec = Record {
             run_id: w.writer.run_id.clone(),
@@ -167,6 +290,9 @@ impl Watcher {
             label: w.label.clone(),
             source: w.writer.source.clone(),
             action: w.writer.action.clone(),
+            deadline_ms: w.deadline.map(|d| d.at_ms),
+            timeout_ms: w.deadline.map(|d| d.after.as_millis() as u64),
+            no_poll: w.state.is_null(),
         };
         let bytes = serde_json::to_vec(&rec).expect("a watch record always serialises");
         self.publisher
@@ -234,10 +360,15 @@ impl Watcher {
         )
         .for_action(rec.action);
         writer.seq = rec.seq;
+        let deadline = rec.deadline_ms.map(|at_ms| Deadline {
+            at_ms,
+            after: Duration::from_millis(rec.timeout_ms.unwrap_or(0)),
+        });
         let watch = Watch {
             writer,
-            state: rec.state,
+            state: if rec.no_poll { Value::Null } else { rec.state },
             label: rec.label,
+            deadline,
         };
         self.spawn(backend, watch, token);
     }
@@ -290,13 +421,33 @@ impl Watcher {
 
     async fn run(&self, backend: Arc<dyn Backend>, mut watch: Watch, token: &CancellationToken) {
         let started = Instant::now();
+        // A run with no state is not polled: only its deadline matters.
+        let polled = !watch.state.is_null();
+        let deadline = watch.deadline.map(|d| (d.instant(), d.after));
         let mut delay = self.cfg.poll_interval;
         let mut failures = 0u32;
         loop {
+            let mut nap = if polled {
+                delay
+            } else {
+                Duration::from_secs(3600)
+            };
+            if let Some((at, _)) = deadline {
+                nap = nap.min(at.saturating_duration_since(Instant::now()));
+            }
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep(nap) => {}
                 _ = token.cancelled() => return,
                 _ = self.stop.cancelled() => return,
+            }
+            if let Some((at, after)) = deadline {
+                if Instant::now() >= at {
+                    self.time_out(&mut watch, after, token).await;
+                    return;
+                }
+            }
+            if !polled {
+                continue;
             }
             if started.elapsed() > self.cfg.max_duration {
                 let summary = format!(
@@ -364,6 +515,54 @@ impl Watcher {
                 }
             }
         }
+    }
+
+    /// The deadline passed: FAILURE, unless the run ended elsewhere meanwhile.
+    async fn time_out(&self, watch: &mut Watch, after: Duration, token: &CancellationToken) {
+        let run_id = watch.writer.run_id.clone();
+        if let Some(check) = &self.ended {
+            let mut tries = 0u32;
+            loop {
+                match check.ended(&run_id, &watch.writer.source).await {
+                    Ok(true) => {
+                        tracing::info!(run_id = %run_id, "the run finished elsewhere before its run_timeout");
+                        let _ = self.publisher.send_keyed(&self.topic, &run_id, None).await;
+                        return;
+                    }
+                    Ok(false) => break,
+                    Err(why) if tries < TIMEOUT_CHECKS => {
+                        tries += 1;
+                        let wait = crate::backoff::nth(
+                            Duration::from_secs(1),
+                            Duration::from_secs(60),
+                            tries,
+                            crate::backoff::Jitter::Half,
+                        );
+                        tracing::warn!(run_id = %run_id, error = %why, retry_ms = wait.as_millis() as u64,
+                            "cannot tell whether the run finished elsewhere; asking again before timing it out");
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = token.cancelled() => return,
+                            _ = self.stop.cancelled() => return,
+                        }
+                    }
+                    Err(why) => {
+                        tracing::warn!(run_id = %run_id, error = %why,
+                            "cannot tell whether the run finished elsewhere; timing it out");
+                        break;
+                    }
+                }
+            }
+        }
+        crate::telemetry::metrics::get()
+            .run_timeouts
+            .with_label_values(&[watch.writer.backend.unwrap_or("unknown")])
+            .inc();
+        let summary = format!(
+            "timed out after {}: still IN_PROGRESS past its run_timeout",
+            humantime::format_duration(after)
+        );
+        let _ = self.finish(watch, RunStatus::Failure, summary).await;
     }
 
     /// Publish the terminal status, then delete the watch record.

@@ -484,3 +484,75 @@ async fn concurrent_api_writes_to_one_run_get_distinct_seqs() {
     assert_eq!(seqs, expected, "seqs are distinct and without gaps");
     println!("seq: {written} updates of one run, {WRITES} written concurrently through the API, seqs 1..={written}");
 }
+
+/// Run timeouts on the status topic: an async run its service never reports fails with
+/// "timed out after …" once its `run_timeout` passes; one its service finished through
+/// the API before then is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_left_in_progress_times_out_unless_its_service_reported() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let d = Dispatcher::start(
+        &kafka,
+        &t,
+        &format!("{API}\n[run_timeout]\nwebhook = \"3s\"\n"),
+    );
+    let api = Client::new(&d);
+    accepted_run(&kafka, &t, &rx, "r_forgotten").await;
+    accepted_run(&kafka, &t, &rx, "r_reported").await;
+    let (code, body) = api
+        .send(
+            "PATCH",
+            "/v1/actions/runs/r_reported",
+            Some(json!({"status": "SUCCESS", "summary": "deployed"})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "r_forgotten timed out", |u| {
+        u.iter()
+            .any(|u| u.run_id == "r_forgotten" && u.is_terminal())
+    })
+    .await;
+    // r_reported's deadline has passed as well (it was dispatched right after): give the
+    // watcher time to decide, then each run must have exactly one terminal update.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let timed_out = log.sole_terminal("r_forgotten").await;
+    assert_eq!(timed_out.status, Some(RunStatus::Failure));
+    let summary = timed_out.summary.unwrap_or_default();
+    assert!(summary.starts_with("timed out after 3s"), "{summary}");
+    let reported = log.sole_terminal("r_reported").await;
+    assert_eq!(reported.status, Some(RunStatus::Success));
+}
+
+/// A run's deadline is kept on the watches topic: after a crash, the next member times
+/// the run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_timeout_survives_a_crash() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let config = format!("{API}\n[run_timeout]\nwebhook = \"4s\"\n");
+    let mut first = Dispatcher::start(&kafka, &t, &config);
+    accepted_run(&kafka, &t, &rx, "r_orphan").await;
+    let accepted = std::time::Instant::now();
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+    // Killed well before the deadline, so the first member cannot have timed it out.
+    assert!(
+        accepted.elapsed() < Duration::from_secs(3),
+        "too slow to test the restart"
+    );
+    first.kill();
+    let _second = Dispatcher::start(&kafka, &t, &config);
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "r_orphan timed out", |u| {
+        u.iter().any(|u| u.run_id == "r_orphan" && u.is_terminal())
+    })
+    .await;
+    let end = log.sole_terminal("r_orphan").await;
+    assert_eq!(end.status, Some(RunStatus::Failure));
+    let summary = end.summary.unwrap_or_default();
+    assert!(summary.starts_with("timed out after 4s"), "{summary}");
+    assert_eq!(rx.requests().len(), 1, "sent once, before the crash");
+}

@@ -764,3 +764,28 @@ async fn github_run_is_resumed_after_a_restart_with_exactly_one_terminal_update(
         "seq continues across the restart: {seqs:?}"
     );
 }
+
+/// An unanswered follow: a GitLab pipeline that never finishes fails at its
+/// `run_timeout` (well before `watch.max_duration`), and was polled meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_pipeline_that_never_finishes_times_out() {
+    use common::gitlab::FakeGitlab;
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let fake = FakeGitlab::start(TEST_TOKEN, TEST_TOKEN, &["running"]).await;
+    let config = format!("{}[run_timeout]\ngitlab = \"2s\"\n", gitlab_config(&fake));
+    let _d = Dispatcher::start(&kafka, &t, &config);
+    kafka
+        .produce(&t.triggers, &[record(None, &gitlab_event("r_gl_stuck"))])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "the time-out", |u| StatusLog::finished(u) >= 1)
+        .await;
+    let end = log.sole_terminal("r_gl_stuck").await;
+    assert_eq!(end.status, Some(RunStatus::Failure));
+    let summary = end.summary.unwrap_or_default();
+    assert!(summary.starts_with("timed out after 2s"), "{summary}");
+    let polls = fake.calls().iter().filter(|c| c.method == "GET").count();
+    assert!(polls >= 2, "followed until the deadline: {polls} polls");
+    assert_eq!(kafka.wait_committed(&t, 1, WAIT).await, 1);
+}

@@ -28,9 +28,12 @@ const CLIENT_ID: &str = "agent-client";
 
 /// The mapping a user mounts: a jq string that does not compile (the agent drops that
 /// header), `"enabled": "True"`, a url from an optional input, a summary-only report, and
-/// a link from the `Location` response header.
+/// a link from the `Location` response header; query values of other JSON types.
 const MAPPING: &str = r#"[
   {"enabled": ".payload.properties.kind == \"routed\"", "url": ".payload.properties.cluster_url"},
+  {"enabled": ".payload.properties.kind == \"query\"",
+   "query": {"force": ".payload.properties.force", "ratio": ".payload.properties.ratio",
+             "n": ".payload.properties.n"}},
   {"enabled": ".payload.properties.kind == \"queued\"",
    "report": {"summary": "\"queued as \" + (.response.json.id | tostring)"}},
   {"enabled": "True",
@@ -53,11 +56,18 @@ struct Org {
 
 impl Org {
     async fn new() -> Org {
+        Self::with_changelog(true).await
+    }
+
+    /// `changelog_topic` false: an org without a change log topic (T-ENV-08).
+    async fn with_changelog(changelog_topic: bool) -> Org {
         let kafka = Kafka::start();
         let org = unique("org");
         let (runs, changelog) = (format!("{org}.runs"), format!("{org}.change.log"));
         kafka.create_topic(&runs, 1).await;
-        kafka.create_topic(&changelog, 1).await;
+        if changelog_topic {
+            kafka.create_topic(&changelog, 1).await;
+        }
         let port = FakePort::start(CLIENT_ID, SECRET).await;
         port.set_kafka_credentials(&kafka.brokers, &format!("{org}-user"), "kafka-pass-7f1");
         let app = scratch_dir();
@@ -398,6 +408,13 @@ async fn without_an_output_cluster_runs_report_straight_to_port() {
             json!({"kind": "queued"}),
         )),
         o.signed(o.run("r_routed", "/never", true, json!({"kind": "routed"}))),
+        // T-MAP-06: query values that are not strings, as Python's requests writes them.
+        o.signed(o.run(
+            "r_query",
+            "/query",
+            true,
+            json!({"kind": "query", "force": true, "ratio": 1e21, "n": 3}),
+        )),
         // Signed three days ago: the agent has no age limit.
         o.signed_at(
             o.run("r_old", "/deploy", true, json!({})),
@@ -412,9 +429,50 @@ async fn without_an_output_cluster_runs_report_straight_to_port() {
     let mut node = o.run("wfnr_node", "/node?body=", true, json!({}));
     node["context"]["runId"] = json!("wfnr_node");
     records.push(o.signed(node));
+    // T-IN-06: routing by topic. On the runs topic a `changelogDestination` key does not
+    // make a message an unsigned changelog; on the change log, a run envelope is not for
+    // an agent, and a changelog is delivered.
+    let mut smuggled = o.run("r_smuggled", "/smuggled", true, json!({}));
+    smuggled["changelogDestination"] =
+        json!({"type": "WEBHOOK", "agent": true, "url": o.receiver.url("/smuggled")});
+    records.push((
+        Some("r_smuggled".into()),
+        serde_json::to_vec(&smuggled).unwrap(),
+    ));
     let total = records.len() as i64;
     o.kafka.produce(&o.runs, &records).await;
+    let change = json!({"action": "UPDATE", "resourceType": "entity", "status": "SUCCESS",
+        "context": {"entity": "vm-1", "blueprint": "vm"},
+        "diff": {"before": null, "after": {"identifier": "vm-1"}},
+        "changelogDestination": {"type": "WEBHOOK", "agent": true, "url": o.receiver.url("/changes")}});
+    o.kafka
+        .produce(
+            &o.changelog,
+            &[
+                o.signed(o.run("r_on_changelog", "/wrong-topic", true, json!({}))),
+                (Some("vm-1".into()), serde_json::to_vec(&change).unwrap()),
+            ],
+        )
+        .await;
     o.wait_committed(total).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while o.kafka.committed_total(&o.group, &o.changelog, 1) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "change log not committed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let paths: Vec<String> = o.receiver.requests().into_iter().map(|r| r.path).collect();
+    assert!(!paths.iter().any(|p| p == "/smuggled"), "{paths:?}");
+    assert!(!paths.iter().any(|p| p == "/wrong-topic"), "{paths:?}");
+    assert_eq!(
+        paths.iter().filter(|p| *p == "/changes").count(),
+        1,
+        "{paths:?}"
+    );
+    assert!(o.port.calls_for("r_smuggled").is_empty());
+    assert!(o.port.calls_for("r_on_changelog").is_empty());
 
     // 401 and 503: one request each, FAILURE without the response text (DETAILED_LOGGING).
     assert_eq!(o.requests_of("r_401").len(), 1);
@@ -455,6 +513,16 @@ async fn without_an_output_cluster_runs_report_straight_to_port() {
     let routed = o.port.calls_for("r_routed");
     let end = &routed.last().unwrap().body;
     assert_eq!(end["status"], "FAILURE", "{routed:?}");
+    let q = &o.requests_of("r_query")[0].query;
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(q.as_bytes())
+        .into_owned()
+        .collect();
+    let want = [("force", "True"), ("ratio", "1e+21"), ("n", "3")];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(pairs, want, "{q}");
     // An old signature is accepted, as by the agent.
     assert_eq!(o.requests_of("r_old").len(), 1);
     // A node run: the agent's texts, `data: {}` for an empty body, no "Preparing".
@@ -575,7 +643,8 @@ impl TlsReceiver {
 /// cannot write there, points the setting at a directory of its own with the same file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_ca_certificate_where_helm_mounts_it_is_trusted() {
-    let o = Org::new().await;
+    // Also T-ENV-08: this org has no change log topic; the agent carries on without it.
+    let o = Org::with_changelog(false).await;
     let tls = TlsReceiver::start().await;
     let certs = scratch_dir();
     std::fs::write(certs.join("cert.crt"), &tls.ca_pem).unwrap();
@@ -589,7 +658,7 @@ async fn a_ca_certificate_where_helm_mounts_it_is_trusted() {
         "the system store must not trust the test CA"
     );
     let dirs = format!("[\"{}\"]", certs.display());
-    let _d = o.dispatcher(&[("SWITCHYARD_BACKENDS__WEBHOOK__CA_CERTIFICATES", &dirs)]);
+    let d = o.dispatcher(&[("SWITCHYARD_BACKENDS__WEBHOOK__CA_CERTIFICATES", &dirs)]);
     let mut m = envelope("r_tls", &format!("https://{}/deploy", tls.addr), true);
     m["payload"]["properties"] = json!({});
     o.kafka.produce(&o.runs, &[o.signed(m)]).await;
@@ -613,4 +682,195 @@ async fn a_ca_certificate_where_helm_mounts_it_is_trusted() {
         o.port.calls_for("r_tls")
     );
     assert_eq!(tls.served.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert!(
+        !o.kafka.topic_names().contains(&o.changelog),
+        "the missing change log was not created"
+    );
+    let mut d = d;
+    d.terminate(Duration::from_secs(30));
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(log.contains("Port's topics are not all there"), "{log}");
+}
+
+/// T-ENV-04: `STREAMER_NAME=POLLING`. Runs are claimed from Port's API and acknowledged
+/// before they are dispatched, as the agent does, then mapped, sent and reported on the
+/// same path as Kafka messages. No Kafka is used on Port's side: no credentials fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_polling_streamer_claims_acks_and_dispatches_runs() {
+    let o = Org::new().await;
+    let run = |id: &str, path: &str, synchronized: bool| {
+        json!({"id": id, "status": "IN_PROGRESS", "payload": {"type": "WEBHOOK", "agent": true,
+            "synchronized": synchronized, "method": "POST", "url": o.receiver.url(path),
+            "headers": {}, "body": {"action": "deploy_service", "properties": {"version": "2.0.0"}}}})
+    };
+    o.port.queue_runs([
+        run("r_p1", "/deploy", true),
+        run("r_p2", "/queue?status=202", false),
+    ]);
+    o.port.queue_node_runs(
+        [json!({"identifier": "wfnr_p", "config": {"type": "WEBHOOK",
+        "agent": true, "synchronized": true, "method": "POST", "url": o.receiver.url("/node")}})],
+    );
+    let _d = o.dispatcher(&[
+        ("STREAMER_NAME", "POLLING"),
+        ("POLLING_INTERVAL_SECONDS", "0.2"),
+        ("POLLING_RUNS_BATCH_SIZE", "1"),
+    ]);
+    o.port
+        .wait_until(
+            Duration::from_secs(60),
+            "the three runs' last reports",
+            |calls| {
+                let last = |run: &str| {
+                    summary(
+                        &calls
+                            .iter()
+                            .filter(|c| c.path.contains(run))
+                            .cloned()
+                            .collect::<Vec<_>>(),
+                    )
+                    .pop()
+                };
+                last("r_p1").as_deref() == Some(FINISHED)
+                    && last("r_p2").as_deref() == Some(FINISHED)
+                    && last("wfnr_p").is_some_and(|l| l.contains("workflow node run"))
+            },
+        )
+        .await;
+    let calls = o.port.calls();
+    assert_eq!(
+        calls[0].body,
+        json!({"settings": {"portAgentStreamerName": "POLLING"}})
+    );
+    assert!(calls.iter().all(|c| c.path != "/v1/kafka-credentials"));
+    let claims: Vec<_> = calls
+        .iter()
+        .filter(|c| c.path.ends_with("/claim-pending") || c.path.ends_with("/ack"))
+        .collect();
+    assert!(
+        claims.iter().all(|c| c.reserved),
+        "x-port-reserved-usage on {claims:?}"
+    );
+    let first = calls
+        .iter()
+        .find(|c| c.path == "/v1/actions/runs/claim-pending")
+        .unwrap();
+    assert_eq!(
+        first.body,
+        json!({"installationId": "_PORT_EXEC_AGENT", "limit": 1, "invocationMethod": "WEBHOOK"})
+    );
+    // Each run is acknowledged before its first report.
+    for (run, ack) in [
+        ("r_p1", json!({"runIds": ["r_p1"]})),
+        ("r_p2", json!({"runIds": ["r_p2"]})),
+        ("wfnr_p", json!({"nodeRunIdentifier": "wfnr_p"})),
+    ] {
+        let acked = calls
+            .iter()
+            .position(|c| c.path.ends_with("/ack") && c.body == ack);
+        let reported = calls.iter().position(|c| c.path.contains(run));
+        assert!(
+            acked.is_some() && acked < reported,
+            "{run}: ack at {acked:?}, first report at {reported:?}"
+        );
+        assert_eq!(o.requests_of(run).len(), 1, "{run}: one request");
+    }
+    // The request: the run's body as the agent's envelope, signed.
+    let sent = &o.requests_of("r_p1")[0];
+    assert_eq!(sent.body["properties"], json!({"version": "2.0.0"}));
+    assert_eq!(
+        sent.body["payload"]["action"]["invocationMethod"]["synchronized"],
+        true
+    );
+    assert_eq!(
+        sent.headers["x-run"], "r_p1",
+        "the mounted mapping shaped it"
+    );
+    assert_verifies_both_ways(sent);
+    assert_eq!(
+        summary(&o.port.calls_for("r_p1")),
+        vec![
+            RECEIVED,
+            PREPARING,
+            SENDING,
+            "log Action invocation has completed successfully with status code: 200",
+            "log Reporting the run response",
+            "response {\"ok\":true,\"path\":\"/deploy\"}",
+            "log The run response was reported successfully ",
+            "run {\"status\":\"SUCCESS\"}",
+            FINISHED,
+        ]
+    );
+    let node_done = o
+        .port
+        .calls_for("wfnr_p")
+        .into_iter()
+        .find(|c| c.method == "PATCH")
+        .unwrap();
+    assert_eq!(node_done.body["result"], "SUCCESS");
+}
+
+/// Run timeouts: an async run left IN_PROGRESS past its `run_timeout` gets a FAILURE in
+/// Port; one whose service finished it in Port meanwhile is left alone; an action's own
+/// timeout wins over its backend's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn async_runs_left_in_progress_time_out() {
+    let o = Org::new().await;
+    let _d = o.dispatcher(&[
+        ("SWITCHYARD_RUN_TIMEOUT__WEBHOOK", "3s"),
+        ("SWITCHYARD_RUN_TIMEOUT__ACTIONS__QUICK_ACTION", "1s"),
+    ]);
+    let mut quick = o.run("r_quick", "/queue?status=202", false, json!({}));
+    quick["action"] = json!("quick_action");
+    o.port.set_run_status("r_done", "SUCCESS");
+    o.kafka
+        .produce(
+            &o.runs,
+            &[
+                o.signed(o.run("r_slow", "/queue?status=202", false, json!({}))),
+                o.signed(o.run("r_done", "/queue?status=202", false, json!({}))),
+                o.signed(quick),
+            ],
+        )
+        .await;
+    let failed = |calls: &[common::port_api::ApiCall], run: &str| {
+        calls
+            .iter()
+            .find(|c| {
+                c.method == "PATCH"
+                    && c.path == format!("/v1/actions/runs/{run}")
+                    && c.body["status"] == "FAILURE"
+            })
+            .map(|c| c.body["summary"].as_str().unwrap_or("").to_owned())
+    };
+    o.port
+        .wait_until(
+            Duration::from_secs(60),
+            "both time-outs and r_done's check",
+            |calls| {
+                failed(calls, "r_slow").is_some()
+                    && failed(calls, "r_quick").is_some()
+                    && calls
+                        .iter()
+                        .any(|c| c.method == "GET" && c.path == "/v1/actions/runs/r_done")
+            },
+        )
+        .await;
+    let calls = o.port.calls();
+    let slow = failed(&calls, "r_slow").unwrap();
+    assert!(slow.starts_with("timed out after 3s"), "{slow}");
+    let quick = failed(&calls, "r_quick").unwrap();
+    assert!(quick.starts_with("timed out after 1s"), "{quick}");
+    // The run its service finished in Port: asked about (above), not failed.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        failed(&calls, "r_done"),
+        None,
+        "{:?}",
+        o.port.calls_for("r_done")
+    );
+    for run in ["r_slow", "r_done", "r_quick"] {
+        assert_eq!(o.requests_of(run).len(), 1, "{run}: one request");
+    }
+    o.wait_committed(3).await;
 }

@@ -119,7 +119,7 @@ impl Webhook {
             Ok(s) => s,
             Err(e) => return Report::invalid("synchronized", e),
         };
-        if let Err(invalid) = add_query(&mut url, inv.get("query")) {
+        if let Err(invalid) = add_query(&mut url, inv.get("query"), self.python_bodies) {
             return invalid.into();
         }
         if let Err(refused) = self.policy.check_url(&url) {
@@ -198,8 +198,9 @@ impl Webhook {
 }
 
 /// Append `query` (an object: strings as they are, lists as repeated parameters, other
-/// values as compact JSON, nulls left out) to the URL's query string.
-fn add_query(url: &mut reqwest::Url, query: Option<&Value>) -> Result<(), Invalid> {
+/// values as compact JSON, nulls left out) to the URL's query string. `python` (Port
+/// mode): booleans and numbers as the agent's Python writes them (`True`, `1e+21`).
+fn add_query(url: &mut reqwest::Url, query: Option<&Value>, python: bool) -> Result<(), Invalid> {
     let q = match query {
         None | Some(Value::Null) => return Ok(()),
         Some(Value::Object(q)) => q,
@@ -224,6 +225,12 @@ fn add_query(url: &mut reqwest::Url, query: Option<&Value>) -> Result<(), Invali
                 Value::Null => {}
                 Value::String(s) => {
                     pairs.append_pair(name, s);
+                }
+                Value::Bool(b) if python => {
+                    pairs.append_pair(name, if *b { "True" } else { "False" });
+                }
+                other if python => {
+                    pairs.append_pair(name, &crate::port::json::python_dumps(other));
                 }
                 other => {
                     pairs.append_pair(name, &other.to_string());

@@ -39,6 +39,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub avro: AvroConfig,
     pub port: PortConfig,
+    pub run_timeout: RunTimeoutConfig,
 }
 
 /// The status API on the HTTP listener.
@@ -226,11 +227,13 @@ mod backends;
 mod kafka;
 mod load;
 mod port;
+mod timeouts;
 mod validate;
 
 pub use backends::*;
 pub use kafka::*;
-pub use port::{PortConfig, PORT_API};
+pub use port::{PollingConfig, PortConfig, Streamer, PORT_API};
+pub use timeouts::RunTimeoutConfig;
 
 /// One `api.tokens` entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -49,6 +49,85 @@ pub struct PortConfig {
     /// as WARN run logs to the run in Port. Off (the default in Port mode): stdout only,
     /// as the agent.
     pub mapping_warnings_in_run_log: bool,
+    /// How Port hands agent runs over: `KAFKA` (the `<org>.runs` topic) or `POLLING`
+    /// (claimed from Port's API; `STREAMER_NAME`).
+    pub streamer: Streamer,
+    /// The POLLING streamer's settings (the agent's `POLLING_*`).
+    pub polling: PollingConfig,
+}
+
+/// `port.streamer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Streamer {
+    Kafka,
+    Polling,
+}
+
+impl Streamer {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Streamer::Kafka => "KAFKA",
+            Streamer::Polling => "POLLING",
+        }
+    }
+}
+
+/// `[port.polling]`: claiming runs from Port's API, with the agent's defaults.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct PollingConfig {
+    /// Pause between claims when the last one was not full (`POLLING_INTERVAL_SECONDS`).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Most runs claimed at once (`POLLING_RUNS_BATCH_SIZE`); fewer while that many are
+    /// still being dispatched.
+    pub batch_size: usize,
+    /// Waits after a failed claim: from `initial_backoff`, times `backoff_factor`, up to
+    /// `max_backoff`, each ± `backoff_jitter` (`POLLING_*_BACKOFF_*`).
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    pub backoff_factor: f64,
+    pub backoff_jitter: f64,
+    /// Claims failing without a break for this long stop switchyard (exit 1), as the
+    /// agent exits (`POLLING_MAX_FAILURE_DURATION_SECONDS`).
+    #[serde(with = "humantime_serde")]
+    pub max_failure_duration: Duration,
+}
+
+impl Default for PollingConfig {
+    fn default() -> Self {
+        PollingConfig {
+            interval: Duration::from_secs(10),
+            batch_size: 100,
+            initial_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            backoff_factor: 2.0,
+            backoff_jitter: 0.1,
+            max_failure_duration: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl PollingConfig {
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.batch_size == 0 {
+            p.push("port.polling.batch_size: must be at least 1".into());
+        }
+        if self.interval.is_zero() || self.initial_backoff.is_zero() {
+            p.push("port.polling.interval, initial_backoff: must be greater than 0".into());
+        }
+        if !(self.backoff_factor >= 1.0 && self.backoff_factor.is_finite()) {
+            p.push("port.polling.backoff_factor: must be at least 1".into());
+        }
+        if !(0.0..1.0).contains(&self.backoff_jitter) {
+            p.push("port.polling.backoff_jitter: must be in [0, 1)".into());
+        }
+        p
+    }
 }
 
 impl Default for PortConfig {
@@ -64,6 +143,8 @@ impl Default for PortConfig {
             detailed_logging: true,
             strict_mapping: true,
             mapping_warnings_in_run_log: true,
+            streamer: Streamer::Kafka,
+            polling: PollingConfig::default(),
         }
     }
 }
@@ -80,12 +161,47 @@ pub fn apply_agent_env(root: &mut toml::Table, env: &BTreeMap<String, String>) -
     let mut problems = Vec::new();
     let get = |name: &str| env.get(name).map(|v| v.trim()).filter(|v| !v.is_empty());
     let s = |v: &str| toml::Value::String(v.to_owned());
+    let mut polling = false;
     if let Some(v) = get("STREAMER_NAME") {
-        if !v.eq_ignore_ascii_case("KAFKA") {
-            problems.push(format!(
-                "environment STREAMER_NAME: {v:?} is not supported; switchyard consumes Kafka (KAFKA)"
-            ));
+        match v.to_ascii_uppercase().as_str() {
+            "KAFKA" => set(root, &["port", "streamer"], s("KAFKA")),
+            "POLLING" => {
+                polling = true;
+                set(root, &["port", "streamer"], s("POLLING"));
+            }
+            _ => problems.push(format!(
+                "environment STREAMER_NAME: {v:?} is not KAFKA or POLLING"
+            )),
         }
+    }
+    for (var, key, unit) in [
+        ("POLLING_INTERVAL_SECONDS", "interval", "s"),
+        ("POLLING_RUNS_BATCH_SIZE", "batch_size", ""),
+        ("POLLING_INITIAL_BACKOFF_SECONDS", "initial_backoff", "s"),
+        ("POLLING_MAX_BACKOFF_SECONDS", "max_backoff", "s"),
+        ("POLLING_BACKOFF_FACTOR", "backoff_factor", ""),
+        ("POLLING_BACKOFF_JITTER_FACTOR", "backoff_jitter", ""),
+        (
+            "POLLING_MAX_FAILURE_DURATION_SECONDS",
+            "max_failure_duration",
+            "s",
+        ),
+    ] {
+        let Some(v) = get(var) else { continue };
+        let value = match (v.parse::<f64>(), unit) {
+            (Ok(n), "s") if n > 0.0 && n.is_finite() => {
+                s(&format!("{}ms", (n * 1000.0).round() as u64))
+            }
+            (Ok(n), "") if key == "batch_size" && n >= 1.0 && n.fract() == 0.0 => {
+                toml::Value::Integer(n as i64)
+            }
+            (Ok(n), "") if key != "batch_size" && n.is_finite() => toml::Value::Float(n),
+            _ => {
+                problems.push(format!("environment {var}: {v:?} is not a valid number"));
+                continue;
+            }
+        };
+        set(root, &["port", "polling", key], value);
     }
     let flag = |name: &str| get(name).map(|v| agent_bool(name, v));
     let local = match flag("USING_LOCAL_PORT_INSTANCE") {
@@ -115,7 +231,7 @@ pub fn apply_agent_env(root: &mut toml::Table, env: &BTreeMap<String, String>) -
                 set(root, path, s(v));
             }
         }
-    } else if get("PORT_ORG_ID").is_some() {
+    } else if get("PORT_ORG_ID").is_some() && !polling {
         if get("KAFKA_CONSUMER_BOOTSTRAP_SERVERS").is_some() {
             problems.push(
                 "environment KAFKA_CONSUMER_BOOTSTRAP_SERVERS: read only with \

@@ -274,12 +274,12 @@ fn port_defaults_follow_the_org_and_yield_to_explicit_settings() {
 fn port_problems_are_named() {
     let errs = Config::from_toml(
         "[kafka]\ntriggers_format = \"port\"\nstatus_format = \"port\"\n[port]\napi_url = \"ftp://x\"\nmapping_file = \"/nonexistent/m.json\"\n",
-        env(&[("STREAMER_NAME", "POLLING"), ("WEBHOOK_INVOKER_TIMEOUT", "soon")]),
+        env(&[("STREAMER_NAME", "SMOKE_SIGNALS"), ("WEBHOOK_INVOKER_TIMEOUT", "soon")]),
     )
     .unwrap_err()
     .to_string();
     for want in [
-        "STREAMER_NAME: \"POLLING\" is not supported",
+        "STREAMER_NAME: \"SMOKE_SIGNALS\" is not KAFKA or POLLING",
         "WEBHOOK_INVOKER_TIMEOUT: \"soon\" is not a number",
         "kafka.status_format: \"port\" is an input format",
         "port.client_secret: the port input format needs it",
@@ -413,4 +413,45 @@ fn the_images_baked_config_lets_the_agents_environment_choose_topics_and_group()
     assert_eq!(plain.backends.webhook.retry.max_attempts, 5);
     assert!(plain.backends.webhook.breaker.enabled);
     assert_eq!(plain.port.signature_max_age, Duration::from_secs(86400));
+}
+
+#[test]
+fn the_polling_streamer_takes_the_agents_polling_variables() {
+    // T-ENV-04.
+    let _env = crate::env_lock();
+    std::env::set_var("PORT_CLIENT_SECRET", "agent-secret-from-env");
+    let agent = env(&[
+        ("PORT_ORG_ID", "org_P"),
+        ("PORT_CLIENT_ID", "cid"),
+        ("PORT_CLIENT_SECRET", "agent-secret-from-env"),
+        ("STREAMER_NAME", "POLLING"),
+        ("POLLING_INTERVAL_SECONDS", "2.5"),
+        ("POLLING_RUNS_BATCH_SIZE", "20"),
+        ("POLLING_INITIAL_BACKOFF_SECONDS", "2"),
+        ("POLLING_MAX_BACKOFF_SECONDS", "60"),
+        ("POLLING_BACKOFF_FACTOR", "3"),
+        ("POLLING_BACKOFF_JITTER_FACTOR", "0.2"),
+        ("POLLING_MAX_FAILURE_DURATION_SECONDS", "600"),
+    ]);
+    let cfg = Config::from_toml("", agent).unwrap();
+    assert_eq!(cfg.port.streamer, super::Streamer::Polling);
+    assert!(
+        !cfg.port.fetch_kafka_credentials,
+        "POLLING uses no Kafka on Port's side"
+    );
+    let p = &cfg.port.polling;
+    assert_eq!(p.interval, Duration::from_millis(2500));
+    assert_eq!(p.batch_size, 20);
+    assert_eq!(p.initial_backoff, Duration::from_secs(2));
+    assert_eq!(p.max_backoff, Duration::from_secs(60));
+    assert_eq!((p.backoff_factor, p.backoff_jitter), (3.0, 0.2));
+    assert_eq!(p.max_failure_duration, Duration::from_secs(600));
+    let bad = env(&[
+        ("PORT_ORG_ID", "org_P"),
+        ("STREAMER_NAME", "CARRIER_PIGEON"),
+        ("POLLING_RUNS_BATCH_SIZE", "1.5"),
+    ]);
+    let err = Config::from_toml("", bad).unwrap_err().to_string();
+    assert!(err.contains("STREAMER_NAME"), "{err}");
+    assert!(err.contains("POLLING_RUNS_BATCH_SIZE"), "{err}");
 }

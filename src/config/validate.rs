@@ -329,6 +329,11 @@ impl Config {
             }
         }
         let api = pc.api_url.is_some() && pc.client_id.is_some() && pc.client_secret.is_some();
+        p.extend(pc.polling.problems());
+        p.extend(self.run_timeout.problems());
+        if pc.streamer == super::port::Streamer::Polling && !api {
+            p.push("port.streamer: POLLING claims runs from Port's API, which needs port.api_url, client_id and client_secret".into());
+        }
         if pc.fetch_kafka_credentials && !api {
             p.push("port.fetch_kafka_credentials: fetching Kafka credentials needs port.api_url, client_id and client_secret (PORT_CLIENT_ID, PORT_CLIENT_SECRET)".into());
         }

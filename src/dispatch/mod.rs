@@ -369,16 +369,17 @@ impl Inner {
             }
         }
         if let Some(state) = report.follow {
-            let watch = Watch {
-                writer: w,
-                state,
-                label: None,
-            };
-            match Box::pin(self.watcher.follow(watch)).await {
+            match Box::pin(self.watcher.follow(Watch::follow(w, state))).await {
                 Ok(true) => {}
                 Ok(false) => tracing::warn!(run_id = %run_id, followed = self.watcher.active(),
                     "watch.max_watches reached; the run is not followed and stays IN_PROGRESS"),
                 Err(_) => return, // stopping: the event is redelivered
+            }
+        } else if report.outcome == Outcome::Accepted {
+            // Async: the run stays IN_PROGRESS until its service reports, or its
+            // run_timeout passes.
+            if Box::pin(self.watcher.time_limit(w)).await.is_err() {
+                return;
             }
         }
         ticket.complete();

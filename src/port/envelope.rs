@@ -65,6 +65,31 @@ pub fn decode(
     secret: &str,
     max_age: Option<Duration>,
 ) -> Decoded {
+    decode_routed(raw, record, secret, max_age, Route::Content)
+}
+
+/// How a topic's messages are routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// By content: a `changelogDestination` key makes a changelog delivery, anything
+    /// else is read as a run envelope.
+    Content,
+    /// Port mode's runs topic, as the agent routes it: `payload.action.invocationMethod`
+    /// only, and always signed (the agent skips the signature check of a run message that
+    /// carries a `changelogDestination` key; switchyard does not).
+    Runs,
+    /// Port mode's change log topic: `changelogDestination` only.
+    ChangeLog,
+}
+
+/// [`decode`] with the topic's route.
+pub fn decode_routed(
+    raw: &[u8],
+    record: &TriggerRecord,
+    secret: &str,
+    max_age: Option<Duration>,
+    route: Route,
+) -> Decoded {
     let value: Value = match serde_json::from_slice(raw) {
         Ok(v) => v,
         Err(e) => return Decoded::Bad(BadInput::MalformedJson(e.to_string()), None),
@@ -72,8 +97,15 @@ pub fn decode(
     let Value::Object(mut msg) = value else {
         return skip("the message is not a JSON object (not an agent envelope)");
     };
-    if msg.contains_key("changelogDestination") {
-        return changelog(msg, record);
+    match route {
+        Route::ChangeLog if !msg.contains_key("changelogDestination") => {
+            return skip("no changelogDestination (a change log message not for an agent)");
+        }
+        Route::ChangeLog => return changelog(msg, record),
+        Route::Content if msg.contains_key("changelogDestination") => {
+            return changelog(msg, record);
+        }
+        Route::Content | Route::Runs => {}
     }
     let Some(Value::Object(invocation)) = msg
         .get("payload")

@@ -64,6 +64,8 @@ pub struct Metrics {
     pub port_skipped: IntCounterVec,
     /// Calls to Port's API, by call and outcome (`ok`, `retried`, `rejected`).
     pub port_api_calls: IntCounterVec,
+    /// Runs failed by `[run_timeout]`, by backend.
+    pub run_timeouts: IntCounterVec,
     /// Refusals by the sandbox and the policies, by reason (a closed set:
     /// [`REFUSAL_REASONS`]).
     pub refusals: IntCounterVec,
@@ -251,6 +253,11 @@ impl Metrics {
                 "port_skipped_total",
                 "Port messages skipped: not for an agent, or no mapping entry enabled.",
                 &["reason"],
+            ),
+            run_timeouts: counters(
+                "run_timeouts_total",
+                "Runs that stayed IN_PROGRESS past their run_timeout and were failed.",
+                &["backend"],
             ),
             port_api_calls: counters(
                 "port_api_calls_total",

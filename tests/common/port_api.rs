@@ -25,6 +25,8 @@ pub struct ApiCall {
     pub method: String,
     pub path: String,
     pub body: Value,
+    /// The call carried `x-port-reserved-usage: true` (the claim queue's calls).
+    pub reserved: bool,
 }
 
 #[derive(Default)]
@@ -41,6 +43,11 @@ struct Inner {
     kafka: Option<(Vec<String>, String, String)>,
     /// Per-path answers overriding `{"ok": true}` (status, body).
     answers: std::collections::HashMap<String, (u16, Value)>,
+    /// Runs waiting to be claimed (POLLING): action runs, workflow node runs.
+    pending_runs: std::collections::VecDeque<Value>,
+    pending_nodes: std::collections::VecDeque<Value>,
+    /// Run statuses set by the test (a service reporting to Port directly).
+    statuses: std::collections::HashMap<String, String>,
 }
 
 #[derive(Clone)]
@@ -90,6 +97,25 @@ impl FakePort {
             username.into(),
             password.into(),
         ));
+    }
+
+    /// Queue action runs (Port's run objects) for `claim-pending`.
+    pub fn queue_runs(&self, runs: impl IntoIterator<Item = Value>) {
+        self.inner.lock().unwrap().pending_runs.extend(runs);
+    }
+
+    /// Queue workflow node runs (`{identifier, config}`) for the workflows' `claim-pending`.
+    pub fn queue_node_runs(&self, nodes: impl IntoIterator<Item = Value>) {
+        self.inner.lock().unwrap().pending_nodes.extend(nodes);
+    }
+
+    /// The run's status in Port from now on, as if its service had reported it directly.
+    pub fn set_run_status(&self, run: &str, status: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .statuses
+            .insert(run.into(), status.into());
     }
 
     /// Calls to `path` (any method) answer `status` with `body` from now on.
@@ -175,16 +201,70 @@ impl FakePort {
         if !i.issued.iter().any(|t| t == auth) {
             return (StatusCode::UNAUTHORIZED, "not a token this API issued").into_response();
         }
+        let reserved = headers
+            .get("x-port-reserved-usage")
+            .is_some_and(|v| v == "true");
+        let record = |i: &mut Inner, body: Value| {
+            i.calls.push(ApiCall {
+                method: method.to_string(),
+                path: path.clone(),
+                body,
+                reserved,
+            })
+        };
+        match (method.as_str(), path.as_str()) {
+            ("POST", "/v1/actions/runs/claim-pending") => {
+                let limit = body["limit"].as_u64().unwrap_or(0) as usize;
+                let n = limit.min(i.pending_runs.len());
+                let runs: Vec<Value> = i.pending_runs.drain(..n).collect();
+                record(&mut i, body);
+                return axum::Json(json!({"ok": true, "runs": runs})).into_response();
+            }
+            ("POST", "/v1/workflows/runs/claim-pending") => {
+                let limit = body["limit"].as_u64().unwrap_or(0) as usize;
+                let n = limit.min(i.pending_nodes.len());
+                let nodes: Vec<Value> = i.pending_nodes.drain(..n).collect();
+                record(&mut i, body);
+                return axum::Json(json!({"ok": true, "nodeRuns": nodes})).into_response();
+            }
+            ("PATCH", "/v1/actions/runs/ack") => {
+                let n = body["runIds"].as_array().map_or(0, Vec::len);
+                record(&mut i, body);
+                return axum::Json(json!({"ok": true, "ackedCount": n})).into_response();
+            }
+            ("PATCH", "/v1/workflows/runs/ack") => {
+                record(&mut i, body);
+                return axum::Json(json!({"ok": true, "acked": true})).into_response();
+            }
+            _ => {}
+        }
+        if let ("GET", ["", "v1", "actions", "runs", run]) = (
+            method.as_str(),
+            path.split('/').collect::<Vec<_>>().as_slice(),
+        ) {
+            // The status set by the test, else the last one reported, else IN_PROGRESS.
+            let reported = i
+                .calls
+                .iter()
+                .rev()
+                .filter(|c| c.method == "PATCH" && c.path == path)
+                .find_map(|c| c.body["status"].as_str().map(str::to_owned));
+            let status = i
+                .statuses
+                .get(*run)
+                .cloned()
+                .or(reported)
+                .unwrap_or_else(|| "IN_PROGRESS".into());
+            let answer = json!({"ok": true, "run": {"id": run, "status": status}});
+            record(&mut i, Value::Null);
+            return axum::Json(answer).into_response();
+        }
         if method == Method::GET && path == "/v1/kafka-credentials" {
             let Some((brokers, username, password)) = i.kafka.clone() else {
                 return (StatusCode::NOT_FOUND, "no Kafka credentials for this org")
                     .into_response();
             };
-            i.calls.push(ApiCall {
-                method: method.to_string(),
-                path,
-                body: Value::Null,
-            });
+            record(&mut i, Value::Null);
             return axum::Json(json!({"ok": true, "credentials":
                 {"brokers": brokers, "username": username, "password": password}}))
             .into_response();
@@ -211,11 +291,7 @@ impl FakePort {
             return (status, "scripted outage").into_response();
         }
         let answer = i.answers.get(&path).cloned();
-        i.calls.push(ApiCall {
-            method: method.to_string(),
-            path,
-            body,
-        });
+        record(&mut i, body);
         match answer {
             Some((status, body)) => {
                 (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()

@@ -83,9 +83,29 @@ impl PortClient {
         path: &str,
         body: Option<&Value>,
     ) -> Result<Value, CallError> {
-        match self.send(false, &method, path, body).await {
+        self.exchange(method, path, body, false).await
+    }
+
+    /// A call of the claim queue (POLLING), which carries `x-port-reserved-usage: true`.
+    pub async fn reserved(
+        &self,
+        method: Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, CallError> {
+        self.exchange(method, path, Some(body), true).await
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        reserved: bool,
+    ) -> Result<Value, CallError> {
+        match self.send(false, &method, path, body, reserved).await {
             Err(CallError::Rejected { status: 401, .. }) => {
-                self.send(true, &method, path, body).await
+                self.send(true, &method, path, body, reserved).await
             }
             other => other,
         }
@@ -122,12 +142,16 @@ impl PortClient {
         method: &Method,
         path: &str,
         body: Option<&Value>,
+        reserved: bool,
     ) -> Result<Value, CallError> {
         let token = self.token(fresh_token).await?;
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
             .bearer_auth(&token);
+        if reserved {
+            request = request.header("x-port-reserved-usage", "true");
+        }
         if let Some(b) = body {
             request = request.json(b);
         }

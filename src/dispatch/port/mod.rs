@@ -13,6 +13,7 @@
 //!    the DLQ and the offset completes.
 
 pub mod client;
+pub mod polling;
 pub mod report;
 pub mod reporter;
 
@@ -57,7 +58,12 @@ impl Pipeline {
         } else {
             settings.max_age
         };
-        match envelope::decode(raw, &record, &settings.secret, max_age) {
+        let route = settings
+            .routes
+            .get(&record.topic)
+            .copied()
+            .unwrap_or(envelope::Route::Content);
+        match envelope::decode_routed(raw, &record, &settings.secret, max_age, route) {
             Decoded::Skip { reason, why } => {
                 crate::telemetry::metrics::get()
                     .port_skipped
@@ -267,6 +273,11 @@ impl Inner {
         if c.status.as_ref().is_some_and(|s| s.status.is_some()) {
             observe_end_to_end(BACKEND, &record);
         }
+        let still_running =
+            !c.failed() && attempt > 0 && c.status.as_ref().is_none_or(|s| s.status.is_none());
+        if still_running && Box::pin(self.watcher.time_limit(w)).await.is_err() {
+            return; // stopping: the event is redelivered
+        }
         if c.failed() {
             let summary = c
                 .status
@@ -344,6 +355,9 @@ pub struct Settings {
     pub detailed: bool,
     /// Mapping warnings become WARN run logs too (else stdout only, as the agent).
     pub warnings_in_run_log: bool,
+    /// Port mode routes by topic, as the agent: the runs topic and the change log.
+    /// Other topics (and every topic outside Port mode) route by content.
+    pub routes: std::collections::HashMap<String, envelope::Route>,
 }
 
 impl Settings {
@@ -378,6 +392,27 @@ impl Settings {
             max_age: (!age.is_zero()).then_some(age),
             detailed: cfg.port.detailed_logging,
             warnings_in_run_log: cfg.port.mapping_warnings_in_run_log,
+            routes: routes(cfg),
         }))
     }
+}
+
+/// Port mode's routes: `kafka.triggers_topic` is the runs topic, every other `port`-format
+/// input a change log (the agent consumes exactly these two).
+fn routes(cfg: &Config) -> std::collections::HashMap<String, envelope::Route> {
+    if !cfg.agent_mode() {
+        return Default::default();
+    }
+    cfg.input_topics()
+        .into_iter()
+        .filter(|(_, f)| *f == Format::Port)
+        .map(|(t, _)| {
+            let route = if t == cfg.kafka.triggers_topic {
+                envelope::Route::Runs
+            } else {
+                envelope::Route::ChangeLog
+            };
+            (t, route)
+        })
+        .collect()
 }

@@ -299,6 +299,41 @@ mod tests {
     }
 
     #[test]
+    fn node_runs_ignore_the_report_block() {
+        // T-MAP-10: the agent applies `report` to action runs only.
+        let m = Mapping::parse(
+            r#"[{"enabled": true, "report": {"status": "\"FAILURE\"", "summary": "\"mapped\""}}]"#,
+            "t",
+        )
+        .unwrap();
+        let e = entry(&m);
+        let msg = json!({});
+        let c = conclude(
+            &m,
+            e,
+            (&run(Kind::Node, true), &msg),
+            &prepared(),
+            &exchange(200, ""),
+        );
+        let s = c.status.unwrap();
+        assert_eq!(s.status, Some(RunStatus::Success));
+        assert_eq!(s.summary, None);
+        assert_eq!(s.node_response, Some(json!({"status": 200, "data": {}})));
+        let c = conclude(
+            &m,
+            e,
+            (&run(Kind::Run, true), &msg),
+            &prepared(),
+            &exchange(200, ""),
+        );
+        assert_eq!(
+            c.status.unwrap().status,
+            Some(RunStatus::Failure),
+            "an action run applies it"
+        );
+    }
+
+    #[test]
     fn defaults_follow_the_agent() {
         let m = Mapping::parse(r#"[{"enabled": true}]"#, "t").unwrap();
         let e = entry(&m);

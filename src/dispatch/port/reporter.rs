@@ -307,6 +307,27 @@ fn run_patch(u: &RunUpdate) -> Option<Value> {
     (!body.is_empty()).then_some(Value::Object(body))
 }
 
+/// Whether Port shows the run finished (`GET /v1/actions/runs/{id}` → `run.status` is
+/// SUCCESS or FAILURE; a node run: `GET /v1/workflows/nodes/runs/{id}` → `status` is
+/// COMPLETED), e.g. because its service reported to Port directly.
+pub async fn ended_in_port(client: &PortClient, run_id: &str) -> Result<bool, CallError> {
+    let id = segment(run_id);
+    if run_id.starts_with("wfnr_") {
+        let answer = client
+            .request(Method::GET, &format!("/v1/workflows/nodes/runs/{id}"), None)
+            .await?;
+        let node = answer.get("nodeRun").unwrap_or(&answer);
+        return Ok(node["status"] == "COMPLETED");
+    }
+    let answer = client
+        .request(Method::GET, &format!("/v1/actions/runs/{id}"), None)
+        .await?;
+    Ok(matches!(
+        answer["run"]["status"].as_str(),
+        Some("SUCCESS" | "FAILURE")
+    ))
+}
+
 /// A run id as one URL path segment.
 fn segment(id: &str) -> String {
     id.bytes()

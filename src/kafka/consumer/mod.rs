@@ -42,7 +42,7 @@ mod ticket;
 pub use partition::Ctx;
 use partition::State;
 use ticket::Completion;
-pub use ticket::{isolate, Panicked, Ticket};
+pub use ticket::{isolate, Detached, Panicked, Ticket};
 
 use super::offsets::{PartitionTracker, Tracked};
 use crate::config::{Config, GroupProtocol};

@@ -81,6 +81,58 @@ impl Drop for Ticket {
     }
 }
 
+/// Tickets for work that comes from no partition (runs claimed from Port's API by the
+/// POLLING streamer): the same duty to complete, counted here instead of committed.
+pub struct Detached {
+    tx: Sender<Completion>,
+    rx: std::sync::Mutex<std::sync::mpsc::Receiver<Completion>>,
+    hard: CancellationToken,
+    issued: std::sync::atomic::AtomicI64,
+    finished: std::sync::atomic::AtomicI64,
+    source: String,
+}
+
+impl Detached {
+    /// `source` names the work in records (`<org>.runs` for claimed runs); `hard`
+    /// abandons what is still running (the end of the shutdown grace period).
+    pub fn new(source: &str, hard: CancellationToken) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Detached {
+            tx,
+            rx: std::sync::Mutex::new(rx),
+            hard,
+            issued: 0.into(),
+            finished: 0.into(),
+            source: source.to_owned(),
+        }
+    }
+
+    /// A ticket for one unit of work. Its intake never closes: claimed work is done
+    /// (or abandoned at the hard stop), never handed back.
+    pub fn issue(&self) -> Ticket {
+        use std::sync::atomic::Ordering::Relaxed;
+        let n = self.issued.fetch_add(1, Relaxed);
+        Ticket {
+            tp: (self.source.clone(), -1),
+            generation: 0,
+            offset: n,
+            tx: self.tx.clone(),
+            intake: CancellationToken::new(),
+            hard: self.hard.clone(),
+            done: false,
+        }
+    }
+
+    /// Tickets issued and not yet completed or dropped.
+    pub fn outstanding(&self) -> i64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let rx = self.rx.lock().unwrap_or_else(|p| p.into_inner());
+        let back = rx.try_iter().count() as i64;
+        let finished = self.finished.fetch_add(back, Relaxed) + back;
+        self.issued.load(Relaxed) - finished
+    }
+}
+
 /// When a dropped ticket is rescued rather than returned: while a panic unwinds inside
 /// an [`isolate`]d future, and while that future is dropped after the panic.
 #[derive(Clone, Copy, PartialEq, Eq)]
