@@ -326,7 +326,15 @@ async fn dlq_replay(
     selection: &switchyard::dlq::replay::Selection,
     dry_run: bool,
 ) -> anyhow::Result<()> {
-    let letters = switchyard::dlq::replay::select(&cfg.kafka, selection).await?;
+    let own = cfg.own_topics_kafka().map_err(anyhow::Error::msg)?;
+    if cfg.agent_mode() && !dry_run {
+        anyhow::bail!(
+            "dlq replay publishes to the topic a record came from, which in Port mode is on \
+             Port's cluster, read-only to switchyard; list the records with --dry-run and \
+             run those actions again in Port"
+        );
+    }
+    let letters = switchyard::dlq::replay::select(&own, selection).await?;
     let mut topics = std::collections::BTreeSet::new();
     for l in &letters {
         println!("{}", l.describe(&cfg.kafka.dlq_topic));

@@ -310,3 +310,40 @@ fn port_verify_checks_a_message_and_says_why() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// In Port mode switchyard's own topics live on `[kafka.output]`: without one, the
+/// commands that read them say why they cannot, and `dlq replay` (which would publish to
+/// Port's read-only cluster) is refused.
+#[test]
+fn port_mode_commands_name_the_read_only_cluster() {
+    let agent = [
+        ("PORT_ORG_ID", "org_C"),
+        ("PORT_CLIENT_ID", "cid"),
+        ("PORT_CLIENT_SECRET", "agent-secret"),
+        ("PORT_API_BASE_URL", "http://127.0.0.1:9"),
+        ("USING_LOCAL_PORT_INSTANCE", "true"),
+        ("KAFKA_CONSUMER_BOOTSTRAP_SERVERS", "127.0.0.1:9"),
+    ];
+    let out = cmd()
+        .args(["runs", "get", "r_1"])
+        .env_remove("SWITCHYARD_CONFIG")
+        .envs(agent)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("without [kafka.output] has no status"),
+        "{err}"
+    );
+    let out = cmd()
+        .args(["dlq", "replay"])
+        .env_remove("SWITCHYARD_CONFIG")
+        .envs(agent)
+        .env("SWITCHYARD_KAFKA__OUTPUT__BROKERS", "127.0.0.1:9")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("read-only to switchyard"), "{err}");
+}

@@ -55,7 +55,7 @@ pub async fn tail(
     follow: bool,
     color: bool,
 ) -> anyhow::Result<()> {
-    let kafka = &cfg.kafka;
+    let kafka = &cfg.own_topics_kafka().map_err(anyhow::Error::msg)?;
     let codec = Codec::from_config(cfg);
     let mut out = std::io::stdout().lock();
     let mut n = 0usize;
@@ -77,7 +77,8 @@ pub async fn tail(
 pub async fn get(cfg: &Config, run: &str) -> anyhow::Result<Option<RunState>> {
     let view = RunView::new(1, 10_000);
     let codec = Codec::from_config(cfg);
-    scan(&cfg.kafka, &codec, Some(run), false, |u| view.observe(u)).await?;
+    let kafka = cfg.own_topics_kafka().map_err(anyhow::Error::msg)?;
+    scan(&kafka, &codec, Some(run), false, |u| view.observe(u)).await?;
     Ok(view.get(run))
 }
 

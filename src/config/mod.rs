@@ -430,6 +430,16 @@ impl Config {
         }
     }
 
+    /// [`output_kafka`](Self::output_kafka), or an error that says why there is none
+    /// (for the commands that read switchyard's own topics).
+    pub fn own_topics_kafka(&self) -> Result<KafkaConfig, String> {
+        self.output_kafka().ok_or_else(|| {
+            "Port mode (port.org_id) without [kafka.output] has no status, DLQ or watches \
+             topic: Port's Kafka is read-only to switchyard"
+                .to_owned()
+        })
+    }
+
     /// The Port client secret, read now (validation checked that it resolves).
     pub fn port_secret(&self) -> Option<String> {
         self.port.client_secret.as_ref()?.resolve().ok()

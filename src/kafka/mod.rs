@@ -3,6 +3,7 @@
 
 pub mod consumer;
 pub mod offsets;
+pub mod producer;
 pub mod publisher;
 pub mod sanitize;
 pub mod tail;

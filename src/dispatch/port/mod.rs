@@ -16,6 +16,7 @@ pub mod client;
 pub mod polling;
 pub mod report;
 pub mod reporter;
+pub mod startup;
 
 use std::sync::Arc;
 
