@@ -711,10 +711,18 @@ async fn the_polling_streamer_claims_acks_and_dispatches_runs() {
         [json!({"identifier": "wfnr_p", "config": {"type": "WEBHOOK",
         "agent": true, "synchronized": true, "method": "POST", "url": o.receiver.url("/node")}})],
     );
+    // A fixed free port for /readyz (the log level hides the listener's line).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
     let _d = o.dispatcher(&[
         ("STREAMER_NAME", "POLLING"),
         ("POLLING_INTERVAL_SECONDS", "0.2"),
         ("POLLING_RUNS_BATCH_SIZE", "1"),
+        ("SWITCHYARD_HTTP__LISTEN", &listen),
     ]);
     o.port
         .wait_until(
@@ -808,6 +816,13 @@ async fn the_polling_streamer_claims_acks_and_dispatches_runs() {
         .find(|c| c.method == "PATCH")
         .unwrap();
     assert_eq!(node_done.body["result"], "SUCCESS");
+    // Ready once claims work, with no Kafka at all on Port's side (the baked brokers,
+    // 127.0.0.1:9092, are never contacted).
+    let ready = reqwest::get(format!("http://{listen}/readyz"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), 200);
+    assert_eq!(ready.text().await.unwrap(), "ready\n");
 }
 
 /// Run timeouts: an async run left IN_PROGRESS past its `run_timeout` gets a FAILURE in
