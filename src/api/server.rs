@@ -39,7 +39,7 @@ pub async fn start(
     request_timeout: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen)
+    let listener = bind(listen)
         .await
         .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
     let addr = listener.local_addr()?;
@@ -86,6 +86,22 @@ pub async fn start(
     };
     tracing::info!("http listening on {addr} ({what})");
     Ok(addr)
+}
+
+/// Bind `listen`. An address still in use is tried again for a few seconds: when Port's
+/// new Kafka credentials restart the dispatcher in-process, the previous listener may
+/// still be closing.
+async fn bind(listen: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(listen).await {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 async fn metrics_text() -> impl IntoResponse {
