@@ -49,6 +49,16 @@ impl Formatter for JsFormatter {
     }
 }
 
+/// The shortest decimal digits that round-trip to `|x|`, and the exponent of the first
+/// digit (`1.5e-7` → `("15", -7)`); JavaScript and Python both print from these.
+fn shortest_digits(x: f64) -> (String, i32) {
+    // Rust prints the shortest digits that round-trip, as both languages require.
+    let sci = format!("{:e}", x.abs());
+    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
+    let exp: i32 = exp.parse().expect("`{:e}` exponents are integers");
+    (mantissa.chars().filter(|c| *c != '.').collect(), exp)
+}
+
 /// ECMAScript Number::toString(x) for a finite double (JSON.stringify writes `null`
 /// for the others, which a parsed JSON value never holds).
 fn js_float(x: f64) -> String {
@@ -58,11 +68,7 @@ fn js_float(x: f64) -> String {
     if !x.is_finite() {
         return "null".into();
     }
-    // Rust prints the shortest digits that round-trip, as ECMAScript requires.
-    let sci = format!("{:e}", x.abs());
-    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
-    let exp: i32 = exp.parse().expect("`{:e}` exponents are integers");
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let (digits, exp) = shortest_digits(x);
     let k = digits.len() as i32;
     let n = exp + 1; // the decimal point sits after n digits
     let mut out = String::with_capacity(k as usize + 8);
@@ -187,10 +193,7 @@ fn py_float(x: f64) -> String {
     if !x.is_finite() {
         return "null".into();
     }
-    let sci = format!("{:e}", x.abs());
-    let (mantissa, exp) = sci.split_once('e').expect("`{:e}` always has an exponent");
-    let exp: i32 = exp.parse().expect("`{:e}` exponents are integers");
-    let digits: String = mantissa.chars().filter(|c| *c != '.').collect();
+    let (digits, exp) = shortest_digits(x);
     let k = digits.len() as i32;
     let mut out = String::with_capacity(k as usize + 8);
     if x < 0.0 {
