@@ -348,9 +348,21 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
         triggers = %k.triggers_topic, output_brokers = out.as_ref().map_or("", |o| o.brokers.as_str()),
         status = %out.as_ref().map_or("", |o| o.status_topic.as_str()),
         dlq = %out.as_ref().map_or("", |o| o.dlq_topic.as_str()), "switchyard running");
+    let engine = if cfg.automations.enabled {
+        Some(
+            crate::automations::start(&cfg, shutdown.clone())
+                .await
+                .context("starting the automations engine")?,
+        )
+    } else {
+        None
+    };
     let mut outcome = Ok(());
     if let Some(c) = consumer {
         c.join().await;
+    }
+    if let Some(e) = engine {
+        e.join().await;
     }
     if let Some(p) = polled {
         // The poller ends on the shutdown, or when claims kept failing: stop then too.
@@ -374,6 +386,21 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
         .context("flushing the producer")?;
     tracing::info!("switchyard stopped");
     outcome
+}
+
+/// Run the automations engine alone (`switchyard automations run`), with `/metrics` and
+/// `/healthz` on `http.listen`, until `shutdown`.
+pub async fn run_automations(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let http_stop = CancellationToken::new();
+    let _stop_http = http_stop.clone().drop_guard();
+    if !cfg.http.listen.is_empty() {
+        crate::api::server::start_metrics(&cfg.http.listen, http_stop.clone()).await?;
+    }
+    let engine = crate::automations::start(&cfg, shutdown.clone())
+        .await
+        .context("starting the automations engine")?;
+    engine.join().await;
+    Ok(())
 }
 
 /// Install the global log subscriber: JSON lines in production, readable text for

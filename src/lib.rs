@@ -11,6 +11,7 @@
 pub mod actions;
 pub mod api;
 pub mod app;
+pub mod automations;
 pub mod backends;
 pub mod backoff;
 pub mod codec;

@@ -73,6 +73,11 @@ enum Command {
         #[command(subcommand)]
         command: PortCommand,
     },
+    /// Automations: check definitions, dry-run one, or run the engine alone.
+    Automations {
+        #[command(subcommand)]
+        command: AutomationsCommand,
+    },
     /// Read runs from the status topic.
     Runs {
         #[command(subcommand)]
@@ -108,6 +113,31 @@ enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum AutomationsCommand {
+    /// Check every definition in DIR (`*.json`) and list each problem with its file and
+    /// field (exit 78 when any).
+    Validate {
+        /// The directory of definitions.
+        dir: PathBuf,
+    },
+    /// Dry run: whether an automation fires on an event (Port's automation event object)
+    /// and the trigger event it would emit (exit 0 when it fires, 1 when not).
+    Test {
+        /// The automation's identifier.
+        #[arg(long)]
+        automation: String,
+        /// File holding the event JSON (`{action, resourceType, context, diff, trigger}`).
+        #[arg(long)]
+        event: PathBuf,
+        /// The directory of definitions (default: automations.dir).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Run the automations engine alone (its own consumer group) until SIGTERM or Ctrl-C.
+    Run,
 }
 
 #[derive(Subcommand)]
@@ -225,6 +255,12 @@ async fn async_main(cli: Cli) -> ExitCode {
             }
         };
     }
+    if let Command::Automations {
+        command: AutomationsCommand::Validate { dir },
+    } = &cli.command
+    {
+        return cli::automations::validate(dir);
+    }
     if let Command::Receiver { listen } = &cli.command {
         return match cli::demo::start_receiver(listen).await {
             Ok(addr) => {
@@ -287,6 +323,24 @@ async fn async_main(cli: Cli) -> ExitCode {
             };
             report(dlq_replay(&cfg, &selection, dry_run).await)
         }
+        Command::Automations { command } => match command {
+            AutomationsCommand::Test {
+                automation,
+                event,
+                dir,
+            } => match cli::automations::test(&cfg, dir.as_deref(), &automation, &event).await {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => report(Err(e)),
+            },
+            AutomationsCommand::Run => {
+                switchyard::app::init_logging(&cfg.log);
+                let shutdown = CancellationToken::new();
+                tokio::spawn(watch_signals(shutdown.clone()));
+                report(switchyard::app::run_automations(cfg, shutdown).await)
+            }
+            AutomationsCommand::Validate { .. } => unreachable!("handled above"),
+        },
         Command::Runs { command } => {
             let color = std::io::stdout().is_terminal();
             match command {

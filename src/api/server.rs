@@ -88,6 +88,28 @@ pub async fn start(
     Ok(addr)
 }
 
+/// `/metrics` and `/healthz` only (`switchyard automations run`, which has no status
+/// publisher of its own).
+pub async fn start_metrics(listen: &str, stop: CancellationToken) -> anyhow::Result<SocketAddr> {
+    let listener = bind(listen)
+        .await
+        .with_context(|| format!("http.listen: cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let app: Router = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }));
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http listener failed");
+        }
+    });
+    tracing::info!("http listening on {addr} (/metrics, /healthz)");
+    Ok(addr)
+}
+
 /// Bind `listen`. An address still in use is tried again for a few seconds: when Port's
 /// new Kafka credentials restart the dispatcher in-process, the previous listener may
 /// still be closing.

@@ -40,6 +40,7 @@ pub struct Config {
     pub avro: AvroConfig,
     pub port: PortConfig,
     pub run_timeout: RunTimeoutConfig,
+    pub automations: AutomationsConfig,
 }
 
 /// The status API on the HTTP listener.
@@ -223,6 +224,7 @@ pub struct DlqConfig {
 
 pub use crate::template::sandbox::TemplatesConfig;
 
+mod automations;
 mod backends;
 mod kafka;
 mod load;
@@ -230,6 +232,7 @@ mod port;
 mod timeouts;
 mod validate;
 
+pub use automations::AutomationsConfig;
 pub use backends::*;
 pub use kafka::*;
 pub use port::{PollingConfig, PortConfig, Streamer, PORT_API};
@@ -438,6 +441,37 @@ impl Config {
              topic: Port's Kafka is read-only to switchyard"
                 .to_owned()
         })
+    }
+
+    /// The automations engine's consumer group.
+    pub fn automations_group(&self) -> String {
+        match self.automations.group_id.as_str() {
+            "" => format!("{}.automations", self.kafka.group_id),
+            g => g.to_owned(),
+        }
+    }
+
+    /// The topic of entity changes the automations engine reads.
+    pub fn automations_entities_topic(&self) -> String {
+        match self.automations.entities_topic.as_str() {
+            "" => self.backends.upsert_entity.topic.clone(),
+            t => t.to_owned(),
+        }
+    }
+
+    /// What stops the automations engine from running with this configuration.
+    pub fn automation_problems(&self) -> Vec<String> {
+        let mut p = self.automations.problems();
+        if self.agent_mode() && self.kafka.output.is_none() {
+            p.push("automations: in Port mode they need [kafka.output]: they read and write switchyard's own topics (entities, status, timers, triggers), and Port's Kafka is read-only".into());
+        }
+        if !self.agent_mode() && self.kafka.triggers_format == Format::Port {
+            p.push("automations: kafka.triggers_format is \"port\"; emitted triggers are switchyard trigger events, so the triggers topic must be json or avro".into());
+        }
+        if self.actions.mode == ActionsMode::Registered && self.dlq.replay_key.is_none() {
+            p.push("automations: actions.mode is \"registered\", which accepts an emitted trigger's invocationMethod only with the MAC made with dlq.replay_key; set dlq.replay_key".into());
+        }
+        p
     }
 
     /// The Port client secret, read now (validation checked that it resolves).

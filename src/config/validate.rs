@@ -331,6 +331,9 @@ impl Config {
         let api = pc.api_url.is_some() && pc.client_id.is_some() && pc.client_secret.is_some();
         p.extend(pc.polling.problems());
         p.extend(self.run_timeout.problems());
+        if self.automations.enabled {
+            p.extend(self.automation_problems());
+        }
         if pc.streamer == super::port::Streamer::Polling && !api {
             p.push("port.streamer: POLLING claims runs from Port's API, which needs port.api_url, client_id and client_secret".into());
         }

@@ -61,4 +61,14 @@ impl Inner {
             record.payload.as_deref(),
         )
     }
+
+    /// Whether the automations engine emitted this record (its MAC checked).
+    pub(super) fn emitted_by_automation(&self, record: &TriggerRecord) -> bool {
+        crate::automations::event::verified(
+            self.replay_key.as_deref(),
+            &record.headers,
+            record.key.as_deref(),
+            record.payload.as_deref(),
+        )
+    }
 }

@@ -307,11 +307,17 @@ impl Inner {
             return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await;
         }
         let event = match &self.registered {
-            Some(actions) => match actions.resolve(&event) {
-                Ok(e) => e,
-                Err(bad) => return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await,
-            },
-            None => event,
+            // An automation's trigger carries its operator-defined invocationMethod,
+            // proven by the engine's MAC.
+            Some(actions) if !self.emitted_by_automation(&record) => {
+                match actions.resolve(&event) {
+                    Ok(e) => e,
+                    Err(bad) => {
+                        return Box::pin(self.reject(record, ticket, Some(run_id), bad)).await
+                    }
+                }
+            }
+            _ => event,
         };
         let kind = event.backend_type().unwrap_or_default().to_owned();
         let Some(reg) = self.registry.get(&kind) else {

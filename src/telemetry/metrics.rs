@@ -71,6 +71,31 @@ pub struct Metrics {
     pub refusals: IntCounterVec,
     /// Template worker processes started (the first ones, and each replacement).
     pub template_workers_started: IntCounter,
+    /// Changes the automations engine evaluated, by source (`entity`, `run`, `changes`,
+    /// `timer`).
+    pub automation_changes: IntCounterVec,
+    /// Fires (trigger events emitted), by automation.
+    pub automation_fires: IntCounterVec,
+    /// Conditions in error (not a boolean, a jq error, a budget), by automation.
+    pub automation_condition_errors: IntCounterVec,
+    /// Emissions refused past `automations.max_hops`, by automation.
+    pub automation_hops_refused: IntCounterVec,
+    /// Source records that are not a change (bad JSON, bad key), by source.
+    pub automation_bad_records: IntCounterVec,
+    /// Pending timers on this member.
+    pub automation_timers_pending: IntGauge,
+    /// Seconds the oldest pending timer is past its due time (0: none overdue).
+    pub automation_timer_overdue_seconds: IntGauge,
+    /// Aborted automations transactions.
+    pub automation_transaction_aborts: IntCounter,
+    /// Bytes of entity, run and timer state on this member.
+    pub automation_state_bytes: IntGauge,
+    /// Partitions the engine owns.
+    pub automation_partitions: IntGauge,
+    /// Partitions stopped by `automations.max_state_bytes`.
+    pub automation_stopped_partitions: IntGauge,
+    /// Automations loaded.
+    pub automations_loaded: IntGauge,
 }
 
 /// Every `reason` label of `switchyard_refusals_total`.
@@ -264,6 +289,56 @@ impl Metrics {
                 "Calls to Port's API by call and outcome (ok, retried, rejected).",
                 &["call", "outcome"],
             ),
+            automation_changes: counters(
+                "automation_changes_total",
+                "Changes the automations engine evaluated, by source.",
+                &["source"],
+            ),
+            automation_fires: counters(
+                "automation_fires_total",
+                "Trigger events emitted by automations.",
+                &["automation"],
+            ),
+            automation_condition_errors: counters(
+                "automation_condition_errors_total",
+                "Automation conditions in error (no fire).",
+                &["automation"],
+            ),
+            automation_hops_refused: counters(
+                "automation_hops_refused_total",
+                "Emissions refused because the chain of automations passed automations.max_hops.",
+                &["automation"],
+            ),
+            automation_bad_records: counters(
+                "automation_bad_records_total",
+                "Source records the automations engine could not read as a change.",
+                &["source"],
+            ),
+            automation_timers_pending: gauge(
+                "automation_timers_pending",
+                "Timers armed and not yet fired on this member.",
+            ),
+            automation_timer_overdue_seconds: gauge(
+                "automation_timer_overdue_seconds",
+                "How far the oldest pending timer is past its due time.",
+            ),
+            automation_transaction_aborts: counter(
+                "automation_transaction_aborts_total",
+                "Automations transactions that failed and were aborted.",
+            ),
+            automation_state_bytes: gauge(
+                "automation_state_bytes",
+                "Bytes of entity, run and timer state the engine keeps on this member.",
+            ),
+            automation_partitions: gauge(
+                "automation_partitions",
+                "Partitions the automations engine owns on this member.",
+            ),
+            automation_stopped_partitions: gauge(
+                "automation_stopped_partitions",
+                "Partitions stopped by automations.max_state_bytes.",
+            ),
+            automations_loaded: gauge("automations_loaded", "Automations loaded."),
             registry,
         }
     }

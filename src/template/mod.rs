@@ -84,6 +84,18 @@ impl Default for Renderer {
     }
 }
 
+/// Check the `{{ … }}` templates of one string: the syntax, and that each jq program
+/// compiles. For definitions loaded by operators (automations), checked at load.
+pub fn check_template(s: &str) -> Result<(), String> {
+    let checker = Renderer::new();
+    for seg in split(s)? {
+        if let Segment::Expr(code) = seg {
+            checker.check(code)?;
+        }
+    }
+    Ok(())
+}
+
 /// The evaluation context of one run: the event plus `.secrets`, converted once.
 pub struct Context(Val);
 

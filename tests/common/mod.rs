@@ -838,12 +838,17 @@ impl Dispatcher {
 
     /// Start with a full configuration text and extra environment variables.
     pub fn start_with_config(toml: &str, env: &[(&str, &str)]) -> Dispatcher {
+        Self::start_command(&["run"], toml, env)
+    }
+
+    /// Start `switchyard ARGS… --config FILE` with a full configuration text.
+    pub fn start_command(args: &[&str], toml: &str, env: &[(&str, &str)]) -> Dispatcher {
         let dir = scratch_dir();
         let cfg = dir.join("switchyard.toml");
         std::fs::write(&cfg, toml).unwrap();
         let log = dir.join("switchyard.log");
         let child = Command::new(bin())
-            .arg("run")
+            .args(args)
             .arg("--config")
             .arg(&cfg)
             .env_remove("SWITCHYARD_CONFIG")

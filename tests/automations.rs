@@ -1,0 +1,575 @@
+//! Automations: entity, run and timer events fire exactly when they should, with the
+//! right diffs; timers are durable; the end-to-end example (an UPSERT_ENTITY run fires an
+//! automation whose WEBHOOK run succeeds); exactly-once emission under SIGKILL (real
+//! broker only).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Dispatcher, Kafka, Setup, Topics};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde_json::{json, Value};
+
+/// One emitted trigger as read back.
+#[derive(Debug, Clone)]
+struct Emitted {
+    automation: String,
+    key: String,
+    event: Value,
+    timestamp_ms: i64,
+}
+
+fn automation(id: &str, event: Value, condition: Option<(&[&str], &str)>) -> Value {
+    let mut trigger = json!({"type": "automation", "event": event});
+    if let Some((exprs, comb)) = condition {
+        trigger["condition"] = json!({"type": "JQ", "expressions": exprs, "combinator": comb});
+    }
+    json!({
+        "identifier": id,
+        "title": id,
+        "trigger": trigger,
+        "invocationMethod": {"type": "WEBHOOK", "url": "http://127.0.0.1:9/never",
+                             "body": {"entity": "{{ .event.context.entityIdentifier }}"}},
+        "publish": true
+    })
+}
+
+fn write_dir(defs: &[Value]) -> std::path::PathBuf {
+    let dir = common::scratch_dir().join("automations");
+    std::fs::create_dir_all(&dir).unwrap();
+    for d in defs {
+        let id = d["identifier"].as_str().unwrap();
+        std::fs::write(dir.join(format!("{id}.json")), d.to_string()).unwrap();
+    }
+    dir
+}
+
+/// The engine's topics of one test.
+struct EngineTopics {
+    t: Topics,
+    timers: String,
+}
+
+async fn engine_topics(kafka: &Kafka, partitions: i32) -> EngineTopics {
+    let t = kafka.topics(1).await;
+    let timers = common::unique("timers");
+    kafka.create_topic(&timers, partitions).await;
+    if kafka.is_real() {
+        kafka.create_topic(&t.entities, partitions).await;
+    }
+    EngineTopics { t, timers }
+}
+
+fn engine_config(kafka: &Kafka, e: &EngineTopics, dir: &Path, extra: &str) -> String {
+    Setup::new(kafka, &e.t)
+        .config(&format!(
+            r#"
+[automations]
+dir = "{dir}"
+timers_topic = "{timers}"
+flush_interval = "50ms"
+reload_interval = "200ms"
+"#,
+            dir = dir.display(),
+            timers = e.timers,
+        ))
+        .config(extra)
+        .toml()
+}
+
+fn start_engine(toml: &str) -> Dispatcher {
+    Dispatcher::start_command(&["automations", "run"], toml, &[])
+}
+
+/// Wait until the engine logs that it owns `n` partitions ready.
+fn wait_ready(d: &Dispatcher, n: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while d.logs().matches("automations partition ready").count() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the engine never got {n} partitions ready:\n{}",
+            d.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Read the triggers topic (`read_committed`) until `quiet` passes with nothing new.
+async fn read_triggers(
+    kafka: &Kafka,
+    topic: &str,
+    partitions: i32,
+    quiet: Duration,
+) -> Vec<Emitted> {
+    let c: StreamConsumer = kafka
+        .config()
+        .set("group.id", common::unique("reader"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", "read_committed")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..partitions {
+        tpl.add_partition_offset(topic, p, Offset::Beginning)
+            .unwrap();
+    }
+    c.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    loop {
+        match tokio::time::timeout(quiet, c.recv()).await {
+            Err(_) => return out,
+            Ok(Err(e)) => eprintln!("reader of {topic}: {e}; continuing"),
+            Ok(Ok(m)) => {
+                let automation = m
+                    .headers()
+                    .and_then(|hs| {
+                        hs.iter()
+                            .find(|h| h.key == "switchyard-automation")
+                            .and_then(|h| h.value)
+                            .map(|v| String::from_utf8_lossy(v).into_owned())
+                    })
+                    .unwrap_or_default();
+                let event: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+                out.push(Emitted {
+                    automation,
+                    key: String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    event,
+                    timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                });
+            }
+        }
+    }
+}
+
+/// Wait until `want` triggers are on the topic (or `timeout`), then a quiet second more
+/// for any extra one.
+async fn wait_triggers(kafka: &Kafka, topic: &str, want: usize, timeout: Duration) -> Vec<Emitted> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let got = read_triggers(kafka, topic, 1, Duration::from_millis(800)).await;
+        if got.len() >= want || tokio::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+fn entity(status: &str) -> Vec<u8> {
+    json!({"identifier": "x", "properties": {"status": status}})
+        .to_string()
+        .into_bytes()
+}
+
+fn fired(got: &[Emitted]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = got
+        .iter()
+        .map(|e| (e.automation.clone(), e.key.clone()))
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_and_run_events_fire_exactly_when_they_should() {
+    let kafka = Kafka::start();
+    let e = engine_topics(&kafka, 1).await;
+    let dir = write_dir(&[
+        automation(
+            "created",
+            json!({"type": "ENTITY_CREATED", "blueprintIdentifier": "service"}),
+            None,
+        ),
+        automation(
+            "degraded",
+            json!({"type": "ENTITY_UPDATED", "blueprintIdentifier": "service"}),
+            Some((
+                &[
+                    ".diff.before.properties.status == \"Healthy\"",
+                    ".diff.after.properties.status == \"Unhealthy\"",
+                ],
+                "and",
+            )),
+        ),
+        automation(
+            "a_or_b",
+            json!({"type": "ENTITY_UPDATED", "blueprintIdentifier": "service"}),
+            Some((
+                &[
+                    ".diff.after.properties.status == \"A\"",
+                    ".diff.after.properties.status == \"B\"",
+                ],
+                "or",
+            )),
+        ),
+        automation(
+            "deleted",
+            json!({"type": "ENTITY_DELETED", "blueprintIdentifier": "service"}),
+            None,
+        ),
+        automation(
+            "any_team",
+            json!({"type": "ANY_ENTITY_CHANGE", "blueprintIdentifier": "team"}),
+            None,
+        ),
+        automation(
+            "not_boolean",
+            json!({"type": "ENTITY_UPDATED", "blueprintIdentifier": "service"}),
+            Some((&[".diff.after.properties.status"], "and")),
+        ),
+        {
+            let mut off = automation(
+                "disabled",
+                json!({"type": "ENTITY_CREATED", "blueprintIdentifier": "service"}),
+                None,
+            );
+            off["publish"] = json!(false);
+            off
+        },
+        automation(
+            "run_created",
+            json!({"type": "RUN_CREATED", "actionIdentifier": "deploy"}),
+            None,
+        ),
+        automation(
+            "run_succeeded",
+            json!({"type": "RUN_UPDATED", "actionIdentifier": "deploy"}),
+            Some((&[".diff.after.status == \"SUCCESS\""], "and")),
+        ),
+        automation(
+            "other_runs",
+            json!({"type": "ANY_RUN_CHANGE", "actionIdentifier": "other"}),
+            None,
+        ),
+    ]);
+    let mut d = start_engine(&engine_config(&kafka, &e, &dir, ""));
+    // entities (1 partition) + status (3 partitions)
+    wait_ready(&d, 1 + e.t.status_partitions as usize);
+    let k = |s: &str| Some(s.to_owned());
+    kafka
+        .produce_each(
+            &e.t.entities,
+            &[
+                (k("service/a"), entity("Healthy")),
+                (k("service/a"), entity("Unhealthy")),
+                (k("service/a"), entity("A")),
+                // The same value again: no change, nothing fires.
+                (k("service/a"), entity("A")),
+                (k("service/b"), entity("Healthy")),
+                (k("team/x"), entity("any")),
+            ],
+        )
+        .await;
+    // A tombstone deletes service/a.
+    {
+        use rdkafka::producer::FutureRecord;
+        let p = kafka.producer();
+        p.send(
+            FutureRecord::<str, [u8]>::to(&e.t.entities).key("service/a"),
+            Duration::from_secs(10),
+        )
+        .await
+        .map_err(|(e, _)| e)
+        .unwrap();
+    }
+    let update = |run: &str, u: Value| {
+        let mut base = json!({"runId": run, "seq": 1, "at": "2026-12-03T10:00:00.000Z",
+                              "action": "deploy"});
+        base.as_object_mut()
+            .unwrap()
+            .extend(u.as_object().unwrap().clone());
+        (k(run), base.to_string().into_bytes())
+    };
+    kafka
+        .produce_each(
+            &e.t.status,
+            &[
+                update("r1", json!({"kind": "status", "status": "IN_PROGRESS"})),
+                update("r1", json!({"kind": "log", "message": "working"})),
+                update(
+                    "r1",
+                    json!({"kind": "status", "status": "SUCCESS", "summary": "done"}),
+                ),
+                // A run from a chain already at the hop limit: its fire is refused.
+                update(
+                    "auto-5-0123456789abcdef01234567",
+                    json!({"kind": "status", "status": "IN_PROGRESS"}),
+                ),
+            ],
+        )
+        .await;
+    let got = wait_triggers(&kafka, &e.t.triggers, 8, Duration::from_secs(60)).await;
+    let want: Vec<(String, String)> = {
+        let mut w: Vec<(String, String)> = [
+            ("created", "service/a"),
+            ("degraded", "service/a"),
+            ("a_or_b", "service/a"),
+            ("created", "service/b"),
+            ("any_team", "team/x"),
+            ("deleted", "service/a"),
+            ("run_created", "r1"),
+            ("run_succeeded", "r1"),
+        ]
+        .iter()
+        .map(|(a, k)| (a.to_string(), k.to_string()))
+        .collect();
+        w.sort();
+        w
+    };
+    assert_eq!(fired(&got), want, "logs:\n{}", d.logs());
+    // Diffs: before is null on create, after is null on delete.
+    let one = |a: &str| got.iter().find(|e| e.automation == a).unwrap();
+    let created = &one("created").event;
+    assert_eq!(created["event"]["diff"]["before"], Value::Null);
+    assert_eq!(
+        created["event"]["diff"]["after"]["properties"]["status"],
+        "Healthy"
+    );
+    let degraded = &one("degraded").event;
+    assert_eq!(
+        degraded["event"]["diff"]["before"]["properties"]["status"],
+        "Healthy"
+    );
+    assert_eq!(
+        degraded["event"]["diff"]["after"]["properties"]["status"],
+        "Unhealthy"
+    );
+    assert_eq!(degraded["event"]["context"]["entityIdentifier"], "a");
+    assert_eq!(
+        degraded["trigger"]["by"]["automation"]["identifier"],
+        "degraded"
+    );
+    assert_eq!(degraded["action"]["invocationMethod"]["type"], "WEBHOOK");
+    let deleted = &one("deleted").event;
+    assert_eq!(deleted["event"]["diff"]["after"], Value::Null);
+    assert_eq!(
+        deleted["event"]["diff"]["before"]["properties"]["status"],
+        "A"
+    );
+    let succeeded = &one("run_succeeded").event;
+    assert_eq!(
+        succeeded["event"]["diff"]["before"]["status"],
+        "IN_PROGRESS"
+    );
+    assert_eq!(succeeded["event"]["diff"]["after"]["status"], "SUCCESS");
+    assert_eq!(succeeded["event"]["context"]["runId"], "r1");
+    let run_id = succeeded["run"]["id"].as_str().unwrap();
+    assert!(run_id.starts_with("auto-1-"), "{run_id}");
+    let logs = d.logs();
+    assert!(
+        logs.contains("automation condition in error") && logs.contains("not_boolean"),
+        "the non-boolean condition is not reported:\n{logs}"
+    );
+    assert!(
+        logs.contains("emission refused"),
+        "the hop limit did not refuse:\n{logs}"
+    );
+    let metrics = reqwest::get(format!("{}/metrics", d.http_base()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "switchyard_automation_condition_errors_total{automation=\"not_boolean\"} 2",
+        "switchyard_automation_fires_total{automation=\"created\"} 2",
+        "switchyard_automation_hops_refused_total{automation=\"run_created\"} 1",
+        "switchyard_automations_loaded 10",
+    ] {
+        assert!(metrics.contains(line), "{line} not in:\n{metrics}");
+    }
+    d.terminate(Duration::from_secs(30));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_fire_once_survive_restarts_rearm_and_cancel() {
+    let kafka = Kafka::start();
+    let e = engine_topics(&kafka, 1).await;
+    let dir = write_dir(&[automation(
+        "expired",
+        json!({"type": "TIMER_PROPERTY_EXPIRED", "blueprintIdentifier": "service",
+               "propertyIdentifier": "expiresAt"}),
+        None,
+    )]);
+    let toml = engine_config(&kafka, &e, &dir, "[automations]\nruns = false");
+    let mut d = start_engine(&toml);
+    wait_ready(&d, 1);
+    let now = time::OffsetDateTime::now_utc();
+    let at = |secs: i64| {
+        (now + time::Duration::seconds(secs))
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap()
+    };
+    let ent = |due: &str| {
+        json!({"identifier": "x", "properties": {"expiresAt": due}})
+            .to_string()
+            .into_bytes()
+    };
+    let k = |s: &str| Some(s.to_owned());
+    let (d1, d2a, d2b, d3, d4) = (at(4), at(4), at(8), at(4), at(12));
+    kafka
+        .produce_each(
+            &e.t.entities,
+            &[
+                (k("service/t1"), ent(&d1)),
+                (k("service/t2"), ent(&d2a)),
+                (k("service/t2"), ent(&d2b)), // re-armed later
+                (k("service/t3"), ent(&d3)),
+                (k("service/t4"), ent(&d4)), // comes due while the engine is down
+            ],
+        )
+        .await;
+    {
+        use rdkafka::producer::FutureRecord;
+        kafka
+            .producer()
+            .send(
+                FutureRecord::<str, [u8]>::to(&e.t.entities).key("service/t3"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    // t1 fires at its due time, t3 never (deleted), t2 not yet (moved).
+    let got = wait_triggers(&kafka, &e.t.triggers, 1, Duration::from_secs(20)).await;
+    assert_eq!(
+        fired(&got),
+        [("expired".into(), "service/t1".into())],
+        "{}",
+        d.logs()
+    );
+    let due1 = parse_ms(&d1);
+    assert!(got[0].timestamp_ms >= due1, "fired before it was due");
+    // Down across t4's due time (SIGKILL: no drain), then up again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    d.kill();
+    let down_until = parse_ms(&d4) + 2000;
+    while now_ms() < down_until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut d = start_engine(&toml);
+    wait_ready(&d, 1);
+    let got = wait_triggers(&kafka, &e.t.triggers, 3, Duration::from_secs(30)).await;
+    // Quiet a while longer: nothing fires twice.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got_later = read_triggers(&kafka, &e.t.triggers, 1, Duration::from_secs(1)).await;
+    assert_eq!(
+        got_later.len(),
+        got.len(),
+        "a timer fired again:\n{:?}",
+        fired(&got_later)
+    );
+    assert_eq!(
+        fired(&got),
+        [
+            ("expired".to_string(), "service/t1".to_string()),
+            ("expired".into(), "service/t2".into()),
+            ("expired".into(), "service/t4".into()),
+        ],
+        "{}",
+        d.logs()
+    );
+    let t2 = got.iter().find(|e| e.key == "service/t2").unwrap();
+    assert_eq!(
+        t2.event["event"]["context"]["dueAt"],
+        d2b.as_str(),
+        "t2 was not re-armed"
+    );
+    assert!(t2.timestamp_ms >= parse_ms(&d2b));
+    let t4 = got.iter().find(|e| e.key == "service/t4").unwrap();
+    assert_eq!(
+        t4.event["event"]["context"]["dueAt"],
+        d4.as_str(),
+        "t4 lost its original due time"
+    );
+    d.terminate(Duration::from_secs(30));
+}
+
+fn parse_ms(text: &str) -> i64 {
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).unwrap();
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+fn now_ms() -> i64 {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
+}
+
+#[test]
+fn validate_lists_every_problem_with_file_and_field_and_test_dry_runs() {
+    let good = automation(
+        "degraded",
+        json!({"type": "ENTITY_UPDATED", "blueprintIdentifier": "service"}),
+        Some((&[".diff.after.properties.status == \"Unhealthy\""], "and")),
+    );
+    let dir = write_dir(&[good]);
+    std::fs::write(
+        dir.join("zz-bad.json"),
+        r#"{"identifier": "bad", "trigger": {"type": "automation", "event": {"type": "ENTITY_SOMETHING"}}, "invocationMethod": {"type": "WEBHOOK"}}"#,
+    )
+    .unwrap();
+    let out = common::cmd()
+        .args(["automations", "validate"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("zz-bad.json: trigger.event.type: \"ENTITY_SOMETHING\" is not one of"),
+        "{err}"
+    );
+    std::fs::remove_file(dir.join("zz-bad.json")).unwrap();
+    let out = common::cmd()
+        .args(["automations", "validate"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 automations valid"));
+
+    let event = dir.parent().unwrap().join("event.json");
+    let mut ev = json!({"action": "UPDATE", "resourceType": "entity",
+        "context": {"blueprint": "service", "entity": "checkout"},
+        "diff": {"before": {"properties": {"status": "Healthy"}},
+                 "after": {"properties": {"status": "Unhealthy"}}},
+        "trigger": {"by": {"userId": "u1"}, "origin": "UI", "at": "2026-12-03T10:00:00Z"}});
+    std::fs::write(&event, ev.to_string()).unwrap();
+    let run_test = || {
+        common::cmd()
+            .args(["automations", "test", "--automation", "degraded", "--event"])
+            .arg(&event)
+            .arg("--dir")
+            .arg(&dir)
+            .output()
+            .unwrap()
+    };
+    let out = run_test();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("fires"), "{text}");
+    let json_start = text.find('{').unwrap();
+    let trigger: Value = serde_json::from_str(&text[json_start..]).unwrap();
+    assert_eq!(trigger["event"]["context"]["entityIdentifier"], "checkout");
+    assert_eq!(
+        trigger["trigger"]["by"]["automation"]["identifier"],
+        "degraded"
+    );
+    ev["diff"]["after"]["properties"]["status"] = json!("Healthy");
+    std::fs::write(&event, ev.to_string()).unwrap();
+    let out = run_test();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("does not fire: the condition is false"));
+}
