@@ -806,3 +806,124 @@ async fn exactly_once_emission_survives_three_sigkills() {
     assert_eq!(got.len(), want.len());
     d.terminate(Duration::from_secs(30));
 }
+
+/// Definitions change without a restart: a file added to the directory, a record on the
+/// definitions topic, its tombstone; a broken file keeps the previous set in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_reload_from_the_directory_and_the_topic() {
+    let kafka = Kafka::start();
+    let e = engine_topics(&kafka, 1).await;
+    let defs_topic = common::unique("automations");
+    kafka.create_topic(&defs_topic, 1).await;
+    let created = |id: &str, bp: &str| {
+        automation(
+            id,
+            json!({"type": "ENTITY_CREATED", "blueprintIdentifier": bp}),
+            None,
+        )
+    };
+    let dir = write_dir(&[created("on_service", "service")]);
+    let toml = engine_config(
+        &kafka,
+        &e,
+        &dir,
+        &format!("[automations]\nruns = false\ntopic = \"{defs_topic}\""),
+    );
+    let mut d = start_engine(&toml);
+    wait_ready(&d, 1);
+    let k = |s: &str| Some(s.to_owned());
+    let wait_log = |d: &Dispatcher, text: &str, n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while d.logs().matches(text).count() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never logged {n}× {text:?}:\n{}",
+                d.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    kafka
+        .produce(&e.t.entities, &[(k("service/one"), entity("Healthy"))])
+        .await;
+    std::fs::write(
+        dir.join("on_team.json"),
+        created("on_team", "team").to_string(),
+    )
+    .unwrap();
+    wait_log(&d, "automations reloaded", 1);
+    kafka
+        .produce(&e.t.entities, &[(k("team/x"), entity("Healthy"))])
+        .await;
+    kafka
+        .produce(
+            &defs_topic,
+            &[
+                (
+                    k("on_svc2"),
+                    created("on_svc2", "svc2").to_string().into_bytes(),
+                ),
+                (
+                    k("broken"),
+                    br#"{"identifier": "broken", "trigger": {}}"#.to_vec(),
+                ),
+            ],
+        )
+        .await;
+    wait_log(&d, "automation loaded from the topic", 1);
+    wait_log(&d, "trigger.type: expected", 1);
+    kafka
+        .produce(&e.t.entities, &[(k("svc2/y"), entity("Healthy"))])
+        .await;
+    // Fired before the tombstone goes out: the set changes between two changes.
+    let got = wait_triggers(&kafka, &e.t.triggers, 3, Duration::from_secs(30)).await;
+    assert_eq!(got.len(), 3, "{:?}\n{}", fired(&got), d.logs());
+    {
+        use rdkafka::producer::FutureRecord;
+        kafka
+            .producer()
+            .send(
+                FutureRecord::<str, [u8]>::to(&defs_topic).key("on_svc2"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    wait_log(&d, "automation deleted (tombstone)", 1);
+    std::fs::write(dir.join("zz-broken.json"), "{ not json").unwrap();
+    wait_log(&d, "automations not reloaded", 1);
+    kafka
+        .produce(
+            &e.t.entities,
+            &[
+                (k("svc2/z"), entity("Healthy")),
+                (k("service/two"), entity("Healthy")),
+            ],
+        )
+        .await;
+    let got = wait_triggers(&kafka, &e.t.triggers, 4, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = if got.len() == 4 {
+        read_triggers(&kafka, &e.t.triggers, 1, Duration::from_secs(1)).await
+    } else {
+        got
+    };
+    assert_eq!(
+        fired(&got),
+        [
+            ("on_service".to_string(), "service/one".to_string()),
+            ("on_service".into(), "service/two".into()),
+            ("on_svc2".into(), "svc2/y".into()),
+            ("on_team".into(), "team/x".into()),
+        ],
+        "{}",
+        d.logs()
+    );
+    assert!(
+        d.logs().contains("zz-broken.json: not JSON"),
+        "{}",
+        d.logs()
+    );
+    d.terminate(Duration::from_secs(30));
+}

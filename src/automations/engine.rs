@@ -326,7 +326,7 @@ impl Engine {
                     rebuilt += 1;
                     if let Some(key) = m.key().and_then(|k| std::str::from_utf8(k).ok()) {
                         let value = m.payload().and_then(|p| serde_json::from_slice(p).ok());
-                        state.put_entity(key, value);
+                        state.put_entity(key, value, m.payload().map_or(0, <[u8]>::len));
                     }
                 })?,
                 SourceKind::Runs => {
@@ -434,7 +434,8 @@ impl Engine {
                     };
                     match value {
                         Ok(after) => {
-                            let before = part.state.put_entity(key, after.clone());
+                            let size = m.payload().map_or(0, <[u8]>::len);
+                            let before = part.state.put_entity(key, after.clone(), size);
                             let by = header("switchyard-run-id");
                             Ok(event::entity_change(
                                 key,

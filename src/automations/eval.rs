@@ -38,31 +38,25 @@ impl Evaluator {
         ev: &ChangeEvent,
     ) -> Vec<(Arc<Automation>, Verdict)> {
         let ctx = Context::plain(&ev.object);
-        let mut template = Map::new();
-        for (i, a) in candidates.iter().enumerate() {
-            for (j, e) in a
-                .condition
-                .iter()
-                .flat_map(|c| c.expressions.iter())
-                .enumerate()
-            {
-                template.insert(format!("{i}.{j}"), Value::String(format!("{{{{ {e} }}}}")));
-            }
-        }
-        let together = if template.is_empty() {
-            Some(Map::new())
+        let exprs: Vec<&str> = candidates
+            .iter()
+            .flat_map(|a| a.condition.iter().flat_map(|c| c.expressions.iter()))
+            .map(String::as_str)
+            .collect();
+        let together = if exprs.is_empty() {
+            Some(Vec::new())
         } else {
-            self.sandbox
-                .render_object(&template, &ctx, "condition")
-                .await
-                .ok()
+            self.run(&exprs, &ctx, "condition").await.ok()
         };
+        let mut offset = 0;
         let mut out = Vec::with_capacity(candidates.len());
-        for (i, a) in candidates.iter().enumerate() {
+        for a in candidates {
+            let n = a.condition.as_ref().map_or(0, |c| c.expressions.len());
             let verdict = match &together {
-                Some(values) => judge(a, |j| values.get(&format!("{i}.{j}")).cloned()),
+                Some(values) => judge(a, |j| values.get(offset + j).cloned()),
                 None => self.alone(a, &ctx).await,
             };
+            offset += n;
             out.push((a.clone(), verdict));
         }
         out
@@ -72,22 +66,56 @@ impl Evaluator {
         let Some(c) = &a.condition else {
             return Verdict::Fire;
         };
-        let template: Map<String, Value> = c
-            .expressions
-            .iter()
-            .enumerate()
-            .map(|(j, e)| (j.to_string(), Value::String(format!("{{{{ {e} }}}}"))))
-            .collect();
-        match self
-            .sandbox
-            .render_object(&template, ctx, "trigger.condition.expressions")
-            .await
-        {
-            Ok(values) => judge(a, |j| values.get(&j.to_string()).cloned()),
+        let exprs: Vec<&str> = c.expressions.iter().map(String::as_str).collect();
+        match self.run(&exprs, ctx, "trigger.condition.expressions").await {
+            Ok(values) => judge(a, |j| values.get(j).cloned()),
             Err(RenderError::Template(e) | RenderError::Budget(e)) => Verdict::Error(e.to_string()),
         }
     }
+
+    /// The first output (or null) of each expression, in one sandbox round trip: one jq
+    /// program per [`CHUNK`] expressions (each compiled once and cached; a long `,` chain
+    /// would nest as deep as it is long, and jaq recurses on it).
+    async fn run(
+        &self,
+        exprs: &[&str],
+        ctx: &Context,
+        field: &str,
+    ) -> Result<Vec<Value>, RenderError> {
+        let mut template = Map::new();
+        for (k, chunk) in exprs.chunks(CHUNK).enumerate() {
+            // Newlines end a trailing `# comment` inside an expression.
+            let items: Vec<String> = chunk
+                .iter()
+                .map(|e| format!("([({e}\n)] | .[0])"))
+                .collect();
+            template.insert(
+                format!("{k:04}"),
+                Value::String(format!("{{{{ [{}] }}}}", items.join(", "))),
+            );
+        }
+        let rendered = self.sandbox.render_object(&template, ctx, field).await?;
+        let mut out = Vec::with_capacity(exprs.len());
+        for (_, v) in rendered {
+            match v {
+                Value::Array(values) => out.extend(values),
+                other => out.push(other),
+            }
+        }
+        if out.len() != exprs.len() {
+            return Err(RenderError::Template(crate::template::TemplateError {
+                field: field.to_owned(),
+                message: format!("{} values for {} expressions", out.len(), exprs.len()),
+            }));
+        }
+        Ok(out)
+    }
 }
+
+/// Expressions per jq program. jaq recurses on a `,` chain as deep as it is long: a
+/// program of 100 overflowed the worker's stack (SIGSEGV) in the release build; 16 ran
+/// 10,000 changes clean. 8 leaves room for debug builds and long expressions.
+const CHUNK: usize = 8;
 
 /// Combine the values of `a`'s expressions (`value(j)` for expression `j`).
 fn judge(a: &Automation, value: impl Fn(usize) -> Option<Value>) -> Verdict {

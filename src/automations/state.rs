@@ -94,6 +94,8 @@ const TERMINAL_RUNS_KEPT: usize = 10_000;
 #[derive(Default)]
 pub struct PartitionState {
     pub entities: HashMap<String, Value>,
+    /// JSON size of each entity's record value.
+    entity_sizes: HashMap<String, usize>,
     pub runs: HashMap<String, RunSnapshot>,
     /// Terminal runs, oldest first, forgotten past [`TERMINAL_RUNS_KEPT`].
     terminal: VecDeque<String>,
@@ -105,24 +107,22 @@ pub struct PartitionState {
     pub bytes: usize,
 }
 
-fn weight(key: &str, v: &Value) -> usize {
-    64 + key.len() + v.to_string().len()
-}
-
 impl PartitionState {
-    /// Set (or, with `None`, delete) an entity; returns its previous value.
-    pub fn put_entity(&mut self, key: &str, value: Option<Value>) -> Option<Value> {
-        let before = match value {
+    /// Set (or, with `None`, delete) an entity whose record value is `size` bytes of
+    /// JSON; returns its previous value. The state's byte count adds the JSON size (a
+    /// parsed value takes about 2–4× that in memory).
+    pub fn put_entity(&mut self, key: &str, value: Option<Value>, size: usize) -> Option<Value> {
+        if let Some(old) = self.entity_sizes.remove(key) {
+            self.bytes = self.bytes.saturating_sub(64 + key.len() + old);
+        }
+        match value {
             Some(v) => {
-                self.bytes += weight(key, &v);
+                self.bytes += 64 + key.len() + size;
+                self.entity_sizes.insert(key.to_owned(), size);
                 self.entities.insert(key.to_owned(), v)
             }
             None => self.entities.remove(key),
-        };
-        if let Some(b) = &before {
-            self.bytes = self.bytes.saturating_sub(weight(key, b));
         }
-        before
     }
 
     /// Fold a run update; returns the change it makes.

@@ -20,6 +20,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rdkafka::mocking::MockCluster;
 
+mod automations;
 mod measure;
 mod pipe;
 mod templates;
@@ -74,6 +75,10 @@ pub struct Options {
     /// case: in-process plain paths, and jq programs in the sandbox's worker processes.
     #[arg(long)]
     pub templates: Option<usize>,
+    /// Measure only the automations engine: --events entity changes evaluated with this
+    /// many automations loaded (BENCHMARKS.md).
+    #[arg(long)]
+    pub automations: Option<usize>,
 }
 
 /// One system's measurements.
@@ -106,6 +111,10 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Measured>> {
     let exe = std::env::current_exe().context("locating the switchyard binary")?;
     if let Some(n) = opts.templates {
         templates(n, exe).await?;
+        return Ok(Vec::new());
+    }
+    if let Some(n) = opts.automations {
+        automations::automations(n, &opts, &exe).await?;
         return Ok(Vec::new());
     }
     let cluster = match &opts.brokers {
