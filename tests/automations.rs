@@ -244,10 +244,23 @@ async fn entity_and_run_events_fire_exactly_when_they_should() {
             json!({"type": "ANY_RUN_CHANGE", "actionIdentifier": "other"}),
             None,
         ),
+        automation(
+            "any_deploy",
+            json!({"type": "ANY_RUN_CHANGE", "actionIdentifier": "deploy"}),
+            None,
+        ),
     ]);
-    let mut d = start_engine(&engine_config(&kafka, &e, &dir, ""));
-    // entities (1 partition) + status (3 partitions)
-    wait_ready(&d, 1 + e.t.status_partitions as usize);
+    // Port's change-log shape, on a topic of its own.
+    let changes = common::unique("changes");
+    kafka.create_topic(&changes, 1).await;
+    let mut d = start_engine(&engine_config(
+        &kafka,
+        &e,
+        &dir,
+        &format!("[automations]\nchanges_topic = \"{changes}\""),
+    ));
+    // entities (1 partition) + status (3 partitions) + changes (1)
+    wait_ready(&d, 2 + e.t.status_partitions as usize);
     let k = |s: &str| Some(s.to_owned());
     kafka
         .produce_each(
@@ -301,7 +314,35 @@ async fn entity_and_run_events_fire_exactly_when_they_should() {
             ],
         )
         .await;
-    let got = wait_triggers(&kafka, &e.t.triggers, 8, Duration::from_secs(60)).await;
+    kafka
+        .produce_each(
+            &changes,
+            &[
+                (
+                    k("service/c1"),
+                    json!({"action": "UPDATE", "resourceType": "entity",
+                        "context": {"entity": "c1", "blueprint": "service"},
+                        "diff": {"before": {"properties": {"status": "Healthy"}},
+                                 "after": {"properties": {"status": "Unhealthy"}}},
+                        "trigger": {"by": {"userId": "u1"}, "origin": "UI", "at": "2026-12-03T10:00:00Z"}})
+                    .to_string()
+                    .into_bytes(),
+                ),
+                (
+                    k("p1"),
+                    json!({"action": "CREATE", "resourceType": "run", "context": {"runId": "p1"},
+                        "diff": {"before": null,
+                                 "after": {"status": "IN_PROGRESS", "action": {"identifier": "deploy"}}},
+                        "trigger": {"origin": "UI", "at": "2026-12-03T10:00:00Z"}})
+                    .to_string()
+                    .into_bytes(),
+                ),
+                // Not a change: counted, logged, skipped.
+                (k("bad"), br#"{"action": "MOVE"}"#.to_vec()),
+            ],
+        )
+        .await;
+    let got = wait_triggers(&kafka, &e.t.triggers, 13, Duration::from_secs(60)).await;
     let want: Vec<(String, String)> = {
         let mut w: Vec<(String, String)> = [
             ("created", "service/a"),
@@ -312,6 +353,11 @@ async fn entity_and_run_events_fire_exactly_when_they_should() {
             ("deleted", "service/a"),
             ("run_created", "r1"),
             ("run_succeeded", "r1"),
+            ("any_deploy", "r1"),
+            ("any_deploy", "r1"),
+            ("degraded", "service/c1"),
+            ("run_created", "p1"),
+            ("any_deploy", "p1"),
         ]
         .iter()
         .map(|(a, k)| (a.to_string(), k.to_string()))
@@ -321,7 +367,11 @@ async fn entity_and_run_events_fire_exactly_when_they_should() {
     };
     assert_eq!(fired(&got), want, "logs:\n{}", d.logs());
     // Diffs: before is null on create, after is null on delete.
-    let one = |a: &str| got.iter().find(|e| e.automation == a).unwrap();
+    let one = |a: &str| {
+        got.iter()
+            .find(|e| e.automation == a && e.key != "service/c1" && e.key != "p1")
+            .unwrap()
+    };
     let created = &one("created").event;
     assert_eq!(created["event"]["diff"]["before"], Value::Null);
     assert_eq!(
@@ -374,10 +424,13 @@ async fn entity_and_run_events_fire_exactly_when_they_should() {
         .await
         .unwrap();
     for line in [
-        "switchyard_automation_condition_errors_total{automation=\"not_boolean\"} 2",
+        "switchyard_automation_condition_errors_total{automation=\"not_boolean\"} 3",
         "switchyard_automation_fires_total{automation=\"created\"} 2",
+        "switchyard_automation_fires_total{automation=\"any_deploy\"} 3",
         "switchyard_automation_hops_refused_total{automation=\"run_created\"} 1",
-        "switchyard_automations_loaded 10",
+        "switchyard_automation_hops_refused_total{automation=\"any_deploy\"} 1",
+        "switchyard_automation_bad_records_total{source=\"changes\"} 1",
+        "switchyard_automations_loaded 11",
     ] {
         assert!(metrics.contains(line), "{line} not in:\n{metrics}");
     }
@@ -674,7 +727,7 @@ async fn an_upsert_fires_the_example_automation_whose_webhook_run_succeeds() {
 /// change emits exactly one trigger (read with read_committed), none is lost.
 #[cfg(feature = "real-broker")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exactly_once_emission_survives_three_sigkills() {
+async fn chaos_exactly_once_emission_survives_three_sigkills() {
     use rdkafka::producer::FutureRecord;
     use std::collections::HashMap;
     const CHANGES: usize = 5000;
@@ -925,5 +978,70 @@ async fn definitions_reload_from_the_directory_and_the_topic() {
         "{}",
         d.logs()
     );
+    d.terminate(Duration::from_secs(30));
+}
+
+/// `start_from = "latest"` (the default): a group's first start fires only on changes
+/// from then on, and the changes before it still give the state (`diff.before`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_start_fires_from_the_end_with_the_state_from_before() {
+    let kafka = Kafka::start();
+    let e = engine_topics(&kafka, 1).await;
+    let dir = write_dir(&[
+        automation(
+            "created",
+            json!({"type": "ENTITY_CREATED", "blueprintIdentifier": "service"}),
+            None,
+        ),
+        automation(
+            "updated",
+            json!({"type": "ENTITY_UPDATED", "blueprintIdentifier": "service"}),
+            None,
+        ),
+    ]);
+    let k = |s: &str| Some(s.to_owned());
+    kafka
+        .produce(&e.t.entities, &[(k("service/old"), entity("Healthy"))])
+        .await;
+    let mut d = start_engine(&engine_config(
+        &kafka,
+        &e,
+        &dir,
+        "[automations]\nruns = false",
+    ));
+    wait_ready(&d, 1);
+    kafka
+        .produce_each(
+            &e.t.entities,
+            &[
+                (k("service/old"), entity("Unhealthy")),
+                (k("service/new"), entity("Healthy")),
+            ],
+        )
+        .await;
+    let got = wait_triggers(&kafka, &e.t.triggers, 2, Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = if got.len() == 2 {
+        read_triggers(&kafka, &e.t.triggers, 1, Duration::from_secs(1)).await
+    } else {
+        got
+    };
+    assert_eq!(
+        fired(&got),
+        [
+            ("created".to_string(), "service/new".to_string()),
+            ("updated".into(), "service/old".into()),
+        ],
+        "{}",
+        d.logs()
+    );
+    let updated = got.iter().find(|t| t.automation == "updated").unwrap();
+    assert_eq!(
+        updated.event["event"]["diff"]["before"]["properties"]["status"],
+        "Healthy"
+    );
+    assert!(d
+        .logs()
+        .contains("the group's first start on this partition"));
     d.terminate(Duration::from_secs(30));
 }

@@ -40,6 +40,7 @@ pub async fn start(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     let a = &cfg.automations;
     let kafka = cfg.own_topics_kafka().map_err(anyhow::Error::msg)?;
     let entities = cfg.automations_entities_topic();
+    let triggers = cfg.automations_triggers_topic();
     let mut specs = vec![
         TopicSpec {
             compacted: true,
@@ -49,7 +50,7 @@ pub async fn start(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
             compacted: true,
             ..TopicSpec::plain(&a.timers_topic)
         },
-        TopicSpec::plain(&kafka.triggers_topic),
+        TopicSpec::plain(&triggers),
     ];
     if a.runs {
         specs.push(TopicSpec::plain(&kafka.status_topic));
@@ -87,13 +88,14 @@ pub async fn start(cfg: &Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let settings = engine::Settings {
         group: cfg.automations_group(),
-        triggers_topic: kafka.triggers_topic.clone(),
-        triggers_avro: kafka.triggers_format == Format::Avro,
+        triggers_topic: triggers.clone(),
+        triggers_avro: kafka.triggers_format == Format::Avro && triggers == kafka.triggers_topic,
         timers_topic: a.timers_topic.clone(),
         entities_topic: entities,
         changes_topic: a.changes_topic.clone(),
         status_topic: a.runs.then(|| kafka.status_topic.clone()),
         max_hops: a.max_hops,
+        start_latest: a.start_from == crate::config::StartFrom::Latest,
         max_state_bytes: a.max_state_bytes,
         max_batch: a.max_batch,
         flush_interval: a.flush_interval,

@@ -26,11 +26,19 @@ pub struct AutomationsConfig {
     pub entities_topic: String,
     /// Changes in Port's change-log shape (`{action, resourceType, context, diff}`), if any.
     pub changes_topic: Option<String>,
+    /// Where fires go. Empty: `kafka.triggers_topic`, or in Port mode
+    /// `switchyard.automations.triggers` on the output cluster (Port's runs topic is
+    /// Port's).
+    pub triggers_topic: String,
     /// Read run changes from the status topic (RUN_CREATED, RUN_UPDATED, ANY_RUN_CHANGE).
     pub runs: bool,
     /// Durable timers (compacted; needs at least as many partitions as the entities and
     /// changes topics, which `kafka.create_topics` arranges).
     pub timers_topic: String,
+    /// Where the group's first start on a partition begins: `latest` (changes from then
+    /// on fire; earlier ones only build state) or `earliest` (every change in the topic
+    /// fires, e.g. every existing entity as ENTITY_CREATED).
+    pub start_from: StartFrom,
     /// Most hops of a chain of automations (a run fires an automation whose run fires
     /// another …); past it an emission is refused, logged and counted.
     pub max_hops: u32,
@@ -48,6 +56,14 @@ pub struct AutomationsConfig {
     pub transaction_timeout: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StartFrom {
+    Earliest,
+    #[default]
+    Latest,
+}
+
 impl Default for AutomationsConfig {
     fn default() -> Self {
         AutomationsConfig {
@@ -58,8 +74,10 @@ impl Default for AutomationsConfig {
             group_id: String::new(),
             entities_topic: String::new(),
             changes_topic: None,
+            triggers_topic: String::new(),
             runs: true,
             timers_topic: "switchyard.automations.timers".into(),
+            start_from: StartFrom::Latest,
             max_hops: 5,
             max_state_bytes: 256 * 1024 * 1024,
             max_batch: 500,
@@ -92,6 +110,11 @@ impl AutomationsConfig {
                 p.push(format!("{field}: {e}"));
             }
         }
+        if !self.triggers_topic.is_empty() {
+            if let Err(e) = super::validate::check_topic_name(&self.triggers_topic) {
+                p.push(format!("automations.triggers_topic: {e}"));
+            }
+        }
         if !self.entities_topic.is_empty() {
             if let Err(e) = super::validate::check_topic_name(&self.entities_topic) {
                 p.push(format!("automations.entities_topic: {e}"));
@@ -110,5 +133,56 @@ impl AutomationsConfig {
             p.push("automations.reload_interval: must be greater than 0".into());
         }
         p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    #[test]
+    fn problems_name_the_setting_and_the_way_out() {
+        let mut cfg = Config::default();
+        cfg.automations.enabled = true;
+        let p = cfg.automation_problems().join("\n");
+        assert!(
+            p.contains("set automations.dir or automations.topic"),
+            "{p}"
+        );
+        cfg.automations.topic = Some("bad topic".into());
+        cfg.automations.max_batch = 0;
+        let p = cfg.automation_problems().join("\n");
+        assert!(
+            p.contains("automations.topic: \"bad topic\" contains ' '"),
+            "{p}"
+        );
+        assert!(
+            p.contains("automations.max_batch: must be at least 1"),
+            "{p}"
+        );
+        cfg.automations.topic = Some("switchyard.automations".into());
+        cfg.automations.max_batch = 500;
+        cfg.actions.mode = crate::config::ActionsMode::Registered;
+        let p = cfg.automation_problems().join("\n");
+        assert!(p.contains("set dlq.replay_key"), "{p}");
+        cfg.actions.mode = crate::config::ActionsMode::Inline;
+        cfg.port.org_id = Some("org".into());
+        let p = cfg.automation_problems().join("\n");
+        assert!(p.contains("in Port mode they need [kafka.output]"), "{p}");
+        assert_eq!(
+            cfg.automations_triggers_topic(),
+            "switchyard.automations.triggers"
+        );
+        cfg.port.org_id = None;
+        assert!(
+            cfg.automation_problems().is_empty(),
+            "{:?}",
+            cfg.automation_problems()
+        );
+        assert_eq!(cfg.automations_triggers_topic(), cfg.kafka.triggers_topic);
+        assert_eq!(
+            cfg.automations_group(),
+            format!("{}.automations", cfg.kafka.group_id)
+        );
     }
 }

@@ -232,7 +232,7 @@ mod port;
 mod timeouts;
 mod validate;
 
-pub use automations::AutomationsConfig;
+pub use automations::{AutomationsConfig, StartFrom};
 pub use backends::*;
 pub use kafka::*;
 pub use port::{PollingConfig, PortConfig, Streamer, PORT_API};
@@ -455,6 +455,15 @@ impl Config {
     pub fn automations_entities_topic(&self) -> String {
         match self.automations.entities_topic.as_str() {
             "" => self.backends.upsert_entity.topic.clone(),
+            t => t.to_owned(),
+        }
+    }
+
+    /// The topic automations emit to.
+    pub fn automations_triggers_topic(&self) -> String {
+        match self.automations.triggers_topic.as_str() {
+            "" if self.agent_mode() => "switchyard.automations.triggers".into(),
+            "" => self.kafka.triggers_topic.clone(),
             t => t.to_owned(),
         }
     }

@@ -1,8 +1,9 @@
 //! Prometheus metrics, served at `/metrics` ([`crate::api::server`]).
 //!
 //! Every name starts with `switchyard_`. Label values come from closed sets only: backend
-//! types, outcomes, error classes, breaker states, topics and partitions — never run ids,
-//! URLs or hosts, so that cardinality stays bounded whatever the events contain.
+//! types, outcomes, error classes, breaker states, topics, partitions and the identifiers
+//! of the operator's automations — never run ids, URLs or hosts, so that cardinality stays
+//! bounded whatever the events contain.
 
 use std::sync::LazyLock;
 

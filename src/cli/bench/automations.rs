@@ -100,6 +100,7 @@ dir = "{defs}"
 entities_topic = "{entities}"
 timers_topic = "{timers}"
 runs = false
+start_from = "earliest"
 "#,
         defs = defs.display()
     );
@@ -174,7 +175,8 @@ runs = false
     outcome
 }
 
-/// CPU seconds of `pid` and of its direct children (the template workers).
+/// CPU seconds of `pid`, and of its children (the template workers): the live ones plus
+/// those it has reaped (a worker is replaced after a number of renders).
 fn tree_cpu(pid: u32) -> (f64, f64) {
     let children: f64 = std::fs::read_dir("/proc")
         .map(|entries| {
@@ -186,7 +188,7 @@ fn tree_cpu(pid: u32) -> (f64, f64) {
                 .sum()
         })
         .unwrap_or(0.0);
-    (cpu_seconds(pid), children)
+    (cpu_seconds(pid), children + reaped_cpu(pid))
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -197,4 +199,17 @@ fn parent_of(pid: u32) -> Option<u32> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// CPU seconds of the children `pid` has waited for (`cutime` + `cstime`).
+fn reaped_cpu(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let f: Vec<&str> = s.rsplit_once(')')?.1.split_whitespace().collect();
+            let cutime: f64 = f.get(13)?.parse().ok()?;
+            let cstime: f64 = f.get(14)?.parse().ok()?;
+            Some((cutime + cstime) / 100.0)
+        })
+        .unwrap_or(0.0)
 }
