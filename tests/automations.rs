@@ -1045,3 +1045,69 @@ async fn a_first_start_fires_from_the_end_with_the_state_from_before() {
         .contains("the group's first start on this partition"));
     d.terminate(Duration::from_secs(30));
 }
+
+/// The engine scales as a consumer group: a second member takes partitions over (its
+/// producers fence the first member's for them) and every change still fires once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_share_the_partitions_and_each_change_fires_once() {
+    const CHANGES: usize = 200;
+    let kafka = Kafka::start();
+    let e = engine_topics(&kafka, 4).await;
+    let entities = common::unique("entities4");
+    kafka.create_topic(&entities, 4).await;
+    let dir = write_dir(&[automation(
+        "any",
+        json!({"type": "ANY_ENTITY_CHANGE", "blueprintIdentifier": "service"}),
+        None,
+    )]);
+    let toml = engine_config(
+        &kafka,
+        &e,
+        &dir,
+        &format!("[automations]\nruns = false\nentities_topic = \"{entities}\""),
+    );
+    let mut a = start_engine(&toml);
+    wait_ready(&a, 4);
+    let mut b = start_engine(&toml);
+    wait_ready(&b, 1);
+    let records: Vec<(Option<String>, Vec<u8>)> = (0..CHANGES)
+        .map(|i| {
+            (
+                Some(format!("service/s{}", i % 40)),
+                json!({"identifier": format!("s{}", i % 40), "properties": {"n": i}})
+                    .to_string()
+                    .into_bytes(),
+            )
+        })
+        .collect();
+    kafka.produce(&entities, &records).await;
+    wait_triggers(&kafka, &e.t.triggers, CHANGES, Duration::from_secs(60)).await;
+    // A quiet second more: any duplicate would show.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let got = read_triggers(&kafka, &e.t.triggers, 1, Duration::from_secs(1)).await;
+    let mut ns: Vec<i64> = got
+        .iter()
+        .map(|t| {
+            t.event["event"]["diff"]["after"]["properties"]["n"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    ns.sort();
+    assert_eq!(
+        ns,
+        (0..CHANGES as i64).collect::<Vec<_>>(),
+        "every change fires once\nA:\n{}\nB:\n{}",
+        a.logs(),
+        b.logs()
+    );
+    for (name, d) in [("first", &a), ("second", &b)] {
+        assert!(
+            d.logs().contains("automation fired"),
+            "the {name} member fired nothing:\n{}",
+            d.logs()
+        );
+    }
+    a.terminate(Duration::from_secs(30));
+    b.terminate(Duration::from_secs(30));
+}

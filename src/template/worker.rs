@@ -16,7 +16,26 @@ pub fn worker_main(limits: &str) -> std::process::ExitCode {
     let Ok(limits) = serde_json::from_str::<Limits>(limits) else {
         return std::process::ExitCode::from(2);
     };
-    set_limits(&limits);
+    // Renders run on a thread whose whole stack is mapped before the limits are set. The
+    // process's mappings (mimalloc reserves its arena up front) already exceed
+    // RLIMIT_AS, so the main thread's stack could not grow past what it had touched, and
+    // an honest render one frame deeper died with SIGSEGV, now and then (the main stack's
+    // starting depth moves with the environment and ASLR).
+    let serve = std::thread::Builder::new()
+        .name("template-worker".into())
+        .stack_size(WORKER_STACK)
+        .spawn(move || serve(&limits));
+    match serve.map(std::thread::JoinHandle::join) {
+        Ok(Ok(code)) => code,
+        _ => std::process::ExitCode::from(4),
+    }
+}
+
+/// Stack of the thread that renders: room for jaq's recursion in debug builds too.
+const WORKER_STACK: usize = 64 * 1024 * 1024;
+
+fn serve(limits: &Limits) -> std::process::ExitCode {
+    set_limits(limits);
     let mut renderer = Renderer::with_max_program(limits.max_program);
     renderer.observe(report_field);
     let mut stdin = std::io::stdin().lock();
@@ -36,7 +55,7 @@ pub fn worker_main(limits: &str) -> std::process::ExitCode {
                 let rendered = renderer.render_object(&req.template, &ctx, &req.path);
                 cpu_timer(0);
                 match rendered {
-                    Ok(value) => check_output(value, &limits, &req.path),
+                    Ok(value) => check_output(value, limits, &req.path),
                     Err(e) => Answer::Error {
                         field: e.field,
                         message: e.message,
