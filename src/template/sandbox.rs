@@ -317,6 +317,12 @@ impl Sandbox {
         let limits = serde_json::to_string(&self.limits).expect("limits serialize");
         let mut child = tokio::process::Command::new(&self.exe)
             .env(WORKER_ENV, limits)
+            // RLIMIT_AS only caps what is mapped after it is set. By default mimalloc
+            // reserves a 1 GiB arena at start (a worker began at VmSize 1,076,592 kB, so
+            // allocations inside the reservation were never counted), and glibc gives the
+            // render thread an arena of 64 MiB; without both a worker starts near 120 MB.
+            .env("MIMALLOC_ARENA_RESERVE", "0")
+            .env("MALLOC_ARENA_MAX", "1")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null())

@@ -32,7 +32,7 @@ pub fn worker_main(limits: &str) -> std::process::ExitCode {
 }
 
 /// Stack of the thread that renders: room for jaq's recursion in debug builds too.
-const WORKER_STACK: usize = 64 * 1024 * 1024;
+const WORKER_STACK: usize = 16 * 1024 * 1024;
 
 fn serve(limits: &Limits) -> std::process::ExitCode {
     set_limits(limits);
