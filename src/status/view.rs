@@ -5,158 +5,17 @@
 //! `api.max_runs` runs and `api.max_view_bytes` bytes of run state (oldest forgotten
 //! first), and `api.max_logs` log lines per run.
 //! A run's first terminal status is final; later status changes on the topic (a race
-//! between two writers) do not change what the view reports.
+//! between two writers) do not change what the view reports, unless they come from a
+//! dispatch of another record (a DLQ replay: the updates' `source` differs), which opens
+//! the run again.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Mutex;
 
-use serde::Serialize;
-use serde_json::Value;
+use crate::model::{RunStatus, RunUpdate};
 
-use crate::model::{LogLevel, RunStatus, RunUpdate, UpdateKind};
-
-/// One log line of a run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct LogLine {
-    pub at: String,
-    pub level: Option<LogLevel>,
-    pub message: String,
-}
-
-/// What is known about one run.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RunState {
-    pub id: String,
-    pub status: RunStatus,
-    pub status_label: Option<String>,
-    pub link: Vec<String>,
-    pub summary: Option<String>,
-    pub external_run_id: Option<String>,
-    pub response: Option<Value>,
-    pub backend: Option<String>,
-    /// The run's action identifier (from v2 updates).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub action: Option<String>,
-    pub logs: Vec<LogLine>,
-    /// Log lines dropped beyond `max_logs` (the oldest are kept).
-    pub logs_dropped: u64,
-    pub created_at: String,
-    pub updated_at: String,
-    pub ended_at: Option<String>,
-    /// `seq` of the last update folded in.
-    #[serde(skip)]
-    pub last_seq: u64,
-    /// Where the run's trigger was read (API writes carry it on too).
-    #[serde(skip)]
-    pub source: Option<crate::model::SourceRef>,
-    /// Bytes of the log lines kept, and of the response as JSON (for the byte bound).
-    #[serde(skip)]
-    log_bytes: usize,
-    #[serde(skip)]
-    response_bytes: usize,
-}
-
-impl RunState {
-    fn new(u: &RunUpdate) -> Self {
-        RunState {
-            id: u.run_id.clone(),
-            status: RunStatus::InProgress,
-            status_label: None,
-            link: Vec::new(),
-            summary: None,
-            external_run_id: None,
-            response: None,
-            backend: None,
-            action: None,
-            logs: Vec::new(),
-            logs_dropped: 0,
-            created_at: u.at.clone(),
-            updated_at: u.at.clone(),
-            ended_at: None,
-            last_seq: 0,
-            source: None,
-            log_bytes: 0,
-            response_bytes: 0,
-        }
-    }
-
-    /// About how many bytes this state holds.
-    fn weight(&self) -> usize {
-        let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
-        256 + self.id.len()
-            + opt(&self.status_label)
-            + opt(&self.summary)
-            + opt(&self.external_run_id)
-            + self.link.iter().map(|l| l.len() + 24).sum::<usize>()
-            + self.log_bytes
-            + self.response_bytes
-    }
-
-    pub fn is_terminal(&self) -> bool {
-        self.status.is_terminal()
-    }
-
-    fn apply(&mut self, u: &RunUpdate, max_logs: usize) {
-        self.updated_at.clone_from(&u.at);
-        self.last_seq = self.last_seq.max(u.seq);
-        if self.action.is_none() {
-            self.action.clone_from(&u.action);
-        }
-        if self.backend.is_none() {
-            self.backend.clone_from(&u.backend);
-        }
-        if self.source.is_none() {
-            self.source.clone_from(&u.source);
-        }
-        match u.kind {
-            UpdateKind::Status => {
-                // Once finished, a run's status, label, links and summary are final.
-                if self.is_terminal() {
-                    return;
-                }
-                if let Some(s) = u.status {
-                    self.status = s;
-                    if s.is_terminal() {
-                        self.ended_at = Some(u.at.clone());
-                    }
-                }
-                if u.status_label.is_some() {
-                    self.status_label.clone_from(&u.status_label);
-                }
-                if let Some(link) = &u.link {
-                    self.link.clone_from(link); // replaced, not appended (Port)
-                }
-                if u.summary.is_some() {
-                    self.summary.clone_from(&u.summary);
-                }
-                if u.external_run_id.is_some() {
-                    self.external_run_id.clone_from(&u.external_run_id);
-                }
-            }
-            UpdateKind::Log => {
-                if self.logs.len() < max_logs {
-                    self.log_bytes += 64 + u.message.as_ref().map_or(0, String::len);
-                    self.logs.push(LogLine {
-                        at: u.at.clone(),
-                        level: u.level,
-                        message: u.message.clone().unwrap_or_default(),
-                    });
-                } else {
-                    self.logs_dropped += 1;
-                }
-            }
-            UpdateKind::Response => {
-                self.response.clone_from(&u.response);
-                self.response_bytes = u
-                    .response
-                    .as_ref()
-                    .map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len()));
-            }
-        }
-    }
-}
+pub use crate::status::listing::{Filter, Listing, RunSummary};
+pub use crate::status::run::{LogLine, RunState, Step, MAX_STEPS};
 
 #[derive(Default)]
 struct Inner {
@@ -173,7 +32,13 @@ pub struct RunView {
     max_runs: usize,
     max_logs: usize,
     max_bytes: usize,
+    /// The id of every run that changed, for live readers (the board's event stream).
+    /// Bounded: a reader that falls behind is told it lagged and reads the list again.
+    changes: tokio::sync::broadcast::Sender<std::sync::Arc<str>>,
 }
+
+/// Changed run ids a live reader may fall behind by before it is told to re-read.
+const CHANGES_CAPACITY: usize = 16_384;
 
 impl RunView {
     pub fn new(max_runs: usize, max_logs: usize) -> Self {
@@ -187,7 +52,61 @@ impl RunView {
             max_runs: max_runs.max(1),
             max_logs,
             max_bytes,
+            changes: tokio::sync::broadcast::channel(CHANGES_CAPACITY).0,
         }
+    }
+
+    /// Ids of runs as they change, from now on.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<std::sync::Arc<str>> {
+        self.changes.subscribe()
+    }
+
+    /// Summaries of `ids` that the view still holds.
+    pub fn summaries<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<RunSummary> {
+        let inner = self.lock();
+        ids.into_iter()
+            .filter_map(|id| inner.runs.get(id).map(RunState::summary))
+            .collect()
+    }
+
+    /// The newest `limit` runs matching `filter` (newest first by `createdAt`), with
+    /// counts over every match.
+    pub fn list(&self, filter: &Filter, limit: usize) -> Listing {
+        let inner = self.lock();
+        let mut listing = Listing {
+            runs: Vec::new(),
+            counts: [
+                RunStatus::InProgress,
+                RunStatus::Success,
+                RunStatus::Failure,
+            ]
+            .into_iter()
+            .map(|s| (s.as_str(), 0))
+            .collect(),
+            matched: 0,
+            total: inner.runs.len(),
+        };
+        let mut picked: Vec<&RunState> = Vec::new();
+        for id in inner.order.iter().rev() {
+            let Some(run) = inner.runs.get(id) else {
+                continue;
+            };
+            if !filter.matches(run) {
+                continue;
+            }
+            listing.matched += 1;
+            *listing.counts.entry(run.status.as_str()).or_default() += 1;
+            picked.push(run);
+        }
+        // Newest first by creation time (runs read from several partitions arrive
+        // interleaved); a stable sort keeps the reading order among equal times.
+        picked.sort_by(|a, b| b.created_at.cmp(&a.created_at));
+        listing.runs = picked
+            .into_iter()
+            .take(limit)
+            .map(RunState::summary)
+            .collect();
+        listing
     }
 
     /// About how many bytes the view holds.
@@ -239,6 +158,9 @@ impl RunView {
             let after = state.weight();
             inner.bytes = (inner.bytes + after).saturating_sub(before);
         }
+        if self.changes.receiver_count() > 0 {
+            let _ = self.changes.send(std::sync::Arc::from(u.run_id.as_str()));
+        }
         // Forget the oldest runs past either bound (never the one just updated).
         while inner.runs.len() > self.max_runs
             || (inner.bytes > self.max_bytes && inner.runs.len() > 1)
@@ -263,6 +185,7 @@ impl RunView {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::LogLevel;
 
     fn at(u: RunUpdate, seq: u64, t: &str) -> RunUpdate {
         RunUpdate {
@@ -326,6 +249,53 @@ mod tests {
         v.observe(&at(RunUpdate::log("t", LogLevel::Info, "x"), 1, "1"));
         assert!(v.get("r").is_none(), "oldest forgotten");
         assert!(v.get("t").is_some());
+    }
+
+    #[test]
+    fn a_replayed_dispatch_opens_a_finished_run_again_and_listings_filter() {
+        use crate::model::SourceRef;
+        let src = |offset| SourceRef {
+            topic: "triggers".into(),
+            partition: 0,
+            offset,
+        };
+        let v = RunView::new(10, 10);
+        let mut first = at(RunUpdate::status("r", RunStatus::Failure), 2, "1");
+        first.source = Some(src(7));
+        v.observe(&first);
+        // A duplicate of the first dispatch (same record) does not change it…
+        let mut dup = at(RunUpdate::status("r", RunStatus::Success), 3, "2");
+        dup.source = Some(src(7));
+        v.observe(&dup);
+        assert_eq!(v.get("r").unwrap().status, RunStatus::Failure);
+        // …a dispatch of the replayed record does.
+        let mut again = at(RunUpdate::status("r", RunStatus::InProgress), 4, "3");
+        again.source = Some(src(9));
+        v.observe(&again);
+        assert_eq!(v.get("r").unwrap().ended_at, None);
+        let mut done = at(RunUpdate::status("r", RunStatus::Success), 5, "4");
+        done.source = Some(src(9));
+        v.observe(&done);
+        let r = v.get("r").unwrap();
+        assert_eq!(r.status, RunStatus::Success);
+        assert!(r.timeline.iter().any(|s| s
+            .summary
+            .as_deref()
+            .is_some_and(|m| m.starts_with("dispatched again from triggers/0/9"))));
+        v.observe(&at(RunUpdate::status("s", RunStatus::InProgress), 1, "5"));
+        let mut f = Filter::default();
+        f.statuses.insert(RunStatus::Success);
+        let l = v.list(&f, 10);
+        assert_eq!((l.matched, l.total, l.runs.len()), (1, 2, 1));
+        assert_eq!(l.counts["SUCCESS"], 1);
+        assert_eq!(l.counts["IN_PROGRESS"], 0);
+        let all = v.list(&Filter::default(), 10);
+        assert_eq!(all.runs[0].id, "s", "newest first");
+        let f = Filter {
+            search: Some("S".into()),
+            ..Filter::default()
+        };
+        assert_eq!(v.list(&f, 10).matched, 1, "search ignores case");
     }
 
     #[test]
