@@ -14,7 +14,9 @@
 #
 # Environment: BENCH_BROKER_PORT (default 19094; its controller listens on the next
 # port) and BENCH_BROKER_DIR (default target/bench-broker), so that a test broker on
-# 19092 is left alone; BENCH_ORDER ("pipe switchyard", the default, or the reverse).
+# 19092 is left alone; BENCH_ORDER ("pipe switchyard", the default, or the reverse; "board
+# board-sse" measures switchyard with its run board on, without and with 50 event-stream
+# clients).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,9 +61,15 @@ for system in $ORDER; do
 done
 
 # Row fields: system events N secs s rate ev/s p50 X ms p99 Y ms max Z ms peak RSS M MB cpu C s/10k
-printf '%s\n%s\n' "${rows[pipe]}" "${rows[switchyard]}" | awk '
-  { rate[NR] = $6; p50[NR] = $9; p99[NR] = $12; cpu[NR] = $22 }
-  END {
-    printf "ratio switchyard / pipe limit (one warmed broker): throughput %.2f, p50 %+.1f ms, p99 %+.1f ms, cpu/10k %.2f\n",
-      rate[2] / rate[1], p50[2] - p50[1], p99[2] - p99[1], cpu[2] / cpu[1]
-  }'
+ratio() {
+  printf '%s\n%s\n' "${rows[$1]}" "${rows[$2]}" | awk -v a="$2" -v b="$1" '
+    { rate[NR] = $6; p50[NR] = $9; p99[NR] = $12; cpu[NR] = $22 }
+    END {
+      printf "ratio %s / %s (one warmed broker): throughput %.2f, p50 %+.1f ms, p99 %+.1f ms, cpu/10k %.2f\n",
+        a, b, rate[2] / rate[1], p50[2] - p50[1], p99[2] - p99[1], cpu[2] / cpu[1]
+    }'
+}
+if [[ -n "${rows[pipe]:-}" && -n "${rows[switchyard]:-}" ]]; then ratio pipe switchyard; fi
+# BENCH_ORDER="board board-sse": the run board with no clients, then with
+# --board-clients (default 50) event-stream clients.
+if [[ -n "${rows[board]:-}" && -n "${rows[board-sse]:-}" ]]; then ratio board board-sse; fi

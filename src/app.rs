@@ -221,7 +221,16 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
     let secrets_stop = CancellationToken::new();
     let _stop_secrets = secrets_stop.clone().drop_guard();
     crate::secrets::watch(store.clone(), Duration::from_secs(5), secrets_stop);
-    let view = (!tokens.is_empty() && out.is_some()).then(|| {
+    // The board answers without a token only on a loopback listener.
+    let loopback = listens_on_loopback(&cfg.http.listen).await;
+    let board_on = cfg.http.board && !cfg.http.listen.is_empty() && out.is_some();
+    let open_board = board_on && tokens.is_empty() && loopback;
+    if board_on && tokens.is_empty() && !loopback {
+        tracing::warn!(listen = %cfg.http.listen,
+            "the run board is off: http.listen is not a loopback address and no api.tokens are \
+             configured (set api.tokens to serve it)");
+    }
+    let view = ((!tokens.is_empty() || open_board) && out.is_some()).then(|| {
         Arc::new(crate::status::view::RunView::bounded(
             cfg.api.max_runs,
             cfg.api.max_logs,
@@ -239,10 +248,31 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
                 &cfg.api,
             ))
         });
+        let board = match (&api, board_on) {
+            (Some(api), true) => {
+                let index = Arc::new(crate::board::dlq::DlqIndex::default());
+                crate::board::dlq::follow(k, index.clone(), http_stop.clone())
+                    .await
+                    .context("starting the board's reader of the DLQ")?;
+                let board = Arc::new(crate::board::Board::new(
+                    api.clone(),
+                    index,
+                    crate::board::health::sample(http_stop.clone()),
+                    Arc::new(cfg.clone()),
+                    http_stop.clone(),
+                ));
+                Some(crate::api::server::Routes {
+                    timed: crate::board::routes(board.clone()),
+                    streaming: crate::board::stream_routes(board),
+                })
+            }
+            _ => None,
+        };
         crate::api::server::start(
             &cfg.http.listen,
             publisher.clone(),
             api,
+            board,
             cfg.api.request_timeout,
             http_stop.clone(),
         )
@@ -386,6 +416,17 @@ async fn run_once(cfg: Config, shutdown: CancellationToken) -> anyhow::Result<()
         .context("flushing the producer")?;
     tracing::info!("switchyard stopped");
     outcome
+}
+
+/// Whether every address `listen` names is a loopback address.
+async fn listens_on_loopback(listen: &str) -> bool {
+    match tokio::net::lookup_host(listen).await {
+        Ok(addrs) => {
+            let addrs: Vec<_> = addrs.collect();
+            !addrs.is_empty() && addrs.iter().all(|a| a.ip().is_loopback())
+        }
+        Err(_) => false,
+    }
 }
 
 /// Run the automations engine alone (`switchyard automations run`), with `/metrics` and

@@ -14,6 +14,7 @@ pub mod app;
 pub mod automations;
 pub mod backends;
 pub mod backoff;
+pub mod board;
 pub mod codec;
 pub mod config;
 pub mod dispatch;

@@ -34,7 +34,12 @@ enum Command {
     /// Consume trigger events and dispatch them until SIGTERM or Ctrl-C.
     Run,
     /// Show the whole flow with no setup: in-process Kafka, a sample receiver, four runs.
-    Demo,
+    Demo {
+        /// Keep running with the run board at http://127.0.0.1:8080/ (or another free
+        /// port), publishing a sample run every few seconds until Ctrl-C.
+        #[arg(long)]
+        board: bool,
+    },
     /// Check a configuration file and list every problem (exit 78 when invalid).
     Validate,
     /// Dead-letter queue tools.
@@ -194,14 +199,14 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(cli: Cli) -> ExitCode {
-    if let Command::Demo = cli.command {
+    if let Command::Demo { board } = cli.command {
         let cfg = Config::default();
         let mut log = cfg.log.clone();
         log.format = switchyard::config::LogFormat::Text;
         // The demo prints run updates itself; only errors go to the log.
         log.level = "error".into();
         switchyard::app::init_logging(&log);
-        return report(cli::demo::run(std::io::stdout().is_terminal()).await);
+        return report(cli::demo::run(std::io::stdout().is_terminal(), board).await);
     }
     match cli.command {
         Command::Bench(opts) => {
@@ -367,7 +372,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 },
             }
         }
-        Command::Demo
+        Command::Demo { .. }
         | Command::Port { .. }
         | Command::Receiver { .. }
         | Command::Bench(_)

@@ -285,16 +285,28 @@ async fn api_rejects_what_port_rejects() {
     );
 }
 
-/// Without tokens in the config, the API is disabled, not open: for a run that exists,
-/// GET and PATCH get the router's empty 404 with no token, a random token or the token
-/// an enabled API would take, and nothing is written to the status topic.
+/// Without tokens in the config the API takes no writes: PATCH gets the router's empty
+/// 404 with no token, a random token or the token an enabled API would take, and nothing
+/// is written to the status topic. On a loopback listener the run board's reads answer
+/// without a token (read-only); with `http.board = false` they are not routed either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn api_without_tokens_is_disabled() {
+async fn api_without_tokens_takes_no_writes() {
     let kafka = Kafka::start();
     let t = kafka.topics(1).await;
     let rx = Receiver::start().await;
     let d = Dispatcher::start(&kafka, &t, "");
-    // An async run: IN_PROGRESS, waiting for a report that an open API would take.
+    // A second dispatcher with the board off, on triggers of its own.
+    let spare = unique("spare");
+    kafka.create_topic(&spare, 1).await;
+    let closed = Dispatcher::start(
+        &kafka,
+        &t,
+        &format!(
+            "[http]\nboard = false\n[kafka]\ntriggers_topic = \"{spare}\"\ngroup_id = \"{}\"\n",
+            unique("g")
+        ),
+    );
+    // An async run, waiting for a report that an open API would take.
     let ev = webhook_event("r_closed", &rx.url("/deploy"), false);
     kafka.produce(&t.triggers, &[record(None, &ev)]).await;
     let mut log = StatusLog::new(&kafka, &t);
@@ -305,21 +317,40 @@ async fn api_without_tokens_is_disabled() {
     .await;
     log.settle(QUIET).await;
     let before = log.updates.len();
-    let api = Client::new(&d);
+    let (api, off) = (Client::new(&d), Client::new(&closed));
     let patch = json!({"status": "SUCCESS"}).to_string();
     let mut answers = Vec::new();
     for token in [None, Some("random-9d1c"), Some(TEST_TOKEN)] {
-        for (method, body) in [("GET", None), ("PATCH", Some(patch.clone()))] {
-            let (code, body) = api
-                .raw(method, "/v1/actions/runs/r_closed", body, token)
+        for client in [&api, &off] {
+            let (code, body) = client
+                .raw(
+                    "PATCH",
+                    "/v1/actions/runs/r_closed",
+                    Some(patch.clone()),
+                    token,
+                )
                 .await;
-            answers.push(format!("{method} with {token:?}: {code}"));
+            answers.push(format!("PATCH with {token:?}: {code}"));
             assert_eq!(
                 (code, body),
                 (404, Value::String(String::new())),
-                "{method} with token {token:?}"
+                "{token:?}"
             );
         }
+        let (code, body) = off
+            .raw("GET", "/v1/actions/runs/r_closed", None, token)
+            .await;
+        assert_eq!(
+            (code, body),
+            (404, Value::String(String::new())),
+            "{token:?}"
+        );
+        let (code, body) = api
+            .raw("GET", "/v1/actions/runs/r_closed", None, token)
+            .await;
+        answers.push(format!("GET with {token:?}: {code}"));
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(body["run"]["status"], "IN_PROGRESS");
     }
     log.settle(Duration::from_secs(1)).await;
     assert_eq!(log.updates.len(), before, "{:#?}", &log.updates[before..]);
@@ -327,8 +358,9 @@ async fn api_without_tokens_is_disabled() {
         log.terminal("r_closed").is_empty(),
         "the PATCH was not applied"
     );
-    assert!(d.logs().contains("status API disabled"));
-    println!("disabled API: {answers:?}; status topic unchanged ({before} updates)");
+    assert!(d.logs().contains("status API writes disabled"));
+    assert!(closed.logs().contains("status API disabled"));
+    println!("no tokens: {answers:?}; status topic unchanged ({before} updates)");
 }
 
 /// Tokens carry scopes: a read-only token reads a run but cannot report on it (403), a

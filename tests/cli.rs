@@ -347,3 +347,93 @@ fn port_mode_commands_name_the_read_only_cluster() {
     assert!(!out.status.success());
     assert!(err.contains("read-only to switchyard"), "{err}");
 }
+
+/// `switchyard demo --board`: the four samples, then the board's URL; the board lists
+/// the samples, a new sample run is published every few seconds, and Ctrl-C ends it.
+#[test]
+fn demo_board_keeps_publishing_until_ctrl_c() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = cmd()
+        .args(["demo", "--board"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let mut wait_for = |what: &str, within: Duration| -> String {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    seen.push(line.clone());
+                    if line.contains(what) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no {what:?} within {within:?}; output:\n{}",
+                    seen.join("\n")
+                ),
+            }
+        }
+    };
+    let line = wait_for("the run board: http://", Duration::from_secs(90));
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    wait_for("published  r_demo_0001", Duration::from_secs(15));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (page, runs) = rt.block_on(async {
+        let page = reqwest::get(format!("{url}/")).await.unwrap();
+        assert_eq!(page.status(), 200);
+        let page = page.text().await.unwrap();
+        let runs: serde_json::Value = reqwest::get(format!("{url}/v1/runs"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (page, runs)
+    });
+    assert!(page.contains("/board/app.js"), "{page}");
+    let ids: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    for want in ["r_demo_sync_ok", "r_demo_fails", "r_demo_async"] {
+        assert!(ids.contains(&want), "{want} not on the board: {ids:?}");
+    }
+    // SAFETY: signalling our own child process.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    wait_for("stopping the demo", Duration::from_secs(15));
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the demo did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    println!("demo --board: {url}, runs listed {ids:?}");
+}

@@ -12,7 +12,9 @@
 //! `terminationStatus` is accepted once; an unknown run is 404; bodies over 1 MiB are
 //! 413; a malformed body is 400 naming the field. Every request needs
 //! `Authorization: Bearer <token>` with a configured token (401 otherwise) that has the
-//! scope: `read` for `GET`, `write` for the rest (403 otherwise). A run takes at most
+//! scope: `read` for `GET`, `write` for the rest (403 otherwise). With no token
+//! configured, on a loopback listener only, `GET` answers without one (the run board's
+//! read-only mode) and the writes are not routed (404). A run takes at most
 //! `api.max_log_appends` log lines (429 past it).
 
 pub mod server;
@@ -82,17 +84,27 @@ impl Api {
 }
 
 /// The API's routes (merged into the HTTP listener's router).
+///
+/// Without tokens (a loopback listener's open, read-only board) only `GET` is routed:
+/// the writes answer the router's 404.
 pub fn routes(api: Arc<Api>) -> Router {
-    Router::new()
-        .route("/v1/actions/runs/{id}", get(get_run).patch(patch_run))
-        .route("/v1/actions/runs/{id}/logs", post(post_log))
-        .route("/v1/actions/runs/{id}/response", patch(patch_response))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(api)
+    let r = if api.tokens.is_empty() {
+        // Other methods on the path answer as if it were not routed at all.
+        Router::new().route(
+            "/v1/actions/runs/{id}",
+            get(get_run).fallback(|| async { StatusCode::NOT_FOUND }),
+        )
+    } else {
+        Router::new()
+            .route("/v1/actions/runs/{id}", get(get_run).patch(patch_run))
+            .route("/v1/actions/runs/{id}/logs", post(post_log))
+            .route("/v1/actions/runs/{id}/response", patch(patch_response))
+    };
+    r.layer(DefaultBodyLimit::max(MAX_BODY)).with_state(api)
 }
 
 /// An API error: status and a message, as `{"ok": false, "error", "message"}`.
-struct Failure(StatusCode, &'static str, String);
+pub(crate) struct Failure(pub StatusCode, pub &'static str, pub String);
 
 impl IntoResponse for Failure {
     fn into_response(self) -> Response {
@@ -103,13 +115,25 @@ impl IntoResponse for Failure {
 
 /// What a request needs from its token.
 #[derive(Clone, Copy)]
-enum Need {
+pub(crate) enum Need {
     Read,
     Write,
 }
 
-fn authorize(api: &Api, headers: &HeaderMap, need: Need) -> Result<(), Failure> {
+pub(crate) fn authorize(api: &Api, headers: &HeaderMap, need: Need) -> Result<(), Failure> {
     use subtle::ConstantTimeEq as _;
+    // No tokens: the API exists only on a loopback listener, for reading (its write
+    // routes are not routed; see `routes`).
+    if api.tokens.is_empty() {
+        return match need {
+            Need::Read => Ok(()),
+            Need::Write => Err(Failure(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no api.tokens are configured: writes are disabled".into(),
+            )),
+        };
+    }
     let given = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -152,7 +176,7 @@ fn authorize(api: &Api, headers: &HeaderMap, need: Need) -> Result<(), Failure> 
 }
 
 /// Parse a JSON body; the error names the field (`link: invalid type …`).
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
+pub(crate) fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Failure> {
     let mut de = serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -1,5 +1,5 @@
 //! The HTTP listener: Prometheus `/metrics`, liveness `/healthz`, readiness `/readyz`,
-//! and the status API ([`crate::api`]) when tokens are configured.
+//! the status API ([`crate::api`]) and the run board ([`crate::board`]).
 //!
 //! `/readyz` answers 200 once the consumer has joined its group and the producer can
 //! reach a broker (a metadata request, bounded to 2 s, made at most every 5 s however
@@ -28,6 +28,13 @@ struct Shared {
     last_check: tokio::sync::Mutex<Option<(std::time::Instant, StatusCode, String)>>,
 }
 
+/// More routes for the listener (the run board's): `timed` ones answer within
+/// `api.request_timeout`; `streaming` ones (event streams) are long-lived.
+pub struct Routes {
+    pub timed: Router,
+    pub streaming: Router,
+}
+
 /// How long a `/readyz` broker check is reused.
 const READY_TTL: Duration = Duration::from_secs(5);
 
@@ -36,6 +43,7 @@ pub async fn start(
     listen: &str,
     publisher: Arc<Publisher>,
     api: Option<Arc<crate::api::Api>>,
+    board: Option<Routes>,
     request_timeout: Duration,
     stop: CancellationToken,
 ) -> anyhow::Result<SocketAddr> {
@@ -51,12 +59,20 @@ pub async fn start(
             publisher,
             last_check: tokio::sync::Mutex::new(None),
         }));
-    let with_api = api.is_some();
+    let with_api = api.as_ref().map(|a| a.tokens.is_empty());
     if let Some(api) = api {
         app = app.merge(crate::api::routes(api));
     }
-    // Every request, body included, within `api.request_timeout` (long-lived streams,
-    // when there are any, are routed outside this layer).
+    let (board_routes, streams) = match board {
+        Some(r) => (Some(r.timed), Some(r.streaming)),
+        None => (None, None),
+    };
+    let with_board = board_routes.is_some();
+    if let Some(r) = board_routes {
+        app = app.merge(r);
+    }
+    // Every request, body included, within `api.request_timeout` (the board's event
+    // stream is routed outside this layer).
     let app = app.layer(axum::middleware::from_fn(
         move |req: axum::extract::Request, next: axum::middleware::Next| async move {
             match tokio::time::timeout(request_timeout, next.run(req)).await {
@@ -71,6 +87,10 @@ pub async fn start(
             }
         },
     ));
+    let app = match streams {
+        Some(s) => app.merge(s),
+        None => app,
+    };
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
@@ -79,10 +99,16 @@ pub async fn start(
             tracing::error!(error = %e, "http listener failed");
         }
     });
-    let what = if with_api {
-        "/metrics, /healthz, /readyz, status API /v1/actions/runs"
-    } else {
-        "/metrics, /healthz, /readyz; status API disabled (no api.tokens)"
+    let what = match (with_api, with_board) {
+        (Some(false), true) => {
+            "/metrics, /healthz, /readyz, status API /v1/actions/runs, run board /"
+        }
+        (Some(false), false) => "/metrics, /healthz, /readyz, status API /v1/actions/runs",
+        (Some(true), true) => {
+            "/metrics, /healthz, /readyz, run board / (read-only, no token: no api.tokens \
+             on a loopback listener); status API writes disabled (no api.tokens)"
+        }
+        _ => "/metrics, /healthz, /readyz; status API disabled (no api.tokens)",
     };
     tracing::info!("http listening on {addr} ({what})");
     Ok(addr)

@@ -4,6 +4,9 @@
 //! the dispatcher; publishes four sample triggers (a synchronized success, a failing
 //! webhook, an async run and a malformed event); prints every run update and DLQ record
 //! as it arrives; exits once each sample has reached its expected state.
+//!
+//! With `--board` it then keeps going: it prints the run board's URL and publishes a
+//! sample run every few seconds until Ctrl-C, so the board has something to show.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -25,8 +28,11 @@ use switchyard::model::{RunUpdate, UpdateKind};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
+/// How often `--board` publishes another sample run.
+const BOARD_EVERY: Duration = Duration::from_secs(3);
+
 /// Run the demo; returns an error when a sample did not reach its expected state.
-pub async fn run(color: bool) -> anyhow::Result<()> {
+pub async fn run(color: bool, board: bool) -> anyhow::Result<()> {
     let started = Instant::now();
     let cluster = MockCluster::new(1).context("starting the mock cluster")?;
     let mut cfg = Config::default();
@@ -34,7 +40,15 @@ pub async fn run(color: bool) -> anyhow::Result<()> {
     cfg.kafka.group_id = "switchyard-demo".into();
     cfg.kafka.create_topics = false;
     cfg.log.format = LogFormat::Text;
-    cfg.http.listen = "127.0.0.1:0".into();
+    cfg.http.listen = if board {
+        // The board's usual address when it is free, else any free loopback port.
+        let l = std::net::TcpListener::bind("127.0.0.1:8080")
+            .or_else(|_| std::net::TcpListener::bind("127.0.0.1:0"))
+            .context("finding a loopback port for the board")?;
+        l.local_addr()?.to_string()
+    } else {
+        "127.0.0.1:0".into()
+    };
     // Quick retries, so the failing sample shows them within the demo's few seconds.
     cfg.backends.webhook.retry.max_attempts = 3;
     cfg.backends.webhook.retry.initial_backoff = std::time::Duration::from_millis(200);
@@ -74,17 +88,75 @@ pub async fn run(color: bool) -> anyhow::Result<()> {
     println!();
 
     let result = follow(&watcher, color).await;
+    if result.is_ok() {
+        println!(
+            "\nall four samples reached their expected state in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let result = match result {
+        Ok(()) if board => keep_publishing(&cfg, receiver, &watcher, color).await,
+        other => other,
+    };
     shutdown.cancel();
     dispatcher.await??;
-    match result {
-        Ok(()) => {
-            println!(
-                "\nall four samples reached their expected state in {:.1} s",
-                started.elapsed().as_secs_f64()
-            );
-            Ok(())
+    result
+}
+
+/// `--board`: print the board's URL, then publish a sample run every [`BOARD_EVERY`] and
+/// print its updates, until Ctrl-C.
+async fn keep_publishing(
+    cfg: &Config,
+    receiver: SocketAddr,
+    watcher: &StreamConsumer,
+    color: bool,
+) -> anyhow::Result<()> {
+    println!(
+        "\nthe run board: http://{}/  (open, read-only: no api.tokens on a loopback listener)",
+        cfg.http.listen
+    );
+    println!(
+        "publishing a sample run every {} s; Ctrl-C stops\n",
+        BOARD_EVERY.as_secs()
+    );
+    let mut tick = tokio::time::interval(BOARD_EVERY);
+    tick.tick().await;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut n = 0u64;
+    loop {
+        tokio::select! {
+            _ = &mut ctrl_c => {
+                println!("\nstopping the demo ({n} more sample runs published)");
+                return Ok(());
+            }
+            _ = tick.tick() => {
+                n += 1;
+                // Mostly successes, a failure every fourth run, an async run every fifth.
+                let (path, sync) = match n {
+                    n if n % 5 == 0 => ("/async", false),
+                    n if n % 4 == 0 => ("/fail", true),
+                    _ => ("/deploy", true),
+                };
+                let (_, event) = &samples(receiver)[0];
+                let mut v: Value = serde_json::from_str(event)?;
+                let run = format!("r_demo_{n:04}");
+                v["run"]["id"] = json!(run);
+                v["action"]["invocationMethod"]["url"] = json!(format!("http://{receiver}{path}"));
+                v["action"]["invocationMethod"]["synchronized"] = json!(sync);
+                v["action"]["identifier"] = json!(["deploy_service", "rotate_secret", "create_service"][n as usize % 3]);
+                crate::cli::trigger::publish(cfg, v.to_string().as_bytes(), false)
+                    .await
+                    .with_context(|| format!("publishing {run}"))?;
+                println!("published  {run} ({path})");
+            }
+            m = watcher.recv() => {
+                let m = m?;
+                if let Ok(u) = serde_json::from_slice::<RunUpdate>(m.payload().unwrap_or_default()) {
+                    println!("{}", switchyard::status::display::line(&u, color));
+                }
+            }
         }
-        Err(e) => Err(e),
     }
 }
 

@@ -107,19 +107,23 @@ impl ApiConfig {
     }
 }
 
-/// The HTTP listener (metrics and health; the status API later).
+/// The HTTP listener: metrics, health, the status API and the run board.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default)]
 pub struct HttpConfig {
     /// Address to listen on, `host:port`; empty disables the listener. In a container,
     /// use `0.0.0.0:8080`.
     pub listen: String,
+    /// Serve the live run board at `/` (with `api.tokens`; without any, only on a loopback
+    /// listener, read-only). It reads the whole status topic into the run view.
+    pub board: bool,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
+            board: true,
         }
     }
 }

@@ -353,6 +353,11 @@ impl Metrics {
         String::from_utf8(out).expect("the text format is UTF-8")
     }
 
+    /// Every series now, as Prometheus gathers them (the board's health strip reads these).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// Forget a partition's series when it is revoked, so stale values do not linger.
     pub fn forget_partition(&self, topic: &str, partition: i32) {
         let p = partition.to_string();

@@ -95,8 +95,17 @@ pub(super) async fn measure(
     let dir = std::env::temp_dir().join(unique("dir"));
     std::fs::create_dir_all(&dir)?;
     let url = format!("http://{}/hook", sink.addr);
+    // The board systems listen on a free loopback port (an open, read-only board).
+    let board_addr = match system {
+        "board" | "board-sse" => Some(
+            std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .to_string(),
+        ),
+        _ => None,
+    };
     let mut child = match system {
-        "switchyard" => {
+        "switchyard" | "board" | "board-sse" => {
             let cfg = format!(
                 r#"
 [kafka]
@@ -113,7 +122,7 @@ concurrency = {c}
 [backends.webhook.destinations]
 allow = ["127.0.0.1"]
 [http]
-listen = ""
+listen = "{listen}"
 [log]
 format = "text"
 level = "warn,librdkafka=error"
@@ -121,7 +130,8 @@ level = "warn,librdkafka=error"
                 t = run.triggers,
                 s = run.status,
                 c = opts.concurrency,
-                fw = opts.fetch_wait_ms
+                fw = opts.fetch_wait_ms,
+                listen = board_addr.as_deref().unwrap_or("")
             );
             let path = dir.join("switchyard.toml");
             std::fs::write(&path, cfg)?;
@@ -140,9 +150,20 @@ level = "warn,librdkafka=error"
                 .args(["--fetch-wait-ms", &opts.fetch_wait_ms.to_string()]),
             &dir,
         )?,
-        other => bail!("unknown system {other:?} (switchyard, pipe)"),
+        other => bail!("unknown system {other:?} (pipe, switchyard, board, board-sse)"),
     };
     let pid = child.id();
+    let clients = match (&board_addr, system) {
+        (Some(addr), "board-sse") => {
+            Some(super::board::Clients::connect(addr, opts.board_clients).await?)
+        }
+        (Some(addr), _) => {
+            super::board::Clients::connect(addr, 0).await?;
+            None
+        }
+        _ => None,
+    };
+    let rss_at_start = super::board::rss_now_kb(pid);
     let reader = status_reader(brokers, &run.status, opts.partitions)?;
     let hook = url.clone();
     let body = move |n: usize| {
@@ -280,6 +301,10 @@ level = "warn,librdkafka=error"
     }
     let sent_at = produce.await??;
     peak_rss = peak_rss.max(rss_kb(pid));
+    if board_addr.is_some() {
+        let received = clients.map(|c| c.stop());
+        super::board::report(system, rss_at_start, peak_rss, received);
+    }
     let cpu = cpu_seconds(pid) - cpu_before;
     let _ = Command::new("kill")
         .args(["-TERM", &pid.to_string()])

@@ -21,6 +21,7 @@ use anyhow::Context as _;
 use rdkafka::mocking::MockCluster;
 
 mod automations;
+mod board;
 mod measure;
 mod pipe;
 mod templates;
@@ -57,9 +58,14 @@ pub struct Options {
     /// Length of a latency-mode run.
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Systems to measure, in order: switchyard, pipe (comma-separated).
+    /// Systems to measure, in order (comma-separated): pipe, switchyard, board
+    /// (switchyard with its run board on, no clients) and board-sse (the same with
+    /// --board-clients Server-Sent Events clients reading it throughout).
     #[arg(long, default_value = "pipe,switchyard", value_delimiter = ',')]
     pub systems: Vec<String>,
+    /// Event-stream clients of the board-sse system.
+    #[arg(long, default_value_t = 50)]
+    pub board_clients: usize,
     /// Give up on a system after this long.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
