@@ -363,6 +363,34 @@ async fn api_without_tokens_takes_no_writes() {
     println!("no tokens: {answers:?}; status topic unchanged ({before} updates)");
 }
 
+/// Without tokens on a listener that is not loopback the board is off: neither the
+/// page nor its reads answer, and the log says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_tokens_on_a_public_listener_turns_the_board_off() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let d = Dispatcher::start(&kafka, &t, "[http]\nlisten = \"0.0.0.0:0\"\n");
+    // Reached over loopback all the same: the listener is bound to every address.
+    let base = d.http_base().replace("0.0.0.0", "127.0.0.1");
+    let api = Client {
+        base,
+        http: reqwest::Client::new(),
+    };
+    for path in [
+        "/",
+        "/v1/runs",
+        "/v1/events",
+        "/v1/dlq",
+        "/v1/actions/runs/r_x",
+    ] {
+        let (code, _) = api.raw("GET", path, None, None).await;
+        assert_eq!(code, 404, "GET {path}");
+    }
+    let (code, _) = api.raw("GET", "/healthz", None, None).await;
+    assert_eq!(code, 200, "the listener itself serves");
+    assert!(d.logs().contains("the run board is off"), "{}", d.logs());
+}
+
 /// Tokens carry scopes: a read-only token reads a run but cannot report on it (403), a
 /// token with no `scopes` keeps both, and a run takes a bounded number of log lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -423,14 +423,12 @@ async fn the_dlq_replay_button_puts_the_record_back_and_the_run_succeeds() {
         .toml();
     let d = Dispatcher::start_with_config(&toml, &[("BOARD_READ_TOKEN", READ_TOKEN)]);
     let base = d.http_base();
+    // The event carries a configured secret's value (a user pasted it into an input):
+    // the board must not show it.
+    let mut event = webhook_event("r_dead", &rx.url("/deploy"), true);
+    event["inputs"]["note"] = json!(format!("pasted {TEST_TOKEN} by mistake"));
     kafka
-        .produce(
-            &t.triggers,
-            &[record(
-                Some("k"),
-                &webhook_event("r_dead", &rx.url("/deploy"), true),
-            )],
-        )
+        .produce(&t.triggers, &[record(Some("k"), &event)])
         .await;
     read_dlq(&kafka, &t, 1, WAIT).await;
     let (code, body) = http(
@@ -456,6 +454,12 @@ async fn the_dlq_replay_button_puts_the_record_back_and_the_run_succeeds() {
     // The event is there, with the secret its template would have read left out.
     let event = b.texts("#letters pre.event").await;
     assert!(event[0].contains("\"r_dead\""), "{event:?}");
+    assert!(event[0].contains("pasted *** by mistake"), "{event:?}");
+    let page = b.eval("document.documentElement.outerHTML").await;
+    assert!(
+        !page.as_str().unwrap().contains(TEST_TOKEN),
+        "a secret reached the page"
+    );
     rx.set_default_status(200);
     b.run(json!({"op": "click", "sel": "#replay-preview"}))
         .await;

@@ -296,6 +296,18 @@ mod tests {
             ..Filter::default()
         };
         assert_eq!(v.list(&f, 10).matched, 1, "search ignores case");
+        // Time bounds are on createdAt: r was created at :01, s at :05.
+        let f = Filter {
+            since: Some("2026-11-28T10:00:03.000Z".into()),
+            ..Filter::default()
+        };
+        assert_eq!(v.list(&f, 10).runs[0].id, "s");
+        let f = Filter {
+            until: Some("2026-11-28T10:00:03.000Z".into()),
+            ..Filter::default()
+        };
+        let only_r = v.list(&f, 10);
+        assert_eq!((only_r.matched, only_r.runs[0].id.as_str()), (1, "r"));
     }
 
     #[test]
