@@ -322,6 +322,7 @@ function applyChanges(changed, live = true) {
     if (live && arrivedDuringReload)
         arrivedDuringReload.push(changed);
     const fresh = [];
+    const gone = new Set();
     for (const r of changed) {
         note(r);
         const held = byId.get(r.id);
@@ -330,7 +331,6 @@ function applyChanges(changed, live = true) {
             continue; // already folded (a change re-applied after a listing)
         }
         if (held) {
-            const i = runs.indexOf(held);
             if (matches(held)) {
                 bump(held.status, -1);
                 matched--;
@@ -338,11 +338,13 @@ function applyChanges(changed, live = true) {
             if (fits) {
                 bump(r.status, 1);
                 matched++;
-                runs[i] = r;
-                byId.set(r.id, r);
+                // In place: the list holds this very object.
+                for (const k of Object.keys(held))
+                    delete held[k];
+                Object.assign(held, r);
             }
             else {
-                runs.splice(i, 1);
+                gone.add(r.id);
                 byId.delete(r.id);
             }
         }
@@ -353,13 +355,15 @@ function applyChanges(changed, live = true) {
             byId.set(r.id, r);
         }
     }
+    if (gone.size)
+        runs = runs.filter((r) => !gone.has(r.id));
     if (fresh.length) {
         fresh.sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
         runs = fresh.concat(runs);
         while (runs.length > maxList) {
-            const gone = runs.pop();
-            if (gone)
-                byId.delete(gone.id);
+            const old = runs.pop();
+            if (old)
+                byId.delete(old.id);
         }
     }
     if (onRunsChanged)

@@ -436,6 +436,7 @@ function bump(status: Status, by: number): void {
 function applyChanges(changed: Summary[], live = true): void {
   if (live && arrivedDuringReload) arrivedDuringReload.push(changed);
   const fresh: Summary[] = [];
+  const gone = new Set<string>();
   for (const r of changed) {
     note(r);
     const held = byId.get(r.id);
@@ -444,7 +445,6 @@ function applyChanges(changed: Summary[], live = true): void {
       continue; // already folded (a change re-applied after a listing)
     }
     if (held) {
-      const i = runs.indexOf(held);
       if (matches(held)) {
         bump(held.status, -1);
         matched--;
@@ -452,10 +452,11 @@ function applyChanges(changed: Summary[], live = true): void {
       if (fits) {
         bump(r.status, 1);
         matched++;
-        runs[i] = r;
-        byId.set(r.id, r);
+        // In place: the list holds this very object.
+        for (const k of Object.keys(held) as (keyof Summary)[]) delete held[k];
+        Object.assign(held, r);
       } else {
-        runs.splice(i, 1);
+        gone.add(r.id);
         byId.delete(r.id);
       }
     } else if (fits) {
@@ -465,12 +466,13 @@ function applyChanges(changed: Summary[], live = true): void {
       byId.set(r.id, r);
     }
   }
+  if (gone.size) runs = runs.filter((r) => !gone.has(r.id));
   if (fresh.length) {
     fresh.sort((a, b) => (a.createdAt < b.createdAt ? 1 : -1));
     runs = fresh.concat(runs);
     while (runs.length > maxList) {
-      const gone = runs.pop();
-      if (gone) byId.delete(gone.id);
+      const old = runs.pop();
+      if (old) byId.delete(old.id);
     }
   }
   if (onRunsChanged) onRunsChanged(changed);

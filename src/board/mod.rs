@@ -48,8 +48,8 @@ use crate::status::view::Filter;
 pub const BATCH: Duration = Duration::from_millis(100);
 /// Most runs one listing returns (the page holds this many).
 pub const MAX_LIST: usize = 10_000;
-/// Changed runs one `runs` event carries at most; past it the reader gets a `reset`.
-pub(crate) const MAX_BATCH_RUNS: usize = 2_000;
+/// Changed runs one `runs` event carries at most (a fuller batch is sent early).
+pub(crate) const MAX_BATCH_RUNS: usize = 5_000;
 
 pub struct Board {
     pub api: Arc<Api>,
@@ -62,6 +62,8 @@ pub struct Board {
     pub stop: CancellationToken,
     /// One replay at a time.
     replaying: tokio::sync::Mutex<()>,
+    /// The event streams' hub: each event encoded once for every stream.
+    events: tokio::sync::broadcast::Sender<Bytes>,
 }
 
 impl Board {
@@ -72,8 +74,10 @@ impl Board {
         config: Arc<Config>,
         stop: CancellationToken,
     ) -> Self {
+        let events = stream::hub(api.view.clone(), health.clone(), stop.clone());
         Board {
             open: api.tokens.is_empty(),
+            events,
             api,
             dlq,
             health,
