@@ -254,19 +254,11 @@ function handle(event, data) {
 }
 // ---- the runs held -------------------------------------------------------------------
 function query() {
+    // The filter's fields are the query's parameters.
     const p = new URLSearchParams();
-    if (filter.status)
-        p.set("status", filter.status);
-    if (filter.action)
-        p.set("action", filter.action);
-    if (filter.backend)
-        p.set("backend", filter.backend);
-    if (filter.since)
-        p.set("since", filter.since);
-    if (filter.until)
-        p.set("until", filter.until);
-    if (filter.q)
-        p.set("q", filter.q);
+    for (const [k, v] of Object.entries(filter))
+        if (v)
+            p.set(k, v);
     p.set("limit", String(maxList));
     return p.toString();
 }

@@ -9,7 +9,6 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rdkafka::message::{Headers, Message};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
@@ -145,11 +144,7 @@ impl DlqIndex {
         let mut records = Vec::new();
         for l in inner.letters.iter().rev() {
             *classes.entry(l.class.clone()).or_default() += 1;
-            let picked = (s.run_ids.is_empty()
-                || l.run_id.as_ref().is_some_and(|r| s.run_ids.contains(r)))
-                && (s.classes.is_empty() || s.classes.contains(&l.class))
-                && s.since.as_ref().is_none_or(|t| l.failed_at >= *t)
-                && s.until.as_ref().is_none_or(|t| l.failed_at <= *t);
+            let picked = s.picks(l.run_id.as_deref(), Some(&l.class), &l.failed_at);
             if picked && records.len() < limit {
                 records.push(l.clone());
             }
@@ -178,21 +173,7 @@ pub async fn follow(
             };
             match msg {
                 Ok(Some(m)) => {
-                    let letter = DeadLetter {
-                        partition: m.partition(),
-                        offset: m.offset(),
-                        key: None,
-                        payload: m.payload().map(<[u8]>::to_vec),
-                        headers: m
-                            .headers()
-                            .map(|hs| {
-                                hs.iter()
-                                    .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                                    .collect()
-                            })
-                            .unwrap_or_default(),
-                    };
-                    index.add(Letter::of(&letter));
+                    index.add(Letter::of(&DeadLetter::read(&m)));
                 }
                 Ok(None) => {}
                 Err(e) => {

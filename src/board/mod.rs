@@ -56,8 +56,6 @@ pub struct Board {
     pub dlq: Arc<dlq::DlqIndex>,
     pub health: watch::Receiver<health::Health>,
     pub config: Arc<Config>,
-    /// No tokens are configured (the listener is on loopback): reads need none.
-    pub open: bool,
     /// Ends the event streams at shutdown.
     pub stop: CancellationToken,
     /// One replay at a time.
@@ -76,7 +74,6 @@ impl Board {
     ) -> Self {
         let events = stream::hub(api.view.clone(), health.clone(), stop.clone());
         Board {
-            open: api.tokens.is_empty(),
             events,
             api,
             dlq,
@@ -85,6 +82,12 @@ impl Board {
             stop,
             replaying: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// No tokens are configured (so the listener is on loopback): reads need none, and
+    /// nothing is written.
+    pub fn open(&self) -> bool {
+        self.api.tokens.is_empty()
     }
 }
 
@@ -111,7 +114,7 @@ pub fn routes(board: Arc<Board>) -> Router {
         .route("/v1/runs", get(list_runs))
         .route("/v1/health", get(read_health))
         .route("/v1/dlq", get(list_dlq));
-    if !board.open {
+    if !board.open() {
         r = r.route("/v1/dlq/replay", post(replay));
     }
     r.with_state(board)
@@ -151,23 +154,21 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
+/// A read: a `read` token, or none when no tokens are configured ([`authorize`]).
 pub(crate) fn read(board: &Board, headers: &HeaderMap) -> Result<(), Failure> {
-    if board.open {
-        return Ok(());
-    }
     authorize(&board.api, headers, Need::Read)
 }
 
 async fn board_info(State(b): State<Arc<Board>>) -> Response {
     Json(json!({
-        "auth": if b.open { "none" } else { "token" },
-        "note": if b.open {
+        "auth": if b.open() { "none" } else { "token" },
+        "note": if b.open() {
             "No api.tokens are configured: this board is open to anyone who can reach this \
              loopback listener, and read-only (replay needs a token with the write scope)."
         } else {
             "Paste a token from api.tokens: read shows the board, write also replays the DLQ."
         },
-        "replay": !b.open,
+        "replay": !b.open(),
         "healthScope": "instance",
         "maxList": MAX_LIST,
     }))
@@ -191,7 +192,12 @@ fn list_of(q: &HashMap<String, String>, key: &str) -> HashSet<String> {
 }
 
 fn time_of(q: &HashMap<String, String>, key: &str) -> Result<Option<String>, Failure> {
-    let Some(v) = q.get(key).filter(|v| !v.is_empty()) else {
+    checked_time(key, q.get(key))
+}
+
+/// `value` when it is an RFC 3339 time (empty: none).
+fn checked_time(key: &str, value: Option<&String>) -> Result<Option<String>, Failure> {
+    let Some(v) = value.filter(|v| !v.is_empty()) else {
         return Ok(None);
     };
     time::OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
@@ -199,17 +205,36 @@ fn time_of(q: &HashMap<String, String>, key: &str) -> Result<Option<String>, Fai
     Ok(Some(v.clone()))
 }
 
+/// Refuse unknown parameters, so a typo never silently widens a selection.
+fn known_keys(q: &HashMap<String, String>, keys: &[&str]) -> Result<(), Failure> {
+    match q.keys().find(|k| !keys.contains(&k.as_str())) {
+        Some(k) => Err(bad(format!(
+            "{k}: unknown parameter (known: {})",
+            keys.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// `limit`, at most `max` (absent: `default`).
+fn limit_of(q: &HashMap<String, String>, default: usize, max: usize) -> Result<usize, Failure> {
+    match q.get("limit") {
+        None => Ok(default.min(max)),
+        Some(l) => l
+            .parse::<usize>()
+            .map(|n| n.min(max))
+            .map_err(|_| bad(format!("limit: {l} is not a number"))),
+    }
+}
+
 /// The filter a query describes (unknown keys are refused, so a typo is not a no-op).
 fn filter_of(q: &HashMap<String, String>) -> Result<(Filter, usize), Failure> {
-    const KEYS: &[&str] = &[
-        "status", "action", "backend", "since", "until", "q", "limit",
-    ];
-    if let Some(k) = q.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Err(bad(format!(
-            "{k}: unknown parameter (known: {})",
-            KEYS.join(", ")
-        )));
-    }
+    known_keys(
+        q,
+        &[
+            "status", "action", "backend", "since", "until", "q", "limit",
+        ],
+    )?;
     let mut statuses = HashSet::new();
     for s in list_of(q, "status") {
         statuses.insert(match s.as_str() {
@@ -223,13 +248,7 @@ fn filter_of(q: &HashMap<String, String>) -> Result<(Filter, usize), Failure> {
             }
         });
     }
-    let limit = match q.get("limit") {
-        None => MAX_LIST,
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| bad(format!("limit: {l} is not a number")))?
-            .min(MAX_LIST),
-    };
+    let limit = limit_of(q, MAX_LIST, MAX_LIST)?;
     let filter = Filter {
         statuses,
         actions: list_of(q, "action"),
@@ -277,26 +296,15 @@ async fn list_dlq(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, Failure> {
     read(&b, &headers)?;
-    const KEYS: &[&str] = &["runId", "class", "since", "until", "limit"];
-    if let Some(k) = q.keys().find(|k| !KEYS.contains(&k.as_str())) {
-        return Err(bad(format!(
-            "{k}: unknown parameter (known: {})",
-            KEYS.join(", ")
-        )));
-    }
-    let limit = match q.get("limit") {
-        None => 1_000,
-        Some(l) => l
-            .parse::<usize>()
-            .map_err(|_| bad(format!("limit: {l} is not a number")))?,
-    };
+    known_keys(&q, &["runId", "class", "since", "until", "limit"])?;
+    let limit = limit_of(&q, 1_000, dlq::MAX_RECORDS)?;
     let s = selection_of(
         list_of(&q, "runId"),
         list_of(&q, "class"),
         time_of(&q, "since")?,
         time_of(&q, "until")?,
     );
-    Ok(Json(b.dlq.list(&s, limit.min(dlq::MAX_RECORDS))).into_response())
+    Ok(Json(b.dlq.list(&s, limit)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -318,17 +326,11 @@ async fn replay(
 ) -> Result<Response, Failure> {
     authorize(&b.api, &headers, Need::Write)?;
     let req: ReplayRequest = crate::api::parse(&body)?;
-    let mut check = HashMap::new();
-    for (k, v) in [("since", &req.since), ("until", &req.until)] {
-        if let Some(v) = v {
-            check.insert(k.to_owned(), v.clone());
-        }
-    }
     let s = selection_of(
         req.run_ids.into_iter().collect(),
         req.classes.into_iter().collect(),
-        time_of(&check, "since")?,
-        time_of(&check, "until")?,
+        checked_time("since", req.since.as_ref())?,
+        checked_time("until", req.until.as_ref())?,
     );
     let cfg = &b.config;
     let conflict = |m: String| Failure(StatusCode::CONFLICT, "cannot_replay", m);

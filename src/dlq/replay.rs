@@ -30,6 +30,16 @@ pub struct Selection {
     pub until: Option<String>,
 }
 
+impl Selection {
+    /// Whether a record with this run id, error class and failure time is selected.
+    pub fn picks(&self, run_id: Option<&str>, class: Option<&str>, failed_at: &str) -> bool {
+        (self.run_ids.is_empty() || run_id.is_some_and(|r| self.run_ids.contains(r)))
+            && (self.classes.is_empty() || class.is_some_and(|c| self.classes.contains(c)))
+            && self.since.as_deref().is_none_or(|t| failed_at >= t)
+            && self.until.as_deref().is_none_or(|t| failed_at <= t)
+    }
+}
+
 /// One DLQ record as read.
 #[derive(Debug, Clone)]
 pub struct DeadLetter {
@@ -41,6 +51,24 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
+    /// The record as consumed.
+    pub fn read(msg: &impl Message) -> DeadLetter {
+        DeadLetter {
+            partition: msg.partition(),
+            offset: msg.offset(),
+            key: msg.key().map(<[u8]>::to_vec),
+            payload: msg.payload().map(<[u8]>::to_vec),
+            headers: msg
+                .headers()
+                .map(|hs| {
+                    hs.iter()
+                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn header(&self, name: &str) -> Option<String> {
         self.headers
             .iter()
@@ -75,18 +103,11 @@ impl DeadLetter {
     }
 
     fn selected(&self, s: &Selection) -> bool {
-        let failed_at = self.header(dlq::H_FAILED_AT).unwrap_or_default();
-        (s.run_ids.is_empty() || self.run_id().is_some_and(|r| s.run_ids.contains(&r)))
-            && (s.classes.is_empty()
-                || self
-                    .header(dlq::H_CLASS)
-                    .is_some_and(|c| s.classes.contains(&c)))
-            && s.since
-                .as_ref()
-                .is_none_or(|t| failed_at.as_str() >= t.as_str())
-            && s.until
-                .as_ref()
-                .is_none_or(|t| failed_at.as_str() <= t.as_str())
+        s.picks(
+            self.run_id().as_deref(),
+            self.header(dlq::H_CLASS).as_deref(),
+            &self.header(dlq::H_FAILED_AT).unwrap_or_default(),
+        )
     }
 
     /// One line for the listing.
@@ -124,20 +145,7 @@ pub async fn select(cfg: &KafkaConfig, s: &Selection) -> anyhow::Result<Vec<Dead
             Instant::now() < deadline,
             "reading the DLQ took over 5 minutes"
         );
-        let letter = DeadLetter {
-            partition: msg.partition(),
-            offset: msg.offset(),
-            key: msg.key().map(<[u8]>::to_vec),
-            payload: msg.payload().map(<[u8]>::to_vec),
-            headers: msg
-                .headers()
-                .map(|hs| {
-                    hs.iter()
-                        .map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec)))
-                        .collect()
-                })
-                .unwrap_or_default(),
-        };
+        let letter = DeadLetter::read(&msg);
         if letter.selected(s) {
             out.push(letter);
         }

@@ -77,18 +77,6 @@ impl Clients {
     }
 }
 
-/// Resident set size of `pid` now, in kB (`VmRSS`); 0 when unknown.
-pub fn rss_now_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
 pub fn report(system: &str, rss_start_kb: u64, peak_kb: u64, received: Option<Received>) {
     let mb = |kb: u64| kb as f64 / 1024.0;
     let clients = match received {

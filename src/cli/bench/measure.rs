@@ -163,7 +163,7 @@ level = "warn,librdkafka=error"
         }
         _ => None,
     };
-    let rss_at_start = super::board::rss_now_kb(pid);
+    let rss_at_start = status_kb(pid, "VmRSS:");
     let reader = status_reader(brokers, &run.status, opts.partitions)?;
     let hook = url.clone();
     let body = move |n: usize| {
@@ -382,11 +382,16 @@ pub(super) fn status_reader(
 /// Peak resident set size of `pid` so far, in kB (`/proc/PID/status` VmHWM); 0 when
 /// unknown.
 pub(super) fn rss_kb(pid: u32) -> u64 {
+    status_kb(pid, "VmHWM:")
+}
+
+/// A kB field of `/proc/PID/status` (`VmHWM:`, `VmRSS:`); 0 when unknown.
+pub(super) fn status_kb(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .find_map(|l| l.strip_prefix(field))
                 .and_then(|v| v.split_whitespace().next()?.parse().ok())
         })
         .unwrap_or(0)
