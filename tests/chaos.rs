@@ -23,8 +23,14 @@ use switchyard::model::{RunStatus, RunUpdate};
 type Record = (Option<String>, Vec<u8>);
 
 /// The longest a partition that stays with its member may go without a terminal update
-/// while another member dies, joins or drains (runs arrive every ~60 ms per partition).
-const UNMOVED_GAP_MS: i128 = 2500;
+/// while another member dies, joins or drains (runs arrive every ~60 ms per partition):
+/// the rebalance target of issue 20 (BENCHMARKS.md). Measured on Apache Kafka 4.4:
+/// 398–411 ms over eight CI runs.
+const UNMOVED_GAP_MS: i128 = 1000;
+
+/// The slack above the grace for a partition kept by a member that drains a revoke
+/// (librdkafka pauses its whole assignment until the drain returns).
+const KEPT_SLACK_MS: i128 = 2500;
 
 /// Runs `prefix_0 … prefix_{n-1}`, each a WEBHOOK event keyed by its own run id; `url_of`
 /// picks each run's URL.
@@ -736,7 +742,7 @@ async fn chaos_hanging_backends_do_not_hold_a_rebalance() {
         "partition {gap_partition} of a member that revoked nothing stalled {gap} ms"
     );
     assert!(
-        kept_gap <= GRACE_MS + UNMOVED_GAP_MS,
+        kept_gap <= GRACE_MS + KEPT_SLACK_MS,
         "partition {kept_partition}, kept by a revoking member, stalled {kept_gap} ms: past the grace"
     );
 }

@@ -208,7 +208,11 @@ async fn runs_tail_and_get_read_the_status_topic() {
     kafka
         .produce(
             &t.triggers,
-            &[record(None, &webhook_event("r_cli", &rx.url("/ok"), true))],
+            // Slower than `dispatch.in_progress_after` (1 s): IN_PROGRESS, then SUCCESS.
+            &[record(
+                None,
+                &webhook_event("r_cli", &rx.url("/ok?delay_ms=1500"), true),
+            )],
         )
         .await;
     let mut log = StatusLog::new(&kafka, &t);
@@ -235,6 +239,7 @@ async fn runs_tail_and_get_read_the_status_topic() {
     assert_eq!(lines.len(), log.of("r_cli").len(), "{out}");
     assert!(lines[0].contains("r_cli") && lines[0].contains("IN_PROGRESS"));
     assert!(lines.last().unwrap().contains("SUCCESS"), "{out}");
+    assert!(lines.last().unwrap().contains("response {"), "{out}");
     assert!(!out.contains('\x1b'), "no colour when not a terminal");
 
     let (code, out, err) = run(&["runs", "get", "r_cli"]);

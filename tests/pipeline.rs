@@ -14,8 +14,10 @@ use switchyard::model::{RunStatus, UpdateKind};
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// A run that finishes within `dispatch.in_progress_after` (1 s) is one record: its
+/// terminal update, carrying the response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sync_success_reports_in_progress_response_and_success() {
+async fn sync_success_is_one_terminal_update_with_the_response() {
     let kafka = Kafka::start();
     let t = kafka.topics(3).await;
     let rx = Receiver::start().await;
@@ -30,17 +32,10 @@ async fn sync_success_reports_in_progress_response_and_success() {
     let kinds: Vec<_> = updates.iter().map(|u| (u.seq, u.kind, u.status)).collect();
     assert_eq!(
         kinds,
-        vec![
-            (1, UpdateKind::Status, Some(RunStatus::InProgress)),
-            (2, UpdateKind::Response, None),
-            (3, UpdateKind::Status, Some(RunStatus::Success)),
-        ]
+        vec![(1, UpdateKind::Status, Some(RunStatus::Success))]
     );
-    assert_eq!(
-        updates[1].response,
-        Some(json!({"ok": true, "path": "/deploy"}))
-    );
-    let done = updates[2];
+    let done = updates[0];
+    assert_eq!(done.response, Some(json!({"ok": true, "path": "/deploy"})));
     assert!(done.summary.as_deref().unwrap().starts_with("HTTP 200 in "));
     assert_eq!(done.backend.as_deref(), Some("WEBHOOK"));
     assert_eq!(done.attempt, Some(1));
@@ -309,6 +304,33 @@ async fn full_partition_window_holds_intake_and_still_completes() {
     assert_eq!(kafka.wait_committed(&t, 20, WAIT).await, 20);
 }
 
+/// `partition_window_bytes` bounds a partition's events in flight by their records'
+/// bytes: records of about 600 bytes under a 1,300-byte window go at most three at a
+/// time (one more may start while the window is under the limit), and all complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_window_in_bytes_holds_intake_and_still_completes() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(1).await;
+    let rx = Receiver::start().await;
+    let url = rx.url("/slow?delay_ms=200");
+    let records: Vec<_> = (0..12)
+        .map(|n| record(None, &webhook_event(&format!("r_bytes_{n}"), &url, true)))
+        .collect();
+    let size = records[0].1.len();
+    assert!((400..800).contains(&size), "records of {size} bytes");
+    kafka.produce(&t.triggers, &records).await;
+    let cfg = config_toml(&kafka, &t, "[dispatch]\npartition_window_bytes = 1300\n");
+    let _d = Dispatcher::start_with_config(&cfg, &[]);
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "12 terminal", |u| StatusLog::finished(u) >= 12)
+        .await;
+    let max = rx.max_concurrency();
+    println!("max concurrent requests with a window of 1,300 bytes ({size}-byte records): {max}");
+    assert!(max <= 1300 / size + 1, "{max} concurrent requests");
+    assert!(max >= 2, "the byte window let only {max} through at a time");
+    assert_eq!(kafka.wait_committed(&t, 12, WAIT).await, 12);
+}
+
 /// Kill the dispatcher (SIGKILL) with 200 runs in flight against a slow receiver; a new
 /// instance in the same group must bring every run to a terminal status.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -476,4 +498,59 @@ async fn failed_dlq_write_blocks_the_partition_until_it_succeeds() {
         dlq.len()
     );
     assert_eq!(committed, 3);
+}
+
+/// A run still going when its hold ends gets IN_PROGRESS first, then its terminal update
+/// with the response; with `in_progress_after = "0s"` the mark is written at dispatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_runs_and_a_zero_hold_get_in_progress_first() {
+    let kafka = Kafka::start();
+    let t = kafka.topics(3).await;
+    let rx = Receiver::start().await;
+    let held = Dispatcher::start(&kafka, &t, "[dispatch]\nin_progress_after = \"300ms\"\n");
+    let slow = webhook_event("r_slow", &rx.url("/deploy?delay_ms=1200"), true);
+    let fast = webhook_event("r_fast", &rx.url("/deploy"), true);
+    kafka
+        .produce(&t.triggers, &[record(None, &slow), record(None, &fast)])
+        .await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "both finished", |u| StatusLog::finished(u) >= 2)
+        .await;
+    let kinds = |run: &str, log: &StatusLog| -> Vec<_> {
+        log.of(run)
+            .iter()
+            .map(|u| (u.seq, u.status, u.response.is_some()))
+            .collect()
+    };
+    assert_eq!(
+        kinds("r_slow", &log),
+        vec![
+            (1, Some(RunStatus::InProgress), false),
+            (2, Some(RunStatus::Success), true)
+        ]
+    );
+    assert_eq!(
+        kinds("r_fast", &log),
+        vec![(1, Some(RunStatus::Success), true)]
+    );
+    assert_eq!(
+        log.of("r_slow")[0].summary.as_deref(),
+        Some("dispatching to WEBHOOK")
+    );
+    drop(held);
+
+    let t = kafka.topics(3).await;
+    let _d = Dispatcher::start(&kafka, &t, "[dispatch]\nin_progress_after = \"0s\"\n");
+    let fast = webhook_event("r_zero", &rx.url("/deploy"), true);
+    kafka.produce(&t.triggers, &[record(None, &fast)]).await;
+    let mut log = StatusLog::new(&kafka, &t);
+    log.wait_until(WAIT, "SUCCESS", |u| StatusLog::finished(u) >= 1)
+        .await;
+    assert_eq!(
+        kinds("r_zero", &log),
+        vec![
+            (1, Some(RunStatus::InProgress), false),
+            (2, Some(RunStatus::Success), true)
+        ]
+    );
 }

@@ -764,18 +764,7 @@ function runView(run: Run, letters: Letter[]): HTMLElement {
   const entries: { seq: number; node: HTMLElement }[] = [];
   for (const s of run.timeline) {
     const parts: (Node | string | null)[] = [];
-    if (s.kind === "response") {
-      const body = pretty(run.response);
-      const size = s.responseBytes || body.length;
-      parts.push(
-        el(
-          "details",
-          size > LARGE_RESPONSE ? {} : { open: "" },
-          el("summary", {}, `response (${size} bytes)`),
-          el("pre", { class: "response" }, body),
-        ),
-      );
-    } else {
+    if (s.kind !== "response") {
       if (s.status) parts.push(statusPill(s.status));
       if (s.statusLabel) parts.push(el("span", { class: "label" }, s.statusLabel));
       if (s.summary) parts.push(el("span", { class: "summary" }, s.summary));
@@ -786,6 +775,19 @@ function runView(run: Run, letters: Letter[]): HTMLElement {
         const safe = safeUrl(u);
         if (safe) parts.push(el("a", { href: safe, target: "_blank", rel: "noopener noreferrer" }, safe));
       }
+    }
+    // A response update, or a terminal update that carries the response.
+    if (s.kind === "response" || s.responseBytes !== undefined) {
+      const body = pretty(run.response);
+      const size = s.responseBytes || body.length;
+      parts.push(
+        el(
+          "details",
+          size > LARGE_RESPONSE ? {} : { open: "" },
+          el("summary", {}, `response (${size} bytes)`),
+          el("pre", { class: "response" }, body),
+        ),
+      );
     }
     entries.push({ seq: s.seq, node: step(s.seq, s.at, start, s.kind, parts) });
   }

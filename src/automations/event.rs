@@ -212,6 +212,10 @@ impl RunSnapshot {
                 if let Some(link) = &u.link {
                     m.insert("link".into(), json!(link));
                 }
+                // A terminal update may carry the response (one record).
+                if let Some(r) = &u.response {
+                    m.insert("response".into(), r.clone());
+                }
             }
             UpdateKind::Response => {
                 self.0

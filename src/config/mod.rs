@@ -168,8 +168,12 @@ pub enum Ordering {
 #[serde(default)]
 pub struct DispatchConfig {
     pub ordering: Ordering,
-    /// Most events of one partition in flight at once; a full partition is paused.
+    /// Most events of one partition in flight at once; a full partition is not read.
     pub partition_window: usize,
+    /// Most bytes of records (key, value, headers) of one partition in flight at once;
+    /// a partition past it is not read until events finish (one event always may be in
+    /// flight, however large).
+    pub partition_window_bytes: usize,
     /// How long revoke and shutdown wait for in-flight runs before committing.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -181,6 +185,12 @@ pub struct DispatchConfig {
     /// cap is the smaller of this and the DLQ topic's `max.message.bytes` less 64 KiB, so
     /// that every accepted record also fits the DLQ. Unset: the DLQ's bound alone.
     pub max_event_bytes: Option<usize>,
+    /// How long a run's IN_PROGRESS mark ("dispatching to WEBHOOK") is held back: a run
+    /// that finishes sooner gets its terminal update as its first and only status. `0s`
+    /// writes the mark at dispatch. Runs of GITHUB, GITLAB and AZURE_DEVOPS always get
+    /// it at dispatch (the duplicate ledger counts on it).
+    #[serde(with = "humantime_serde")]
+    pub in_progress_after: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -188,9 +198,11 @@ impl Default for DispatchConfig {
         DispatchConfig {
             ordering: Ordering::Key,
             partition_window: 512,
+            partition_window_bytes: 8 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(30),
             max_event_age: None,
             max_event_bytes: None,
+            in_progress_after: Duration::from_secs(1),
         }
     }
 }

@@ -14,7 +14,7 @@ mod reject;
 mod render;
 mod report;
 
-use reject::{record_size, run_id_of};
+use reject::run_id_of;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -52,6 +52,7 @@ struct Inner {
     watcher: Arc<Watcher>,
     ledger: Option<Arc<Ledger>>,
     max_event_age: Option<std::time::Duration>,
+    in_progress_after: std::time::Duration,
     sandbox: Arc<Sandbox>,
     /// The key of replay markers' MACs (`dlq.replay_key`).
     replay_key: Option<Vec<u8>>,
@@ -129,6 +130,7 @@ impl Pipeline {
             watcher,
             ledger,
             max_event_age: dispatch.max_event_age,
+            in_progress_after: dispatch.in_progress_after,
             sandbox,
             replay_key,
             max_input,
@@ -164,7 +166,7 @@ impl Sink for Pipeline {
         if ticket.intake_stopped() {
             return; // not started: the next owner gets it
         }
-        let size = record_size(&record);
+        let size = record.size();
         let max_input = self
             .inner
             .max_input
@@ -343,16 +345,41 @@ impl Inner {
         .for_action(Some(event.action.identifier.clone()))
         .traced(crate::telemetry::trace::current());
         let started = RunUpdate::dispatching(&run_id, reg.backend.kind());
-        // Not awaited here: it is acknowledged (settled) before the event completes.
-        if w.emit_nowait(started).await.is_err() {
-            return;
-        }
+        let hold = self.in_progress_after(reg.backend.kind());
         let req = Request {
             run_id: run_id.clone(),
             invocation,
             event: event.clone(),
         };
-        let Some(done) = self.attempt(reg, &req, &ticket, &mut w).await else {
+        let mark = if hold.is_zero() {
+            // Not awaited here: it is acknowledged (settled) before the event completes.
+            if w.emit_nowait(started).await.is_err() {
+                return;
+            }
+            None
+        } else {
+            // Held back: a run that finishes within `hold` is written as one record.
+            Some(w.hold_mark(started))
+        };
+        let done = {
+            let attempt = self.attempt(reg, &req, &ticket, &mut w);
+            tokio::pin!(attempt);
+            match mark {
+                None => attempt.await,
+                Some(mark) => tokio::select! {
+                    biased;
+                    done = &mut attempt => done,
+                    _ = tokio::time::sleep(hold) => {
+                        // Boxed: the rare path (a slow run) would size every run's future.
+                        if Box::pin(mark.write(&self.publisher, &self.seqs)).await.is_err() {
+                            return; // stopping: the event is redelivered
+                        }
+                        attempt.await
+                    }
+                },
+            }
+        };
+        let Some(done) = done else {
             return;
         };
         let report = done.report;
@@ -389,6 +416,17 @@ impl Inner {
             }
         }
         ticket.complete();
+    }
+
+    /// How long a run of `backend` holds its IN_PROGRESS mark back. Non-idempotent
+    /// backends write it at dispatch: the duplicate ledger reads their updates after the
+    /// first as "dispatched" (see `status::dedup`).
+    fn in_progress_after(&self, backend: &str) -> std::time::Duration {
+        if crate::status::dedup::NON_IDEMPOTENT.contains(&backend) {
+            std::time::Duration::ZERO
+        } else {
+            self.in_progress_after
+        }
     }
 
     /// Run `req` through its backend's pool, counted and logged. `None`: abandoned at

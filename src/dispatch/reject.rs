@@ -45,16 +45,6 @@ impl Inner {
 /// How much of a too-large record the DLQ keeps.
 const TRUNCATED_COPY: usize = 64 * 1024;
 
-/// Bytes of a record as the DLQ would hold it: key, value and headers.
-pub(super) fn record_size(r: &TriggerRecord) -> usize {
-    r.payload.as_ref().map_or(0, Vec::len)
-        + r.key.as_ref().map_or(0, Vec::len)
-        + r.headers
-            .iter()
-            .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-            .sum::<usize>()
-}
-
 /// The run id of a JSON event (`run.id`), read without building the event (the record
 /// may be huge); `None` when it is not there or the record does not parse.
 pub(super) fn run_id_of(payload: &[u8]) -> Option<String> {

@@ -11,21 +11,30 @@ impl Inner {
         attempt: u32,
         duration: std::time::Duration,
     ) -> Result<(), Stopped> {
-        if let Some(resp) = &report.response {
-            if !report.outcome.is_failure() {
-                w.emit_nowait(RunUpdate::response(&w.run_id, resp.clone()))
-                    .await?;
-            }
-        }
-        if let Some(line) = &report.log {
-            w.emit_nowait(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
-                .await?;
-        }
         let status = match report.outcome {
             Outcome::Succeeded => Some(RunStatus::Success),
             Outcome::Accepted => None,
             _ => Some(RunStatus::Failure),
         };
+        if status.is_some() {
+            // Finished: an IN_PROGRESS mark still held back is not written.
+            w.finish_held().await;
+        }
+        // A response travels on the terminal update when there is one (one record
+        // instead of two); an accepted run's response is an update of its own.
+        let mut response = report
+            .response
+            .as_ref()
+            .filter(|_| !report.outcome.is_failure());
+        if let (Some(resp), None) = (response, status) {
+            w.emit_nowait(RunUpdate::response(&w.run_id, resp.clone()))
+                .await?;
+            response = None;
+        }
+        if let Some(line) = &report.log {
+            w.emit_nowait(RunUpdate::log(&w.run_id, LogLevel::Info, line.clone()))
+                .await?;
+        }
         let needs_status =
             status.is_some() || !report.link.is_empty() || report.external_run_id.is_some();
         if needs_status {
@@ -37,6 +46,7 @@ impl Inner {
                 u.link = Some(report.link.clone());
             }
             u.external_run_id = report.external_run_id.clone();
+            u.response = response.cloned();
             w.emit_nowait(u).await?;
         }
         // Response, log and status travel together: one wait for all of them.

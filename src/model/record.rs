@@ -14,6 +14,17 @@ pub struct TriggerRecord {
 }
 
 impl TriggerRecord {
+    /// Bytes of the record: key, value and headers.
+    pub fn size(&self) -> usize {
+        self.payload.as_ref().map_or(0, Vec::len)
+            + self.key.as_ref().map_or(0, Vec::len)
+            + self
+                .headers
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum::<usize>()
+    }
+
     /// `topic/partition/offset`, the `switchyard-source` notation.
     pub fn source(&self) -> super::SourceRef {
         super::SourceRef {

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaConfig;
 use crate::kafka::tail::{reached, TopicTail};
 use crate::model::RunUpdate;
+use crate::status::fingerprint::{RunKey, RunMap};
 
 /// The tail fetches at most this long ([`LEDGER_FETCH_MIN_BYTES`] permitting)…
 const LEDGER_FETCH_WAIT_MS: u64 = 100;
@@ -33,7 +34,7 @@ const LEDGER_FETCH_WAIT_MS: u64 = 100;
 const LEDGER_FETCH_MIN_BYTES: u64 = 64 * 1024;
 
 /// Backends whose dispatch must not be repeated once it happened.
-const NON_IDEMPOTENT: [&str; 3] = ["GITHUB", "GITLAB", "AZURE_DEVOPS"];
+pub const NON_IDEMPOTENT: [&str; 3] = ["GITHUB", "GITLAB", "AZURE_DEVOPS"];
 
 /// What the status topic says about a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,11 +45,20 @@ pub enum Seen {
     Dispatched,
 }
 
+/// Runs by fingerprint: at most [`LEDGER_BYTES_PER_RUN`] bytes each, whatever the ids.
 #[derive(Default)]
 struct View {
-    runs: HashMap<String, Seen>,
-    order: VecDeque<String>,
+    runs: RunMap<Seen>,
+    order: VecDeque<RunKey>,
 }
+
+/// The most the ledger holds per run of `dedup.max_runs`, in bytes: a 16-byte
+/// fingerprint and its state in the map (a 24-byte slot and a control byte, up to
+/// 2 × 8 / 7 slots a run just after the map doubled) and in the eviction queue (16
+/// bytes, up to 2 slots a run). Allocated at start: at the default 200,000 runs,
+/// 262,144 map slots and 200,000 queue slots, 9.8 MB (49 bytes a run). Below 1,000 runs
+/// add up to 1 KiB (the smallest allocations).
+pub const LEDGER_BYTES_PER_RUN: usize = 25 * 16 / 7 + 1 + 2 * 16;
 
 pub struct Ledger {
     view: Mutex<View>,
@@ -74,7 +84,12 @@ impl Ledger {
     /// how long a catch-up holds the events of newly assigned partitions.
     pub fn new(max_runs: usize, kafka: &KafkaConfig, limit: Duration) -> Arc<Self> {
         Arc::new(Ledger {
-            view: Mutex::new(View::default()),
+            // The whole bound up front: memory does not grow with traffic, and the map
+            // never stops to rehash under load (its pages are touched as runs arrive).
+            view: Mutex::new(View {
+                runs: RunMap::with_capacity_and_hasher(max_runs.max(1), Default::default()),
+                order: VecDeque::with_capacity(max_runs.max(1)),
+            }),
             max_runs: max_runs.max(1),
             suppressed: AtomicU64::new(0),
             position: Mutex::new(HashMap::new()),
@@ -176,7 +191,14 @@ impl Ledger {
 
     /// What is known about `run_id`.
     pub fn seen(&self, run_id: &str) -> Option<Seen> {
-        self.view().runs.get(run_id).copied()
+        self.view().runs.get(&RunKey::of(run_id)).copied()
+    }
+
+    /// The bytes the ledger's runs take (slots allocated, used or not).
+    pub fn bytes(&self) -> usize {
+        let v = self.view();
+        v.runs.capacity() * (std::mem::size_of::<(RunKey, Seen)>() + 1)
+            + v.order.capacity() * std::mem::size_of::<RunKey>()
     }
 
     /// Count a suppressed duplicate; returns the running total.
@@ -198,14 +220,15 @@ impl Ledger {
         } else {
             return;
         };
+        let key = RunKey::of(&u.run_id);
         let mut v = self.view();
-        match v.runs.get(&u.run_id) {
+        match v.runs.get(&key) {
             Some(Seen::Finished) => return,
             Some(Seen::Dispatched) if seen == Seen::Dispatched => return,
             Some(_) => {}
-            None => v.order.push_back(u.run_id.clone()),
+            None => v.order.push_back(key),
         }
-        v.runs.insert(u.run_id.clone(), seen);
+        v.runs.insert(key, seen);
         while v.runs.len() > self.max_runs {
             let Some(old) = v.order.pop_front() else {
                 break;
@@ -389,5 +412,26 @@ mod tests {
         }
         assert_eq!(l.seen("a"), None);
         assert_eq!(l.seen("d"), Some(Seen::Finished));
+    }
+
+    /// The bound in bytes holds at every fill, with ids of any length.
+    #[tokio::test]
+    async fn memory_is_bounded_in_bytes_per_run() {
+        for max in [1usize, 7, 1000, 5000] {
+            let l = Ledger::new(max, &KafkaConfig::default(), Duration::from_secs(1));
+            for n in 0..3 * max {
+                let id = format!("r_{n}_{}", "x".repeat(n % 300));
+                l.observe(&update(&id, 2, "WEBHOOK", RunStatus::Success));
+                let per_run = l.bytes() / (n + 1).min(max);
+                assert!(
+                    l.bytes() <= max * LEDGER_BYTES_PER_RUN + 1024,
+                    "max {max}, {} runs: {} bytes > {} ({per_run} a run)",
+                    n + 1,
+                    l.bytes(),
+                    max * LEDGER_BYTES_PER_RUN + 1024
+                );
+            }
+            assert_eq!(l.view().runs.len(), max);
+        }
     }
 }

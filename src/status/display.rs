@@ -27,6 +27,9 @@ pub fn line(u: &RunUpdate, color: bool) -> String {
             if let Some(links) = &u.link {
                 d = format!("{d}  {}", links.join(" "));
             }
+            if let Some(r) = &u.response {
+                d = format!("{d}  response {r}");
+            }
             (paint(code, status.as_str()), d)
         }
         UpdateKind::Log => (paint("36", "log"), u.message.clone().unwrap_or_default()),

@@ -5,6 +5,7 @@
 
 pub mod dedup;
 pub mod display;
+pub mod fingerprint;
 pub mod listing;
 pub mod run;
 pub mod view;

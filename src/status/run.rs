@@ -171,6 +171,16 @@ impl RunState {
             + self.step_bytes
     }
 
+    /// Keep `u`'s response as the run's; returns its size as JSON.
+    fn take_response(&mut self, u: &RunUpdate) -> usize {
+        self.response.clone_from(&u.response);
+        self.response_bytes = u
+            .response
+            .as_ref()
+            .map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len()));
+        self.response_bytes
+    }
+
     fn record_step(&mut self, step: Step) {
         if self.timeline.len() < MAX_STEPS {
             self.step_bytes += step.weight();
@@ -212,7 +222,12 @@ impl RunState {
         }
         match u.kind {
             UpdateKind::Status => {
-                self.record_step(Step::of(u));
+                let mut step = Step::of(u);
+                // A terminal update may carry the backend's response (one record).
+                if u.response.is_some() && !self.is_terminal() {
+                    step.response_bytes = Some(self.take_response(u));
+                }
+                self.record_step(step);
                 // Once finished, a run's status, label, links and summary are final.
                 if self.is_terminal() {
                     return;
@@ -250,13 +265,8 @@ impl RunState {
                 }
             }
             UpdateKind::Response => {
-                self.response.clone_from(&u.response);
-                self.response_bytes = u
-                    .response
-                    .as_ref()
-                    .map_or(0, |r| serde_json::to_vec(r).map_or(0, |b| b.len()));
                 let mut step = Step::of(u);
-                step.response_bytes = Some(self.response_bytes);
+                step.response_bytes = Some(self.take_response(u));
                 self.record_step(step);
             }
         }

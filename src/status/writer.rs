@@ -4,11 +4,12 @@
 //! API) takes its numbers from one [`Sequencer`], so two writers of one run never reuse a
 //! number, whatever the order they run in and however far the run view trails the topic.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use crate::kafka::publisher::{Pending, Publisher, Stopped};
 use crate::model::{now_rfc3339, RunUpdate, SourceRef};
+use crate::status::fingerprint::{RunKey, RunMap};
 use crate::telemetry::metrics;
 
 /// The last `seq` of each run written recently, for all of this process's writers.
@@ -22,19 +23,24 @@ pub struct Sequencer {
 
 #[derive(Default)]
 struct Numbers {
-    last: HashMap<String, u64>,
+    last: RunMap<u64>,
     /// Runs in the order they were first numbered, for eviction.
-    order: VecDeque<String>,
+    order: VecDeque<RunKey>,
 }
 
-/// Runs remembered by default: at 3 updates per run, the last ~65k runs.
+/// Runs remembered: the last 65,536 runs numbered. By fingerprint, so the sequencer holds
+/// at most 131,072 map slots of 25 bytes and 65,536 queue slots of 16: 4.3 MB.
 pub const SEQUENCER_RUNS: usize = 65_536;
 
 impl Sequencer {
     pub fn new(capacity: usize) -> Self {
         Sequencer {
             capacity: capacity.max(1),
-            inner: Mutex::new(Numbers::default()),
+            // The whole bound up front (see `Ledger::new`).
+            inner: Mutex::new(Numbers {
+                last: RunMap::with_capacity_and_hasher(capacity.max(1), Default::default()),
+                order: VecDeque::with_capacity(capacity.max(1)),
+            }),
         }
     }
 
@@ -43,7 +49,8 @@ impl Sequencer {
     pub fn reserve(&self, run: &str, floor: u64, n: u64) -> u64 {
         let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let Numbers { last, order } = &mut *g;
-        let first = match last.get_mut(run) {
+        let run = RunKey::of(run);
+        let first = match last.get_mut(&run) {
             Some(seq) => {
                 let first = (*seq).max(floor) + 1;
                 *seq = first + n - 1;
@@ -55,8 +62,8 @@ impl Sequencer {
                         last.remove(&old);
                     }
                 }
-                last.insert(run.to_owned(), floor + n);
-                order.push_back(run.to_owned());
+                last.insert(run, floor + n);
+                order.push_back(run);
                 floor + 1
             }
         };
@@ -67,7 +74,7 @@ impl Sequencer {
     #[cfg(test)]
     fn last(&self, run: &str) -> Option<u64> {
         let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.last.get(run).copied()
+        g.last.get(&RunKey::of(run)).copied()
     }
 }
 
@@ -93,6 +100,60 @@ pub struct RunWriter {
     pub traceparent: Option<String>,
     /// Updates enqueued by [`emit_nowait`](Self::emit_nowait), oldest first.
     pending: Vec<Pending>,
+    /// The run's IN_PROGRESS mark while it is held back ([`hold_mark`](Self::hold_mark)).
+    mark: Option<Arc<HeldMark>>,
+}
+
+/// A run's IN_PROGRESS mark, held back so that a run that finishes quickly is written
+/// as one record (its terminal update). It is written by whichever comes first: the
+/// hold's end ([`HeldMark::write`], from the dispatch), or any update of the run other
+/// than its terminal one (which drops it instead).
+pub struct HeldMark {
+    state: tokio::sync::Mutex<Held>,
+    traceparent: Option<String>,
+}
+
+enum Held {
+    /// Not written; `seq` and `at` are set when it is.
+    Waiting(RunUpdate),
+    /// Enqueued with this `seq`; the delivery is awaited by the writer's `settle`.
+    Written(u64, Option<Pending>),
+    /// The run finished first: never written.
+    Dropped,
+}
+
+impl HeldMark {
+    /// Write the mark now unless it was written or dropped already. Under the mark's
+    /// lock, so no update of the run can be enqueued before it.
+    pub async fn write(&self, publisher: &Publisher, seqs: &Sequencer) -> Result<(), Stopped> {
+        let mut state = self.state.lock().await;
+        Self::write_locked(&mut state, publisher, seqs, self.traceparent.clone()).await
+    }
+
+    async fn write_locked(
+        state: &mut Held,
+        publisher: &Publisher,
+        seqs: &Sequencer,
+        traceparent: Option<String>,
+    ) -> Result<(), Stopped> {
+        let Held::Waiting(u) = state else {
+            return Ok(());
+        };
+        let mut u = std::mem::replace(u, RunUpdate::new(String::new(), u.kind));
+        u.seq = seqs.reserve(&u.run_id, 0, 1);
+        u.at = now_rfc3339();
+        let seq = u.seq;
+        match publisher.enqueue_update(u.clone(), traceparent).await {
+            Ok(p) => {
+                *state = Held::Written(seq, Some(p));
+                Ok(())
+            }
+            Err(stopped) => {
+                *state = Held::Waiting(u);
+                Err(stopped)
+            }
+        }
+    }
 }
 
 impl RunWriter {
@@ -113,7 +174,57 @@ impl RunWriter {
             source,
             traceparent: None,
             pending: Vec::new(),
+            mark: None,
         }
+    }
+
+    /// Hold `u` (the IN_PROGRESS mark) back: it is written before this run's next update
+    /// unless that update is terminal ([`finish_held`](Self::finish_held)), or when the
+    /// caller calls [`HeldMark::write`] on the returned handle (its hold ended).
+    pub fn hold_mark(&mut self, u: RunUpdate) -> Arc<HeldMark> {
+        let mut u = self.stamp_fields(u);
+        u.seq = 0;
+        let mark = Arc::new(HeldMark {
+            state: tokio::sync::Mutex::new(Held::Waiting(u)),
+            traceparent: self.traceparent.clone(),
+        });
+        self.mark = Some(mark.clone());
+        mark
+    }
+
+    /// The run is about to write its terminal update: a mark still held is dropped (the
+    /// terminal update is the run's first), one written is kept.
+    pub async fn finish_held(&mut self) {
+        if let Some(mark) = &self.mark {
+            let mut state = mark.state.lock().await;
+            if matches!(*state, Held::Waiting(_)) {
+                *state = Held::Dropped;
+            }
+        }
+    }
+
+    /// Write a held mark before any other update, and take its `seq` as the floor.
+    async fn release_mark(&mut self) -> Result<(), Stopped> {
+        let Some(mark) = self.mark.clone() else {
+            return Ok(());
+        };
+        let mut state = mark.state.lock().await;
+        HeldMark::write_locked(
+            &mut state,
+            &self.publisher,
+            &self.seqs,
+            mark.traceparent.clone(),
+        )
+        .await?;
+        if let Held::Written(seq, pending) = &mut *state {
+            self.seq = self.seq.max(*seq);
+            if let Some(p) = pending.take() {
+                self.pending.insert(0, p);
+            }
+        }
+        // Written (and taken) or dropped: nothing more to do for it.
+        self.mark = None;
+        Ok(())
     }
 
     /// Carry the run's action identifier on its updates.
@@ -128,9 +239,14 @@ impl RunWriter {
         self
     }
 
-    fn stamp(&mut self, mut u: RunUpdate) -> RunUpdate {
+    fn stamp(&mut self, u: RunUpdate) -> RunUpdate {
         self.seq = self.seqs.reserve(&self.run_id, self.seq, 1);
+        let mut u = self.stamp_fields(u);
         u.seq = self.seq;
+        u
+    }
+
+    fn stamp_fields(&self, mut u: RunUpdate) -> RunUpdate {
         u.at = now_rfc3339();
         u.backend = self.backend.map(str::to_owned);
         u.action.clone_from(&self.action);
@@ -141,6 +257,7 @@ impl RunWriter {
     /// Publish `u` as this run's next update; returns once the broker acknowledged it
     /// (and every update enqueued before it).
     pub async fn emit(&mut self, u: RunUpdate) -> Result<(), Stopped> {
+        self.release_mark().await?;
         self.settle().await?;
         let u = self.stamp(u);
         self.publisher
@@ -152,6 +269,7 @@ impl RunWriter {
     /// must [`settle`](Self::settle) before it treats the update as written (before the
     /// event's offset may complete).
     pub async fn emit_nowait(&mut self, u: RunUpdate) -> Result<(), Stopped> {
+        self.release_mark().await?;
         let u = self.stamp(u);
         let p = self
             .publisher
@@ -164,6 +282,7 @@ impl RunWriter {
     /// Wait until every enqueued update is acknowledged; a failed one is re-sent with
     /// the retrying path (its `seq` keeps the logical order).
     pub async fn settle(&mut self) -> Result<(), Stopped> {
+        self.release_mark().await?;
         for p in std::mem::take(&mut self.pending) {
             let delivered = match p.delivery {
                 Some(d) => matches!(d.await, Ok(Ok(_))),

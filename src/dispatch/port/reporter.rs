@@ -249,10 +249,20 @@ pub fn calls_for(u: &RunUpdate) -> Vec<Call> {
             json!({"response": u.response.clone().unwrap_or(Value::Null)}),
         )],
         (UpdateKind::Response, true) => Vec::new(),
-        (UpdateKind::Status, false) => run_patch(u)
-            .map(|body| call("run", Method::PATCH, format!("/v1/actions/runs/{id}"), body))
-            .into_iter()
-            .collect(),
+        (UpdateKind::Status, false) => {
+            // A terminal update may carry the response: Port takes it first.
+            let response = u.response.as_ref().map(|r| {
+                call(
+                    "response",
+                    Method::PATCH,
+                    format!("/v1/actions/runs/{id}/response"),
+                    json!({"response": r}),
+                )
+            });
+            let run = run_patch(u)
+                .map(|body| call("run", Method::PATCH, format!("/v1/actions/runs/{id}"), body));
+            response.into_iter().chain(run).collect()
+        }
         (UpdateKind::Status, true) => {
             let result = match u.status {
                 Some(RunStatus::Success) => "SUCCESS",

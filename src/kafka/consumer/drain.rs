@@ -100,7 +100,7 @@ impl<S: Sink> Ctx<S> {
                 .started
                 .values()
                 .next()
-                .map_or(0, |t| now.duration_since(*t).as_secs());
+                .map_or(0, |(t, _)| now.duration_since(*t).as_secs());
             m.oldest_in_flight_seconds
                 .with_label_values(&labels)
                 .set(oldest as i64);

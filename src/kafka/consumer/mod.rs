@@ -201,6 +201,7 @@ pub fn start<S: Sink>(
         tx,
         rx: Mutex::new(rx),
         window: cfg.dispatch.partition_window,
+        window_bytes: cfg.dispatch.partition_window_bytes,
         grace: cfg.dispatch.shutdown_grace,
     };
     let consumer: Arc<BaseConsumer<Ctx<S>>> = Arc::new(c.create_with_context(ctx)?);

@@ -22,8 +22,11 @@ pub(super) struct PartState<S: Sink> {
     pub(super) tracker: PartitionTracker,
     /// Tickets handed out and not yet returned.
     pub(super) live: usize,
-    /// When each in-flight offset was handed out (for the oldest-in-flight age).
-    pub(super) started: BTreeMap<i64, Instant>,
+    /// When each in-flight offset was handed out (for the oldest-in-flight age), and its
+    /// record's size.
+    pub(super) started: BTreeMap<i64, (Instant, usize)>,
+    /// Bytes of the records in flight (`dispatch.partition_window_bytes`).
+    pub(super) bytes: usize,
     /// The partition's own queue (`None` if librdkafka could not split it: its records
     /// then come through the main queue, and the partition is paused when they pile up).
     pub(super) queue: Option<PartitionQueue<Ctx<S>>>,
@@ -56,6 +59,7 @@ pub struct Ctx<S: Sink> {
     pub(super) tx: Sender<Completion>,
     pub(super) rx: Mutex<Receiver<Completion>>,
     pub(super) window: usize,
+    pub(super) window_bytes: usize,
     pub(super) grace: Duration,
 }
 
@@ -144,6 +148,7 @@ impl<S: Sink> Ctx<S> {
                     tracker: PartitionTracker::new(),
                     live: 0,
                     started: BTreeMap::new(),
+                    bytes: 0,
                     queue: None,
                     backlog: VecDeque::new(),
                     full: false,
@@ -208,7 +213,7 @@ impl<S: Sink> Ctx<S> {
                 let Some(tx) = part.tx.clone() else {
                     continue; // revoked: draining
                 };
-                while part.tracker.in_flight() < self.window {
+                while self.has_room(part) {
                     let record = match part.backlog.pop_front() {
                         Some(r) => r,
                         None => match part.queue.as_ref().and_then(|q| q.poll(Duration::ZERO)) {
@@ -224,7 +229,7 @@ impl<S: Sink> Ctx<S> {
                         out.push((tx.clone(), record, ticket));
                     }
                 }
-                let full = part.tracker.in_flight() >= self.window;
+                let full = !self.has_room(part);
                 if full != part.full {
                     part.full = full;
                     if full {
@@ -259,6 +264,13 @@ impl<S: Sink> Ctx<S> {
         }
     }
 
+    /// Whether `part` may take another record: under the window in events and in bytes
+    /// (one record always may be in flight, however large).
+    fn has_room(&self, part: &PartState<S>) -> bool {
+        let n = part.tracker.in_flight();
+        n < self.window && (n == 0 || part.bytes < self.window_bytes)
+    }
+
     /// Track one record of `part`; its ticket, or `None` for a re-fetched offset.
     pub(super) fn track(
         &self,
@@ -271,7 +283,9 @@ impl<S: Sink> Ctx<S> {
             return None;
         }
         part.live += 1;
-        part.started.insert(record.offset, Instant::now());
+        let size = record.size();
+        part.bytes += size;
+        part.started.insert(record.offset, (Instant::now(), size));
         metrics::get()
             .events_consumed
             .with_label_values(&[&tp.0])
@@ -294,7 +308,9 @@ impl<S: Sink> Ctx<S> {
             return None; // completion of a revoked generation: dropped
         }
         part.live -= 1;
-        part.started.remove(&c.offset);
+        if let Some((_, size)) = part.started.remove(&c.offset) {
+            part.bytes = part.bytes.saturating_sub(size);
+        }
         let wm = if c.done {
             part.tracker.complete(c.offset)
         } else {
