@@ -60,13 +60,13 @@ for system in $ORDER; do
     printf "%-10s broker CPU %.1f s during the run, %.2f s/10k events\n", s, a - b, (a - b) * 10000 / n }'
 done
 
-# Row fields: system events N secs s rate ev/s p50 X ms p99 Y ms max Z ms peak RSS M MB cpu C s/10k
+# Row fields: system events N secs s rate ev/s p50 X ms p99 Y ms max Z ms peak RSS M MB cpu C s/10k p999 W ms
 ratio() {
   printf '%s\n%s\n' "${rows[$1]}" "${rows[$2]}" | awk -v a="$2" -v b="$1" '
-    { rate[NR] = $6; p50[NR] = $9; p99[NR] = $12; cpu[NR] = $22 }
+    { rate[NR] = $6; p50[NR] = $9; p99[NR] = $12; cpu[NR] = $22; p999[NR] = $25 }
     END {
-      printf "ratio %s / %s (one warmed broker): throughput %.2f, p50 %+.1f ms, p99 %+.1f ms, cpu/10k %.2f\n",
-        a, b, rate[2] / rate[1], p50[2] - p50[1], p99[2] - p99[1], cpu[2] / cpu[1]
+      printf "ratio %s / %s (one warmed broker): throughput %.2f, p50 %+.1f ms, p99 %+.1f ms, p999 %+.1f ms, cpu/10k %.2f\n",
+        a, b, rate[2] / rate[1], p50[2] - p50[1], p99[2] - p99[1], p999[2] - p999[1], cpu[2] / cpu[1]
     }'
 }
 if [[ -n "${rows[pipe]:-}" && -n "${rows[switchyard]:-}" ]]; then ratio pipe switchyard; fi

@@ -110,7 +110,7 @@ start_from = "earliest"
         Command::new(exe)
             .args(["automations", "run", "--config"])
             .arg(&cfg_path),
-        &dir,
+        &dir.join("child.log"),
     )?;
     let pid = child.id();
     let log = dir.join("child.log");

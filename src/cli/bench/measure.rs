@@ -104,7 +104,7 @@ pub(super) async fn measure(
         ),
         _ => None,
     };
-    let mut child = match system {
+    let mut children = match system {
         "switchyard" | "board" | "board-sse" => {
             let cfg = format!(
                 r#"
@@ -126,21 +126,39 @@ listen = "{listen}"
 [log]
 format = "text"
 level = "warn,librdkafka=error"
+{extra}
 "#,
                 t = run.triggers,
                 s = run.status,
                 c = opts.concurrency,
                 fw = opts.fetch_wait_ms,
-                listen = board_addr.as_deref().unwrap_or("")
+                listen = board_addr.as_deref().unwrap_or(""),
+                extra = opts.switchyard_toml,
             );
             let path = dir.join("switchyard.toml");
             std::fs::write(&path, cfg)?;
-            spawn(
-                Command::new(exe).arg("run").arg("--config").arg(&path),
-                &dir,
-            )?
+            // One board listener: further members serve no HTTP.
+            let quiet = std::fs::read_to_string(&path)?.replacen(
+                &format!("listen = \"{}\"", board_addr.as_deref().unwrap_or("")),
+                "listen = \"\"",
+                1,
+            );
+            let quiet_path = dir.join("member.toml");
+            std::fs::write(&quiet_path, quiet)?;
+            let mut members = Vec::new();
+            for m in 0..opts.members.max(1) {
+                let (cfg, log) = match m {
+                    0 => (&path, dir.join("child.log")),
+                    _ => (&quiet_path, dir.join(format!("member{m}.log"))),
+                };
+                members.push(spawn(
+                    Command::new(exe).arg("run").arg("--config").arg(cfg),
+                    &log,
+                )?);
+            }
+            members
         }
-        "pipe" => spawn(
+        "pipe" => vec![spawn(
             Command::new(exe)
                 .arg("bench-pipe")
                 .args(["--brokers", brokers, "--group", &group])
@@ -148,11 +166,12 @@ level = "warn,librdkafka=error"
                 .args(["--url", &url])
                 .args(["--concurrency", &opts.concurrency.to_string()])
                 .args(["--fetch-wait-ms", &opts.fetch_wait_ms.to_string()]),
-            &dir,
-        )?,
+            &dir.join("child.log"),
+        )?],
         other => bail!("unknown system {other:?} (pipe, switchyard, board, board-sse)"),
     };
-    let pid = child.id();
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    let pid = pids[0];
     let clients = match (&board_addr, system) {
         (Some(addr), "board-sse") => {
             Some(super::board::Clients::connect(addr, opts.board_clients).await?)
@@ -210,7 +229,14 @@ level = "warn,librdkafka=error"
             break;
         }
     }
-    let cpu_before = cpu_seconds(pid);
+    if pids.len() > 1 {
+        wait_for_members(&reader, &group, pids.len()).await?;
+    }
+    let cpu_of = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let rss_of = |pids: &[u32]| pids.iter().map(|p| rss_kb(*p)).max().unwrap_or(0);
+    let cpu_before = cpu_of(&pids);
+    let started = Instant::now();
+    let mut next_rss_line = Duration::from_secs(opts.rss_every_s);
     let deadline = Instant::now() + opts.timeout;
     let total = match opts.rate {
         Some(r) => (r as usize) * opts.duration.as_secs() as usize,
@@ -274,8 +300,18 @@ level = "warn,librdkafka=error"
     let mut last_rss_check = Instant::now();
     while done_at.len() < total && Instant::now() < deadline {
         if last_rss_check.elapsed() > Duration::from_millis(250) {
-            peak_rss = peak_rss.max(rss_kb(pid));
+            peak_rss = peak_rss.max(rss_of(&pids));
             last_rss_check = Instant::now();
+        }
+        if opts.rss_every_s > 0 && started.elapsed() >= next_rss_line {
+            let now: u64 = pids.iter().map(|p| status_kb(*p, "VmRSS:")).sum();
+            println!(
+                "{system:<10} rss at {:>4} s: {:.1} MB, {} of {total} runs finished",
+                next_rss_line.as_secs(),
+                now as f64 / 1024.0,
+                done_at.len()
+            );
+            next_rss_line += Duration::from_secs(opts.rss_every_s);
         }
         let msg = match tokio::time::timeout(Duration::from_secs(1), reader.recv()).await {
             Ok(Ok(m)) => m,
@@ -300,21 +336,25 @@ level = "warn,librdkafka=error"
         done_at.entry(n).or_insert(ts);
     }
     let sent_at = produce.await??;
-    peak_rss = peak_rss.max(rss_kb(pid));
+    peak_rss = peak_rss.max(rss_of(&pids));
     if board_addr.is_some() {
         let received = clients.map(|c| c.stop());
         super::board::report(system, rss_at_start, peak_rss, received);
     }
-    let cpu = cpu_seconds(pid) - cpu_before;
-    let _ = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status();
-    let stop_deadline = Instant::now() + Duration::from_secs(20);
-    while child.try_wait()?.is_none() && Instant::now() < stop_deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    let cpu = cpu_of(&pids) - cpu_before;
+    for pid in &pids {
+        let _ = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    let stop_deadline = Instant::now() + Duration::from_secs(20);
+    for child in &mut children {
+        while child.try_wait()?.is_none() && Instant::now() < stop_deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     if done_at.len() < total {
         bail!(
@@ -344,18 +384,45 @@ level = "warn,librdkafka=error"
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
+        p999_ms: pct(0.999),
         peak_rss_mb: peak_rss as f64 / 1024.0,
         cpu_s_per_10k: cpu / total as f64 * 10_000.0,
         timeline: timeline(first, &sent_at, &done_at),
     })
 }
 
+/// Wait (up to 60 s) until the consumer group `group` has `n` members and is stable, so
+/// that a measured run does not include members joining.
+async fn wait_for_members(reader: &StreamConsumer, group: &str, n: usize) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen = reader
+            .fetch_group_list(Some(group), Duration::from_secs(5))
+            .ok()
+            .and_then(|l| {
+                l.groups()
+                    .iter()
+                    .find(|g| g.name() == group)
+                    .map(|g| (g.members().len(), g.state().to_owned()))
+            });
+        match seen {
+            Some((m, state)) if m == n && state == "Stable" => return Ok(()),
+            other => anyhow::ensure!(
+                Instant::now() < deadline,
+                "the group {group} did not reach {n} stable members within 60 s (last seen: {other:?})"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 pub(super) fn now_ms() -> i64 {
     (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-pub(super) fn spawn(cmd: &mut Command, dir: &std::path::Path) -> anyhow::Result<Child> {
-    let log = std::fs::File::create(dir.join("child.log"))?;
+/// Start a system under test, its stderr to `log`.
+pub(super) fn spawn(cmd: &mut Command, log: &std::path::Path) -> anyhow::Result<Child> {
+    let log = std::fs::File::create(log)?;
     cmd.stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -77,6 +77,19 @@ pub struct Options {
     /// when a run's latency changes, e.g. as a broker slows while it fills.
     #[arg(long)]
     pub timeline: bool,
+    /// switchyard members in the consumer group (the pipe is always one): throughput of
+    /// the group; CPU summed over the members; peak RSS of the largest member.
+    #[arg(long, default_value_t = 1)]
+    pub members: usize,
+    /// TOML appended to the switchyard members' configuration, to measure a setting
+    /// (e.g. `--switchyard-toml '[dispatch]
+    /// in_progress_after = "0s"'`).
+    #[arg(long, default_value = "")]
+    pub switchyard_toml: String,
+    /// Print each system's resident set size (VmRSS, summed over its members) every
+    /// this many seconds of the run, to show memory settling (0: off).
+    #[arg(long, default_value_t = 0)]
+    pub rss_every_s: u64,
     /// Measure only the cost of rendering a run's templates, this many renders per
     /// case: in-process plain paths, and jq programs in the sandbox's worker processes.
     #[arg(long)]
@@ -97,6 +110,8 @@ pub struct Measured {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// Printed last in the row, so that scripts reading fields by position still work.
+    pub p999_ms: f64,
     pub peak_rss_mb: f64,
     pub cpu_s_per_10k: f64,
     /// Latency by the second (from the first send) in which each event was sent.
@@ -134,14 +149,20 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Measured>> {
     };
     let sink = Sink::start(opts.sink_latency_ms).await?;
     println!(
-        "bench: brokers {brokers}{}, sink http://{} ({} ms), {} partitions, keys {}, concurrency {}, fetch.wait.max.ms {}",
+        "bench: brokers {brokers}{}, sink http://{} ({} ms), {} partitions, keys {}, concurrency {}, fetch.wait.max.ms {}, switchyard members {}{}",
         if opts.brokers.is_none() { " (mock cluster)" } else { "" },
         sink.addr,
         opts.sink_latency_ms,
         opts.partitions,
         if opts.keys == 0 { "distinct".to_owned() } else { opts.keys.to_string() },
         opts.concurrency,
-        opts.fetch_wait_ms
+        opts.fetch_wait_ms,
+        opts.members.max(1),
+        if opts.switchyard_toml.is_empty() {
+            String::new()
+        } else {
+            format!(", switchyard config + {:?}", opts.switchyard_toml)
+        }
     );
     let mut results = Vec::new();
     for system in &opts.systems {
@@ -169,8 +190,8 @@ pub async fn run(opts: Options) -> anyhow::Result<Vec<Measured>> {
 
 fn print_row(m: &Measured) {
     println!(
-        "{:<10} events {:>7}  {:>7.2} s  {:>9.0} ev/s  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  peak RSS {:>6.1} MB  cpu {:>5.2} s/10k",
-        m.system, m.events, m.seconds, m.throughput, m.p50_ms, m.p99_ms, m.max_ms, m.peak_rss_mb, m.cpu_s_per_10k
+        "{:<10} events {:>7}  {:>7.2} s  {:>9.0} ev/s  p50 {:>7.1} ms  p99 {:>7.1} ms  max {:>7.1} ms  peak RSS {:>6.1} MB  cpu {:>5.2} s/10k  p999 {:.1} ms",
+        m.system, m.events, m.seconds, m.throughput, m.p50_ms, m.p99_ms, m.max_ms, m.peak_rss_mb, m.cpu_s_per_10k, m.p999_ms
     );
 }
 
