@@ -174,7 +174,14 @@ pub struct Panicked {
 /// Run `fut`, catching a panic at this boundary. The tickets the future held are
 /// rescued, so that the caller can fail the run and complete its offset: a panic never
 /// pins a partition's watermark.
-pub async fn isolate<F: std::future::Future>(fut: F) -> Result<F::Output, Panicked> {
+///
+/// Not an `async fn`: `fut` (a whole run, several KB) is boxed here, at the call, so the
+/// futures that hold this one stay small. As an `async fn` it kept `fut` by value until
+/// first polled, which made every enclosing future (the lane's, the spawned task's) as
+/// large as a run, each one allocated and copied per event.
+pub fn isolate<F: std::future::Future>(
+    fut: F,
+) -> impl std::future::Future<Output = Result<F::Output, Panicked>> {
     let mut fut = Some(Box::pin(fut));
     std::future::poll_fn(move |cx| {
         let Some(inner) = fut.as_mut() else {
@@ -206,5 +213,4 @@ pub async fn isolate<F: std::future::Future>(fut: F) -> Result<F::Output, Panick
             }
         }
     })
-    .await
 }
