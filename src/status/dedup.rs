@@ -14,7 +14,7 @@
 //! `dedup.catch_up`) until the tail has read the status topic up to where it ended at
 //! the assignment ([`Ledger::caught_up_for`]).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::KafkaConfig;
 use crate::kafka::tail::{reached, TopicTail};
 use crate::model::RunUpdate;
-use crate::status::fingerprint::{RunKey, RunMap};
+use crate::status::fingerprint::{RunKey, RunWindow};
 
 /// The tail fetches at most this long ([`LEDGER_FETCH_MIN_BYTES`] permitting)…
 const LEDGER_FETCH_WAIT_MS: u64 = 100;
@@ -45,13 +45,6 @@ pub enum Seen {
     Dispatched,
 }
 
-/// Runs by fingerprint: at most [`LEDGER_BYTES_PER_RUN`] bytes each, whatever the ids.
-#[derive(Default)]
-struct View {
-    runs: RunMap<Seen>,
-    order: VecDeque<RunKey>,
-}
-
 /// The most the ledger holds per run of `dedup.max_runs`, in bytes: a 16-byte
 /// fingerprint and its state in the map (a 24-byte slot and a control byte, up to
 /// 2 × 8 / 7 slots a run just after the map doubled) and in the eviction queue (16
@@ -61,8 +54,8 @@ struct View {
 pub const LEDGER_BYTES_PER_RUN: usize = 25 * 16 / 7 + 1 + 2 * 16;
 
 pub struct Ledger {
-    view: Mutex<View>,
-    max_runs: usize,
+    /// Runs by fingerprint: at most [`LEDGER_BYTES_PER_RUN`] bytes each, whatever the ids.
+    view: Mutex<RunWindow<Seen>>,
     suppressed: AtomicU64,
     /// How far the tail has read the status topic: next offset per partition.
     position: Mutex<HashMap<i32, i64>>,
@@ -84,13 +77,7 @@ impl Ledger {
     /// how long a catch-up holds the events of newly assigned partitions.
     pub fn new(max_runs: usize, kafka: &KafkaConfig, limit: Duration) -> Arc<Self> {
         Arc::new(Ledger {
-            // The whole bound up front: memory does not grow with traffic, and the map
-            // never stops to rehash under load (its pages are touched as runs arrive).
-            view: Mutex::new(View {
-                runs: RunMap::with_capacity_and_hasher(max_runs.max(1), Default::default()),
-                order: VecDeque::with_capacity(max_runs.max(1)),
-            }),
-            max_runs: max_runs.max(1),
+            view: Mutex::new(RunWindow::with_capacity(max_runs)),
             suppressed: AtomicU64::new(0),
             position: Mutex::new(HashMap::new()),
             asked: AtomicU64::new(0),
@@ -102,7 +89,7 @@ impl Ledger {
         })
     }
 
-    fn view(&self) -> std::sync::MutexGuard<'_, View> {
+    fn view(&self) -> std::sync::MutexGuard<'_, RunWindow<Seen>> {
         self.view.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -191,14 +178,7 @@ impl Ledger {
 
     /// What is known about `run_id`.
     pub fn seen(&self, run_id: &str) -> Option<Seen> {
-        self.view().runs.get(&RunKey::of(run_id)).copied()
-    }
-
-    /// The bytes the ledger's runs take (slots allocated, used or not).
-    pub fn bytes(&self) -> usize {
-        let v = self.view();
-        v.runs.capacity() * (std::mem::size_of::<(RunKey, Seen)>() + 1)
-            + v.order.capacity() * std::mem::size_of::<RunKey>()
+        self.view().get(&RunKey::of(run_id)).copied()
     }
 
     /// Count a suppressed duplicate; returns the running total.
@@ -222,18 +202,11 @@ impl Ledger {
         };
         let key = RunKey::of(&u.run_id);
         let mut v = self.view();
-        match v.runs.get(&key) {
-            Some(Seen::Finished) => return,
-            Some(Seen::Dispatched) if seen == Seen::Dispatched => return,
-            Some(_) => {}
-            None => v.order.push_back(key),
-        }
-        v.runs.insert(key, seen);
-        while v.runs.len() > self.max_runs {
-            let Some(old) = v.order.pop_front() else {
-                break;
-            };
-            v.runs.remove(&old);
+        match v.get_mut(&key) {
+            Some(Seen::Finished) => {}
+            Some(Seen::Dispatched) if seen == Seen::Dispatched => {}
+            Some(known) => *known = seen,
+            None => v.insert_new(key, seen),
         }
     }
 }
@@ -422,16 +395,16 @@ mod tests {
             for n in 0..3 * max {
                 let id = format!("r_{n}_{}", "x".repeat(n % 300));
                 l.observe(&update(&id, 2, "WEBHOOK", RunStatus::Success));
-                let per_run = l.bytes() / (n + 1).min(max);
+                let bytes = l.view().bytes();
+                let per_run = bytes / (n + 1).min(max);
                 assert!(
-                    l.bytes() <= max * LEDGER_BYTES_PER_RUN + 1024,
-                    "max {max}, {} runs: {} bytes > {} ({per_run} a run)",
+                    bytes <= max * LEDGER_BYTES_PER_RUN + 1024,
+                    "max {max}, {} runs: {bytes} bytes > {} ({per_run} a run)",
                     n + 1,
-                    l.bytes(),
                     max * LEDGER_BYTES_PER_RUN + 1024
                 );
             }
-            assert_eq!(l.view().runs.len(), max);
+            assert_eq!(l.view().len(), max);
         }
     }
 }

@@ -61,7 +61,65 @@ impl Hasher for KeyedHasher {
 }
 
 /// A map keyed by run fingerprints.
-pub type RunMap<V> = std::collections::HashMap<RunKey, V, Keyed>;
+type RunMap<V> = std::collections::HashMap<RunKey, V, Keyed>;
+
+/// The last `capacity` runs seen, by fingerprint, each with a value: the oldest is
+/// forgotten first. The whole bound is allocated up front, so memory does not grow with
+/// traffic and the map never stops to rehash under load (its pages are touched as runs
+/// arrive). The duplicate ledger and the sequencer are both one of these.
+pub struct RunWindow<V> {
+    map: RunMap<V>,
+    /// Runs in the order they were first inserted, for eviction.
+    order: std::collections::VecDeque<RunKey>,
+    capacity: usize,
+}
+
+impl<V> RunWindow<V> {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        RunWindow {
+            map: RunMap::with_capacity_and_hasher(capacity, Keyed),
+            order: std::collections::VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    pub fn get(&self, run: &RunKey) -> Option<&V> {
+        self.map.get(run)
+    }
+
+    pub fn get_mut(&mut self, run: &RunKey) -> Option<&mut V> {
+        self.map.get_mut(run)
+    }
+
+    /// Add `run`, which is not in the window, forgetting the oldest run when full.
+    pub fn insert_new(&mut self, run: RunKey, value: V) {
+        if self.map.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.map.remove(&old);
+            }
+        }
+        self.map.insert(run, value);
+        self.order.push_back(run);
+    }
+
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Bytes of the slots allocated, used or not.
+    #[cfg(test)]
+    pub fn bytes(&self) -> usize {
+        self.map.capacity() * (std::mem::size_of::<(RunKey, V)>() + 1)
+            + self.order.capacity() * std::mem::size_of::<RunKey>()
+    }
+}
 
 #[cfg(test)]
 mod tests {
@@ -74,9 +132,20 @@ mod tests {
             .map(|n| RunKey::of(&format!("r_{n}")).0)
             .collect();
         assert_eq!(keys.len(), 10_000);
-        let mut m = RunMap::default();
-        m.insert(RunKey::of("a"), 1);
-        assert_eq!(m.get(&RunKey::of("a")), Some(&1));
-        assert_eq!(m.get(&RunKey::of("b")), None);
+        let mut w = RunWindow::with_capacity(2);
+        w.insert_new(RunKey::of("a"), 1);
+        assert_eq!(w.get(&RunKey::of("a")), Some(&1));
+        assert_eq!(w.get(&RunKey::of("b")), None);
+    }
+
+    #[test]
+    fn the_window_forgets_its_oldest_run_when_full() {
+        let mut w = RunWindow::with_capacity(2);
+        for (n, run) in ["a", "b", "c"].into_iter().enumerate() {
+            w.insert_new(RunKey::of(run), n);
+        }
+        assert_eq!(w.len(), 2);
+        assert_eq!(w.get(&RunKey::of("a")), None);
+        assert_eq!(w.get(&RunKey::of("c")), Some(&2));
     }
 }

@@ -4,12 +4,11 @@
 //! API) takes its numbers from one [`Sequencer`], so two writers of one run never reuse a
 //! number, whatever the order they run in and however far the run view trails the topic.
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use crate::kafka::publisher::{Pending, Publisher, Stopped};
 use crate::model::{now_rfc3339, RunUpdate, SourceRef};
-use crate::status::fingerprint::{RunKey, RunMap};
+use crate::status::fingerprint::{RunKey, RunWindow};
 use crate::telemetry::metrics;
 
 /// The last `seq` of each run written recently, for all of this process's writers.
@@ -17,15 +16,7 @@ use crate::telemetry::metrics;
 /// Bounded: the `capacity` runs that got a number most recently are remembered; for an
 /// older run the writer's own knowledge (its last number, or the run view's) is the floor.
 pub struct Sequencer {
-    capacity: usize,
-    inner: Mutex<Numbers>,
-}
-
-#[derive(Default)]
-struct Numbers {
-    last: RunMap<u64>,
-    /// Runs in the order they were first numbered, for eviction.
-    order: VecDeque<RunKey>,
+    last: Mutex<RunWindow<u64>>,
 }
 
 /// Runs remembered: the last 65,536 runs numbered. By fingerprint, so the sequencer holds
@@ -35,46 +26,33 @@ pub const SEQUENCER_RUNS: usize = 65_536;
 impl Sequencer {
     pub fn new(capacity: usize) -> Self {
         Sequencer {
-            capacity: capacity.max(1),
-            // The whole bound up front (see `Ledger::new`).
-            inner: Mutex::new(Numbers {
-                last: RunMap::with_capacity_and_hasher(capacity.max(1), Default::default()),
-                order: VecDeque::with_capacity(capacity.max(1)),
-            }),
+            last: Mutex::new(RunWindow::with_capacity(capacity)),
         }
     }
 
     /// Reserve `n` numbers for `run`, above `floor` (the highest number the caller knows
     /// of) and above every number handed out for it; returns the first.
     pub fn reserve(&self, run: &str, floor: u64, n: u64) -> u64 {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let Numbers { last, order } = &mut *g;
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let run = RunKey::of(run);
-        let first = match last.get_mut(&run) {
+        match last.get_mut(&run) {
             Some(seq) => {
                 let first = (*seq).max(floor) + 1;
                 *seq = first + n - 1;
                 first
             }
             None => {
-                if last.len() >= self.capacity {
-                    if let Some(old) = order.pop_front() {
-                        last.remove(&old);
-                    }
-                }
-                last.insert(run, floor + n);
-                order.push_back(run);
+                last.insert_new(run, floor + n);
                 floor + 1
             }
-        };
-        first
+        }
     }
 
     /// The last number handed out for `run`, when it is remembered.
     #[cfg(test)]
     fn last(&self, run: &str) -> Option<u64> {
-        let g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        g.last.get(&RunKey::of(run)).copied()
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.get(&RunKey::of(run)).copied()
     }
 }
 
@@ -127,32 +105,31 @@ impl HeldMark {
     /// lock, so no update of the run can be enqueued before it.
     pub async fn write(&self, publisher: &Publisher, seqs: &Sequencer) -> Result<(), Stopped> {
         let mut state = self.state.lock().await;
-        Self::write_locked(&mut state, publisher, seqs, self.traceparent.clone()).await
+        self.write_locked(&mut state, publisher, seqs).await
     }
 
+    /// [`write`](Self::write) with the lock held. On `Stopped` the mark is given up: the
+    /// run's event is redelivered, and no later update of the run can be written either.
     async fn write_locked(
+        &self,
         state: &mut Held,
         publisher: &Publisher,
         seqs: &Sequencer,
-        traceparent: Option<String>,
     ) -> Result<(), Stopped> {
         let Held::Waiting(u) = state else {
-            return Ok(());
+            return Ok(()); // written or dropped already
         };
         let mut u = std::mem::replace(u, RunUpdate::new(String::new(), u.kind));
+        // Given up unless the enqueue below succeeds.
+        *state = Held::Dropped;
         u.seq = seqs.reserve(&u.run_id, 0, 1);
         u.at = now_rfc3339();
         let seq = u.seq;
-        match publisher.enqueue_update(u.clone(), traceparent).await {
-            Ok(p) => {
-                *state = Held::Written(seq, Some(p));
-                Ok(())
-            }
-            Err(stopped) => {
-                *state = Held::Waiting(u);
-                Err(stopped)
-            }
-        }
+        let p = publisher
+            .enqueue_update(u, self.traceparent.clone())
+            .await?;
+        *state = Held::Written(seq, Some(p));
+        Ok(())
     }
 }
 
@@ -182,8 +159,7 @@ impl RunWriter {
     /// unless that update is terminal ([`finish_held`](Self::finish_held)), or when the
     /// caller calls [`HeldMark::write`] on the returned handle (its hold ended).
     pub fn hold_mark(&mut self, u: RunUpdate) -> Arc<HeldMark> {
-        let mut u = self.stamp_fields(u);
-        u.seq = 0;
+        let u = self.stamp_fields(u);
         let mark = Arc::new(HeldMark {
             state: tokio::sync::Mutex::new(Held::Waiting(u)),
             traceparent: self.traceparent.clone(),
@@ -209,13 +185,8 @@ impl RunWriter {
             return Ok(());
         };
         let mut state = mark.state.lock().await;
-        HeldMark::write_locked(
-            &mut state,
-            &self.publisher,
-            &self.seqs,
-            mark.traceparent.clone(),
-        )
-        .await?;
+        mark.write_locked(&mut state, &self.publisher, &self.seqs)
+            .await?;
         if let Held::Written(seq, pending) = &mut *state {
             self.seq = self.seq.max(*seq);
             if let Some(p) = pending.take() {

@@ -106,8 +106,11 @@ pub(super) async fn measure(
     };
     let mut children = match system {
         "switchyard" | "board" | "board-sse" => {
-            let cfg = format!(
-                r#"
+            // The first member serves the board (when it is on); further members serve no
+            // HTTP, so that they do not compete for its port.
+            let config = |listen: &str| {
+                format!(
+                    r#"
 [kafka]
 brokers = "{brokers}"
 group_id = "{group}"
@@ -128,23 +131,19 @@ format = "text"
 level = "warn,librdkafka=error"
 {extra}
 "#,
-                t = run.triggers,
-                s = run.status,
-                c = opts.concurrency,
-                fw = opts.fetch_wait_ms,
-                listen = board_addr.as_deref().unwrap_or(""),
-                extra = opts.switchyard_toml,
-            );
+                    t = run.triggers,
+                    s = run.status,
+                    c = opts.concurrency,
+                    fw = opts.fetch_wait_ms,
+                    extra = opts.switchyard_toml,
+                )
+            };
             let path = dir.join("switchyard.toml");
-            std::fs::write(&path, cfg)?;
-            // One board listener: further members serve no HTTP.
-            let quiet = std::fs::read_to_string(&path)?.replacen(
-                &format!("listen = \"{}\"", board_addr.as_deref().unwrap_or("")),
-                "listen = \"\"",
-                1,
-            );
+            std::fs::write(&path, config(board_addr.as_deref().unwrap_or("")))?;
             let quiet_path = dir.join("member.toml");
-            std::fs::write(&quiet_path, quiet)?;
+            if opts.members > 1 {
+                std::fs::write(&quiet_path, config(""))?;
+            }
             let mut members = Vec::new();
             for m in 0..opts.members.max(1) {
                 let (cfg, log) = match m {
